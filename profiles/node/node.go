@@ -1,0 +1,127 @@
+// Package node defines the per-machine document the boot server renders from
+// a site profile and /init applies at first boot. It crosses the wire as JSON
+// and is imported by the code that runs on the machine, so it depends only on
+// the standard library.
+package node
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"path"
+	"strings"
+)
+
+// Config is everything that differs between two machines running one image.
+type Config struct {
+	Machine  string `json:"machine"`  // the machine's name in the site
+	Hostname string `json:"hostname"` // short host name
+	Domain   string `json:"domain,omitempty"`
+	Role     string `json:"role,omitempty"`  // etcd | master | minion | "" (none)
+	Image    string `json:"image,omitempty"` // image name
+	// Rootfs is the digest the machine must boot, "sha256:<hex>".
+	Rootfs  string   `json:"rootfs,omitempty"`
+	Network *Network `json:"network,omitempty"`
+	Cluster *Cluster `json:"cluster,omitempty"`
+	// Files are extra files written into the overlay before switch_root.
+	Files []File `json:"files,omitempty"`
+	// TLS material issued to this machine only (issue: cluster).
+	TLS *TLS `json:"tls,omitempty"`
+}
+
+// Network is a static address for the boot interface; nil means DHCP.
+type Network struct {
+	Address string   `json:"address,omitempty"` // CIDR, e.g. 10.0.0.5/24
+	Gateway string   `json:"gateway,omitempty"`
+	DNS     []string `json:"dns,omitempty"`
+}
+
+// Cluster carries the site-wide settings a role needs.
+type Cluster struct {
+	Name        string   `json:"name"`
+	Domain      string   `json:"domain,omitempty"`
+	APIName     string   `json:"api_name,omitempty"`
+	EtcdMembers []Member `json:"etcd_members,omitempty"`
+	Flannel     string   `json:"flannel,omitempty"` // pod network CIDR
+	Backend     string   `json:"backend,omitempty"` // vxlan
+	Proxy       *Proxy   `json:"proxy,omitempty"`
+	// BootServer is the URL of the boot server, for events and readiness.
+	BootServer string `json:"boot_server,omitempty"`
+	// Kubernetes is the version of the Kubernetes binaries in the images.
+	Kubernetes string `json:"kubernetes,omitempty"`
+}
+
+// Member is one etcd member: name and peer address.
+type Member struct {
+	Name    string `json:"name"`
+	Address string `json:"address"` // IP or host name
+}
+
+// Proxy is the site's HTTP proxy for image pulls.
+type Proxy struct {
+	HTTP    string `json:"http,omitempty"`
+	HTTPS   string `json:"https,omitempty"`
+	NoProxy string `json:"no_proxy,omitempty"`
+}
+
+// File is one file written into the machine's overlay.
+type File struct {
+	Path    string `json:"path"` // absolute path inside the root
+	Mode    uint32 `json:"mode"` // permission bits, e.g. 0644
+	Content string `json:"content"`
+}
+
+// TLS is the machine's certificate material.
+type TLS struct {
+	CA   string `json:"ca"`
+	Cert string `json:"cert"`
+	Key  string `json:"key"`
+}
+
+// Decode parses and validates a Config.
+func Decode(b []byte) (*Config, error) {
+	var c Config
+	if err := json.Unmarshal(b, &c); err != nil {
+		return nil, fmt.Errorf("machine config: %w", err)
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// Validate checks the fields /init relies on.
+func (c *Config) Validate() error {
+	if !validHostname(c.Hostname) {
+		return fmt.Errorf("machine config: hostname %q is not a valid host name", c.Hostname)
+	}
+	if c.Network != nil && c.Network.Address != "" {
+		if _, err := netip.ParsePrefix(c.Network.Address); err != nil {
+			return fmt.Errorf("machine config: network.address: %w", err)
+		}
+	}
+	for _, f := range c.Files {
+		if !path.IsAbs(f.Path) || path.Clean(f.Path) != f.Path || f.Path == "/" {
+			return fmt.Errorf("machine config: file path %q must be absolute and clean", f.Path)
+		}
+		if f.Mode&^0o7777 != 0 {
+			return fmt.Errorf("machine config: file %s: mode %o has more than permission bits", f.Path, f.Mode)
+		}
+	}
+	return nil
+}
+
+func validHostname(h string) bool {
+	if h == "" || len(h) > 63 {
+		return false
+	}
+	for i, r := range h {
+		switch {
+		case r >= 'a' && r <= 'z', r >= '0' && r <= '9':
+		case r == '-' && i > 0 && i < len(h)-1:
+		default:
+			return false
+		}
+	}
+	return !strings.HasPrefix(h, "-")
+}
