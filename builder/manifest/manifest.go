@@ -50,6 +50,9 @@ type Manifest struct {
 	Kernel          *Kernel  `json:"kernel,omitempty"`
 	Sources         []Source `json:"sources"`
 	Files           []File   `json:"files"`
+	// Inputs is the hash of every input of the build; a build whose inputs
+	// hash the same has nothing to do.
+	Inputs string `json:"inputs,omitempty"`
 }
 
 // Kernel names the kernel the image boots and the modules put in its initramfs.
