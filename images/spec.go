@@ -123,7 +123,13 @@ func (s *Spec) applyDefaults() {
 
 func (s *Spec) check(r *tomlx.Report) {
 	f := s.File
-	if s.Name != "" && !nameRE.MatchString(s.Name) {
+	empty := func(field, v string) bool {
+		if v == "" && !r.Has(f, field) {
+			r.Addf(f, field, "must not be empty")
+		}
+		return v == ""
+	}
+	if !empty("name", s.Name) && !nameRE.MatchString(s.Name) {
 		r.Addf(f, "name", "%q: want lower-case letters, digits and '-', at most 63, starting with a letter or digit", s.Name)
 	}
 	if s.Layers != nil && len(s.Layers) == 0 {
@@ -131,7 +137,7 @@ func (s *Spec) check(r *tomlx.Report) {
 	}
 	for i := range s.Layers {
 		l := &s.Layers[i]
-		if l.Source == "" {
+		if empty(fmt.Sprintf("layer[%d].source", i), l.Source) {
 			continue
 		}
 		src, err := ParseSource(l.Source, s.Dir)
@@ -141,7 +147,7 @@ func (s *Spec) check(r *tomlx.Report) {
 		l.Src = src
 	}
 	if k := s.Kernel; k != nil {
-		if k.Source != "" {
+		if !empty("kernel.source", k.Source) {
 			src, err := ParseSource(k.Source, s.Dir)
 			if err != nil {
 				r.Addf(f, "kernel.source", "%v", err)
@@ -160,7 +166,7 @@ func (s *Spec) check(r *tomlx.Report) {
 		}
 	}
 	if ro := s.Role; ro != nil {
-		if ro.Name != "" && !slices.Contains(Roles, ro.Name) {
+		if !empty("role.name", ro.Name) && !slices.Contains(Roles, ro.Name) {
 			r.Addf(f, "role.name", "%q: want one of %s", ro.Name, strings.Join(Roles, ", "))
 		}
 		for i, svc := range ro.Services {
