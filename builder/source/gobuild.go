@@ -1,0 +1,156 @@
+package source
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"regexp"
+	"strings"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/plinth-dev/plinth/builder/ocitar"
+	"github.com/plinth-dev/plinth/images"
+)
+
+var majorRE = regexp.MustCompile(`^v[0-9]+$`)
+
+// BinaryName is the file name a go: source installs as in /usr/bin: the
+// last element of the import path, or the one before a /vN suffix.
+func BinaryName(pkg string) string {
+	elems := strings.Split(pkg, "/")
+	n := elems[len(elems)-1]
+	if majorRE.MatchString(n) && len(elems) > 1 {
+		n = elems[len(elems)-2]
+	}
+	return n
+}
+
+// goProgram builds a Go main package as a static linux/amd64 binary into
+// /usr/bin, as one layer. A pinned version is cached by package@version
+// and Go version, so it is built once.
+func (r *Resolver) goProgram(ctx context.Context, s images.Source) (v1.Image, error) {
+	gover, err := exec.CommandContext(ctx, "go", "env", "GOVERSION").Output()
+	if err != nil {
+		return nil, fmt.Errorf("%s: the go command is needed for go: sources: %w", s.Raw, err)
+	}
+	key := sha256.Sum256([]byte(fmt.Sprintf("go v1\n%s@%s\n%s\n%d\n", s.Package, s.Version, strings.TrimSpace(string(gover)), r.Epoch.Unix())))
+	cached := ""
+	if r.CacheDir != "" && s.Pinned() {
+		cached = filepath.Join(r.CacheDir, "go", hex.EncodeToString(key[:])+".tar")
+		if _, err := os.Stat(cached); err == nil {
+			r.log().Debug("go source from cache", "package", s.Package, "version", s.Version)
+			return r.goImage(cached)
+		}
+	}
+	if !s.Pinned() && r.Offline && s.Version != "" {
+		return nil, fmt.Errorf("%s: %w (pin a version like @v1.2.3)", s.Raw, ErrOffline)
+	}
+	work, err := os.MkdirTemp(r.tmpDir(), "plinth-go-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(work)
+	env := append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64", "GOFLAGS=-mod=mod", "GOWORK=off")
+	if r.Offline {
+		env = append(env, "GOPROXY=off")
+	}
+	env = append(env, r.GoEnv...)
+	run := func(dir string, args ...string) error {
+		cmd := exec.CommandContext(ctx, "go", args...)
+		cmd.Dir, cmd.Env = dir, env
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, bytes.TrimSpace(out))
+		}
+		return nil
+	}
+	bin := filepath.Join(work, BinaryName(s.Package))
+	dir := r.BaseDir
+	if s.Version != "" {
+		dir = filepath.Join(work, "mod")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, err
+		}
+		if err := run(dir, "mod", "init", "plinth.local/gobuild"); err != nil {
+			return nil, err
+		}
+		if err := run(dir, "get", s.Package+"@"+s.Version); err != nil {
+			return nil, fmt.Errorf("%s: %w", s.Raw, err)
+		}
+	}
+	r.log().Info("building go program", "package", s.Package, "version", s.Version)
+	if err := run(dir, "build", "-trimpath", "-ldflags=-s -w -buildid=", "-o", bin, s.Package); err != nil {
+		return nil, fmt.Errorf("%s: %w", s.Raw, err)
+	}
+	out := cached
+	if out == "" {
+		out = filepath.Join(work, "layer.tar")
+	} else if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+		return nil, err
+	}
+	if err := r.binaryTar(bin, out); err != nil {
+		return nil, err
+	}
+	img, err := r.goImage(out)
+	if err != nil || cached != "" {
+		return img, err
+	}
+	// Not cached: the work directory goes away, so read the layer into memory.
+	b, err := os.ReadFile(out)
+	if err != nil {
+		return nil, err
+	}
+	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil },
+		tarball.WithMediaType(types.OCILayerZStd))
+	if err != nil {
+		return nil, err
+	}
+	return ocitar.ImageFromLayers(r.Epoch, l)
+}
+
+func (r *Resolver) goImage(tarPath string) (v1.Image, error) {
+	l, err := ocitar.LayerFromTar(tarPath)
+	if err != nil {
+		return nil, err
+	}
+	return ocitar.ImageFromLayers(r.Epoch, l)
+}
+
+// binaryTar writes a tar holding usr/, usr/bin/ and the binary, atomically.
+func (r *Resolver) binaryTar(bin, out string) error {
+	body, err := os.ReadFile(bin)
+	if err != nil {
+		return err
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, d := range []string{"usr/", "usr/bin/"} {
+		if err := tw.WriteHeader(&tar.Header{Name: d, Typeflag: tar.TypeDir, Mode: 0o755, ModTime: r.Epoch, Format: tar.FormatPAX}); err != nil {
+			return err
+		}
+	}
+	if err := tw.WriteHeader(&tar.Header{Name: path.Join("usr/bin", filepath.Base(bin)), Typeflag: tar.TypeReg, Mode: 0o755,
+		Size: int64(len(body)), ModTime: r.Epoch, Format: tar.FormatPAX}); err != nil {
+		return err
+	}
+	tw.Write(body)
+	if err := tw.Close(); err != nil {
+		return err
+	}
+	tmp := out + ".tmp"
+	if err := os.WriteFile(tmp, buf.Bytes(), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, out)
+}
