@@ -1,0 +1,167 @@
+package builder
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"github.com/plinth-dev/plinth/builder/kernel"
+	"github.com/plinth-dev/plinth/builder/manifest"
+	"github.com/plinth-dev/plinth/initramfs/compose"
+	"github.com/plinth-dev/plinth/profiles"
+)
+
+// Stage-1 programs compiled into every initramfs.
+var (
+	initCommands = []string{
+		"github.com/plinth-dev/plinth/initramfs/cmd/init",
+		"github.com/plinth-dev/plinth/initramfs/cmd/plinth-agent",
+	}
+	rescueCommands = []string{
+		"github.com/u-root/u-root/cmds/core/gosh",
+		"github.com/u-root/u-root/cmds/core/ls",
+		"github.com/u-root/u-root/cmds/core/cat",
+		"github.com/u-root/u-root/cmds/core/ip",
+		"github.com/u-root/u-root/cmds/core/dmesg",
+		"github.com/u-root/u-root/cmds/core/mount",
+	}
+)
+
+// Output names of the two initramfs flavours.
+const (
+	initramfsNetboot  = manifest.Initramfs           // stage 1 only: fetches the rootfs
+	initramfsEmbedded = "initramfs-embedded.cpio.zst" // stage 1 + rootfs + profile
+)
+
+// initramfsPlan is what the initramfs outputs depend on, known before any
+// expensive work so that the build's input hash can be computed up front.
+type initramfsPlan struct {
+	key     string
+	kernel  *kernel.Kernel
+	mods    []kernel.Module
+	cfg     compose.Config
+	site    *profiles.Site
+	machine *profiles.Machine
+}
+
+func (b *build) planInitramfs(ctx context.Context) (*initramfsPlan, error) {
+	ks := b.spec.Kernel
+	tree, digest, err := b.res.Tree(ctx, ks.Src)
+	if err != nil {
+		return nil, fmt.Errorf("%s: kernel.source %s: %w", b.spec.File, ks.Source, err)
+	}
+	k, err := kernel.Find(tree)
+	if err != nil {
+		return nil, fmt.Errorf("%s: kernel.source %s: %w", b.spec.File, ks.Source, err)
+	}
+	mods, err := k.Resolve(ks.Modules)
+	if err != nil {
+		return nil, fmt.Errorf("%s: kernel.modules: %w", b.spec.File, err)
+	}
+	b.sources = append(b.sources, manifest.Source{Ref: ks.Source, Use: "kernel", Digest: digest})
+	b.kernel = &manifest.Kernel{Version: k.Version}
+	for _, m := range mods {
+		b.kernel.Modules = append(b.kernel.Modules, m.Name)
+	}
+	p := &initramfsPlan{kernel: k, mods: mods}
+	cmds := slices.Clone(initCommands)
+	var rescue []string
+	if b.o.Rescue {
+		rescue = rescueCommands
+	}
+	p.cfg = compose.Config{
+		Commands:    cmds,
+		Rescue:      rescue,
+		ModuleDir:   tree,
+		Modules:     mods,
+		Cmdline:     "",
+		Compression: b.spec.Output.Compression,
+		Epoch:       b.o.Epoch,
+		CacheDir:    filepath.Join(b.o.CacheDir, "initramfs"),
+		WorkDir:     b.o.SrcDir,
+		Log:         b.log,
+	}
+	h := sha256.New()
+	fmt.Fprintf(h, "initramfs v1\n%s\n%s\n%v\n", digest, b.spec.Output.Compression, b.o.Rescue)
+	for _, m := range mods {
+		fmt.Fprintln(h, m.Name, m.Path)
+	}
+	bb, err := compose.Key(p.cfg)
+	if err != nil {
+		return nil, fmt.Errorf("initramfs: %w", err)
+	}
+	fmt.Fprintln(h, bb)
+	if b.wants("embedded") {
+		site, err := profiles.LoadSite(b.spec.Output.Site)
+		if err != nil {
+			return nil, err
+		}
+		m := site.Machine(b.spec.Output.Machine)
+		if m == nil {
+			return nil, fmt.Errorf("%s: output.machine: no machine %q in site %s", b.spec.File, b.spec.Output.Machine, b.spec.Output.Site)
+		}
+		p.site, p.machine = site, m
+		fmt.Fprintf(h, "embedded %s %s\n", site.Digest(), m.Name)
+	}
+	p.key = hex.EncodeToString(h.Sum(nil))
+	return p, nil
+}
+
+// wants reports whether the spec asks for an output format.
+func (b *build) wants(format string) bool {
+	return slices.Contains(b.spec.Output.Formats, format)
+}
+
+// initramfs builds (or takes from the cache) the initramfs outputs and the kernel.
+func (b *build) initramfs(ctx context.Context, p *initramfsPlan, rootfs, rootDigest string) error {
+	b.files[manifest.KernelFile] = p.kernel.Image
+	dir := filepath.Join(b.o.CacheDir, "initramfs", "out")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	mk := func(name string, cfg compose.Config, key string) error {
+		path := filepath.Join(dir, key+".cpio")
+		if _, err := os.Stat(path); err == nil {
+			b.files[name] = path
+			return nil
+		}
+		t := b.o.Progress.Start("initramfs "+name, -1)
+		defer t.Done()
+		if err := compose.Build(ctx, cfg, path); err != nil {
+			return fmt.Errorf("initramfs %s: %w", name, err)
+		}
+		b.files[name] = path
+		return nil
+	}
+	if b.wants("netboot") {
+		if err := mk(initramfsNetboot, p.cfg, p.key+"-netboot"); err != nil {
+			return err
+		}
+	}
+	if p.machine != nil {
+		nc, err := p.site.Render(p.machine, "")
+		if err != nil {
+			return err
+		}
+		nc.Rootfs = rootDigest
+		if b.spec.Role != nil && nc.Role == "" {
+			nc.Role = b.spec.Role.Name
+		}
+		cfgJSON, err := json.MarshalIndent(nc, "", "  ")
+		if err != nil {
+			return err
+		}
+		cfg := p.cfg
+		cfg.Embedded = &compose.Embedded{Rootfs: rootfs, RootfsDigest: rootDigest, Config: cfgJSON}
+		h := sha256.Sum256(append([]byte(p.key+rootDigest), cfgJSON...))
+		if err := mk(initramfsEmbedded, cfg, hex.EncodeToString(h[:])+"-embedded"); err != nil {
+			return err
+		}
+	}
+	return nil
+}

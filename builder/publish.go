@@ -1,0 +1,120 @@
+package builder
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/plinth-dev/plinth/builder/manifest"
+)
+
+// publish assembles the output directory beside outDir from cached files and
+// the manifest, then swaps it into place in one atomic rename, so a reader
+// (or the boot server) sees either the old build or the new one, never a mix.
+func publish(outDir string, files map[string]string, m *manifest.Manifest) error {
+	parent := filepath.Dir(outDir)
+	stage, err := os.MkdirTemp(parent, "."+filepath.Base(outDir)+".new-*")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(stage) // after a swap it holds the old build
+	m.Files = m.Files[:0]
+	for _, name := range sortedKeys(files) {
+		dst := filepath.Join(stage, name)
+		if err := linkOrCopy(files[name], dst); err != nil {
+			return fmt.Errorf("publish %s: %w", name, err)
+		}
+		d, n, err := cachedDigest(files[name])
+		if err != nil {
+			return err
+		}
+		m.Files = append(m.Files, manifest.File{Name: name, SHA256: d, Size: n})
+	}
+	b, err := m.Encode()
+	if err != nil {
+		return err
+	}
+	if err := writeFileAtomic(filepath.Join(stage, manifest.FileName), b, 0o644); err != nil {
+		return err
+	}
+	if err := os.Chmod(stage, 0o755); err != nil {
+		return err
+	}
+	if err := syncDir(stage); err != nil {
+		return err
+	}
+	// RENAME_EXCHANGE swaps the two names atomically when outDir exists.
+	err = unix.Renameat2(unix.AT_FDCWD, stage, unix.AT_FDCWD, outDir, unix.RENAME_EXCHANGE)
+	if errors.Is(err, unix.ENOENT) {
+		err = os.Rename(stage, outDir)
+	}
+	if err != nil {
+		return fmt.Errorf("publish %s: %w", outDir, err)
+	}
+	return syncDir(parent)
+}
+
+// linkOrCopy hard-links src to dst (cache and output on one file system) or
+// copies it. Cached files are never modified in place, so sharing is safe.
+func linkOrCopy(src, dst string) error {
+	if err := os.Link(src, dst); err == nil {
+		return nil
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	if err := out.Sync(); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
+
+// writeFileAtomic writes data to a temporary file beside path, syncs it and
+// renames it over path.
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}

@@ -1,0 +1,368 @@
+// Package compose builds plinth's initramfs: u-root's busybox holding the
+// Go /init and the agent (compiled with gobusybox through u-root's mkuimage
+// library), the kernel modules stage 1 loads, its settings, and in embedded
+// mode the root filesystem and the machine's profile.
+//
+// The result is a concatenation the kernel unpacks in order: one compressed
+// stream holding the busybox archive and the modules archive, then, for
+// embedded images, an uncompressed archive with the (already compressed)
+// squashfs, started at a 512-byte boundary.
+package compose
+
+import (
+	"bufio"
+	"compress/gzip"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/cavaliergopher/cpio"
+	"github.com/klauspost/compress/zstd"
+	"github.com/u-root/gobusybox/src/pkg/golang"
+	"github.com/u-root/mkuimage/uimage"
+	"github.com/u-root/uio/llog"
+
+	"github.com/plinth-dev/plinth/builder/kernel"
+)
+
+// Paths inside the initramfs: the contract with /init.
+const (
+	ModulesList  = "etc/plinth/modules"
+	CmdlineFile  = "etc/plinth/cmdline"
+	RootfsFile   = "plinth/rootfs.squashfs"
+	DigestFile   = "plinth/rootfs.digest"
+	ConfigFile   = "plinth/config.json"
+	CACertFile   = "etc/ssl/certs/plinth-ca.pem"
+	embeddedAlgn = 512
+)
+
+// Config says what goes into one initramfs.
+type Config struct {
+	// Commands are Go main packages compiled into the busybox; the first
+	// becomes /init.
+	Commands []string
+	// Rescue are extra commands (a shell and tools) for plinth.rescue=1.
+	Rescue      []string
+	ModuleDir   string          // the kernel tree the modules' paths are relative to
+	Modules     []kernel.Module // in load order
+	Cmdline     string          // default parameters, /etc/plinth/cmdline
+	CACert      []byte          // optional CA for an https boot server
+	Embedded    *Embedded       // rootfs and profile, for booting without a server
+	Compression string          // zstd (default) or gzip
+	Epoch       time.Time
+	CacheDir    string // compiled busybox archives, by input hash
+	WorkDir     string // the Go module the commands are resolved in
+	Log         *slog.Logger
+}
+
+// Embedded is what an embedded image carries.
+type Embedded struct {
+	Rootfs       string // path of rootfs.squashfs
+	RootfsDigest string // its "sha256:<hex>"
+	Config       []byte // node.Config JSON
+}
+
+func (c *Config) log() *slog.Logger {
+	if c.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return c.Log
+}
+
+func (c *Config) commands() []string {
+	return append(append([]string(nil), c.Commands...), c.Rescue...)
+}
+
+// Key hashes what the busybox archive is compiled from: the command list,
+// the Go version, the module's go.sum and the Go files of every package of
+// the module that the commands use.
+func Key(c Config) (string, error) {
+	if len(c.Commands) == 0 {
+		return "", errors.New("initramfs: no commands")
+	}
+	h := sha256.New()
+	fmt.Fprintf(h, "busybox v1\n%s\n", strings.Join(c.commands(), "\n"))
+	ver, err := goCmd(c.WorkDir, "env", "GOVERSION")
+	if err != nil {
+		return "", err
+	}
+	fmt.Fprintln(h, strings.TrimSpace(ver))
+	for _, f := range []string{"go.mod", "go.sum"} {
+		b, err := os.ReadFile(filepath.Join(c.WorkDir, f))
+		if err != nil {
+			return "", fmt.Errorf("initramfs: plinth source tree: %w", err)
+		}
+		h.Write(b)
+	}
+	out, err := goCmd(c.WorkDir, append([]string{"list", "-deps", "-f",
+		`{{if and .Module .Module.Main}}{{.Dir}}{{"\t"}}{{join .GoFiles " "}}{{end}}`}, c.commands()...)...)
+	if err != nil {
+		return "", err
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	sort.Strings(lines)
+	for _, l := range lines {
+		dir, files, _ := strings.Cut(l, "\t")
+		for _, f := range strings.Fields(files) {
+			b, err := os.ReadFile(filepath.Join(dir, f))
+			if err != nil {
+				return "", err
+			}
+			rel, _ := filepath.Rel(c.WorkDir, filepath.Join(dir, f))
+			fmt.Fprintf(h, "%s %d\n", rel, len(b))
+			h.Write(b)
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+func goCmd(dir string, args ...string) (string, error) {
+	cmd := exec.Command("go", args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "GOOS=linux", "GOARCH=amd64", "CGO_ENABLED=0")
+	out, err := cmd.Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return "", fmt.Errorf("go %s: %w: %s", strings.Join(args, " "), err, ee.Stderr)
+		}
+		return "", fmt.Errorf("go %s: %w", strings.Join(args, " "), err)
+	}
+	return string(out), nil
+}
+
+// Build writes the initramfs for c to out, atomically.
+func Build(ctx context.Context, c Config, out string) error {
+	bb, err := busybox(ctx, c)
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(out), "."+filepath.Base(out)+".*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	defer tmp.Close()
+	bw := bufio.NewWriterSize(tmp, 1<<20)
+	var zw io.WriteCloser
+	switch c.Compression {
+	case "", "zstd":
+		zw, err = zstd.NewWriter(bw, zstd.WithEncoderLevel(zstd.SpeedBestCompression), zstd.WithEncoderConcurrency(1))
+	case "gzip":
+		zw, err = gzip.NewWriterLevel(bw, gzip.BestCompression)
+	default:
+		err = fmt.Errorf("initramfs: compression %q: want zstd or gzip", c.Compression)
+	}
+	if err != nil {
+		return err
+	}
+	if err := copyFile(zw, bb); err != nil {
+		return err
+	}
+	if err := writeStage1Extras(zw, c); err != nil {
+		return err
+	}
+	if err := zw.Close(); err != nil {
+		return err
+	}
+	if e := c.Embedded; e != nil {
+		if err := bw.Flush(); err != nil {
+			return err
+		}
+		st, err := tmp.Stat()
+		if err != nil {
+			return err
+		}
+		if pad := (embeddedAlgn - st.Size()%embeddedAlgn) % embeddedAlgn; pad > 0 {
+			if _, err := bw.Write(make([]byte, pad)); err != nil {
+				return err
+			}
+		}
+		if err := writeEmbedded(bw, c); err != nil {
+			return err
+		}
+	}
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), out)
+}
+
+// busybox returns the path of the compiled u-root archive, from the cache
+// when its inputs are unchanged (gobusybox always rebuilds everything).
+func busybox(ctx context.Context, c Config) (string, error) {
+	key, err := Key(c)
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(c.CacheDir, 0o755); err != nil {
+		return "", err
+	}
+	path := filepath.Join(c.CacheDir, "busybox-"+key+".cpio")
+	if _, err := os.Stat(path); err == nil {
+		c.log().Info("initramfs busybox from cache", "key", key[:12])
+		return path, nil
+	}
+	tmpDir, err := os.MkdirTemp(c.CacheDir, "build-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(tmpDir)
+	tmpOut := filepath.Join(tmpDir, "busybox.cpio")
+	start := time.Now()
+	c.log().Info("compiling initramfs busybox (gobusybox)", "commands", len(c.commands()))
+	logger := llog.New(slog.LevelWarn, func(format string, v ...any) { c.log().Debug(fmt.Sprintf(format, v...)) })
+	mods := []uimage.Modifier{
+		uimage.WithEnv(golang.DisableCGO(), golang.WithGOOS("linux"), golang.WithGOARCH("amd64"), golang.WithWorkingDir(c.WorkDir)),
+		uimage.WithTempDir(tmpDir),
+		uimage.WithBaseArchive(uimage.DefaultRamfs()),
+		uimage.WithBusyboxCommands(c.commands()...),
+		uimage.WithInit(cmdName(c.Commands[0])),
+		uimage.WithSkipLDD(),
+		uimage.WithCPIOOutput(tmpOut),
+	}
+	for _, r := range c.Rescue {
+		if cmdName(r) == "gosh" {
+			mods = append(mods, uimage.WithShell("gosh"))
+		}
+	}
+	if err := uimage.Create(logger, mods...); err != nil {
+		return "", fmt.Errorf("initramfs: u-root: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return "", err
+	}
+	if err := os.Rename(tmpOut, path); err != nil {
+		return "", err
+	}
+	c.log().Info("compiled initramfs busybox", "elapsed", time.Since(start).Round(time.Second))
+	return path, nil
+}
+
+func cmdName(pkg string) string { return path.Base(pkg) }
+
+func copyFile(w io.Writer, p string) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = io.Copy(w, f)
+	return err
+}
+
+// archive writes a deterministic newc archive: entries as given (callers
+// sort), owner root, fixed mtime.
+type archive struct {
+	w     *cpio.Writer
+	epoch time.Time
+	dirs  map[string]bool
+}
+
+func newArchive(w io.Writer, epoch time.Time) *archive {
+	return &archive{w: cpio.NewWriter(w), epoch: epoch, dirs: map[string]bool{}}
+}
+
+func (a *archive) mkdirAll(dir string) error {
+	if dir == "." || dir == "" || a.dirs[dir] {
+		return nil
+	}
+	if err := a.mkdirAll(path.Dir(dir)); err != nil {
+		return err
+	}
+	a.dirs[dir] = true
+	return a.w.WriteHeader(&cpio.Header{Name: dir, Mode: cpio.TypeDir | 0o755, ModTime: a.epoch, Links: 2})
+}
+
+func (a *archive) file(name string, mode cpio.FileMode, size int64, r io.Reader) error {
+	if err := a.mkdirAll(path.Dir(name)); err != nil {
+		return err
+	}
+	if err := a.w.WriteHeader(&cpio.Header{Name: name, Mode: cpio.TypeReg | mode, Size: size, ModTime: a.epoch, Links: 1}); err != nil {
+		return err
+	}
+	n, err := io.Copy(a.w, r)
+	if err == nil && n != size {
+		err = fmt.Errorf("%s: wrote %d of %d bytes", name, n, size)
+	}
+	return err
+}
+
+func (a *archive) bytes(name string, mode cpio.FileMode, b []byte) error {
+	return a.file(name, mode, int64(len(b)), strings.NewReader(string(b)))
+}
+
+func (a *archive) path(name string, mode cpio.FileMode, src string) error {
+	f, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	return a.file(name, mode, st.Size(), f)
+}
+
+// writeStage1Extras writes the modules, their load order and the settings.
+func writeStage1Extras(w io.Writer, c Config) error {
+	a := newArchive(w, c.Epoch)
+	var order strings.Builder
+	for _, m := range c.Modules {
+		if err := a.path(m.Path, 0o644, filepath.Join(c.ModuleDir, m.Path)); err != nil {
+			return fmt.Errorf("initramfs: module %s: %w", m.Name, err)
+		}
+		order.WriteString(m.Path + "\n")
+	}
+	if err := a.bytes(ModulesList, 0o644, []byte(order.String())); err != nil {
+		return err
+	}
+	if c.Cmdline != "" {
+		if err := a.bytes(CmdlineFile, 0o644, []byte(c.Cmdline+"\n")); err != nil {
+			return err
+		}
+	}
+	if len(c.CACert) > 0 {
+		if err := a.bytes(CACertFile, 0o644, c.CACert); err != nil {
+			return err
+		}
+	}
+	return a.w.Close()
+}
+
+// writeEmbedded writes the uncompressed archive with the rootfs and profile.
+func writeEmbedded(w io.Writer, c Config) error {
+	e := c.Embedded
+	a := newArchive(w, c.Epoch)
+	if err := a.bytes(ConfigFile, 0o600, e.Config); err != nil {
+		return err
+	}
+	if err := a.bytes(DigestFile, 0o644, []byte(e.RootfsDigest+"\n")); err != nil {
+		return err
+	}
+	if err := a.path(RootfsFile, 0o644, e.Rootfs); err != nil {
+		return fmt.Errorf("initramfs: rootfs: %w", err)
+	}
+	return a.w.Close()
+}
