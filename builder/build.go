@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -123,7 +124,7 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 		return nil, err
 	}
 	b.files[manifest.Rootfs] = rootfs
-	rootDigest, _, err := cachedDigest(rootfs)
+	rootDigest, _, err := b.digest(rootfs)
 	if err != nil {
 		return nil, err
 	}
@@ -148,7 +149,7 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	if b.spec.Kernel != nil {
 		m.Cmdline = b.spec.Kernel.Cmdline
 	}
-	if err := publish(outDir, b.files, m); err != nil {
+	if err := b.publish(outDir, b.files, m); err != nil {
 		return nil, err
 	}
 	b.log.Info("built", "dir", outDir, "rootfs", rootDigest, "elapsed", time.Since(start).Round(time.Millisecond))
@@ -262,9 +263,14 @@ func upToDate(dir, inputs string) (*manifest.Manifest, bool) {
 	return m, true
 }
 
-// cachedDigest returns the sha256 of a cached file, memoised in a sidecar
-// file so that a cache hit does not hash 100 MB again.
-func cachedDigest(path string) (string, int64, error) {
+// digest returns the sha256 of an input or cached file. For files in the
+// cache it is memoised in a sidecar file, so that a cache hit does not hash
+// 100 MB again; files outside the cache (a kernel in a source tree) are
+// hashed every time and never written beside.
+func (b *build) digest(path string) (string, int64, error) {
+	if rel, err := filepath.Rel(b.o.CacheDir, path); err != nil || strings.HasPrefix(rel, "..") {
+		return manifest.FileDigest(path)
+	}
 	side := path + ".sha256"
 	st, err := os.Stat(path)
 	if err != nil {

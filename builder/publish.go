@@ -15,7 +15,7 @@ import (
 // publish assembles the output directory beside outDir from cached files and
 // the manifest, then swaps it into place in one atomic rename, so a reader
 // (or the boot server) sees either the old build or the new one, never a mix.
-func publish(outDir string, files map[string]string, m *manifest.Manifest) error {
+func (b *build) publish(outDir string, files map[string]string, m *manifest.Manifest) error {
 	parent := filepath.Dir(outDir)
 	stage, err := os.MkdirTemp(parent, "."+filepath.Base(outDir)+".new-*")
 	if err != nil {
@@ -28,17 +28,17 @@ func publish(outDir string, files map[string]string, m *manifest.Manifest) error
 		if err := linkOrCopy(files[name], dst); err != nil {
 			return fmt.Errorf("publish %s: %w", name, err)
 		}
-		d, n, err := cachedDigest(files[name])
+		d, n, err := b.digest(files[name])
 		if err != nil {
 			return err
 		}
 		m.Files = append(m.Files, manifest.File{Name: name, SHA256: d, Size: n})
 	}
-	b, err := m.Encode()
+	data, err := m.Encode()
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(filepath.Join(stage, manifest.FileName), b, 0o644); err != nil {
+	if err := writeFileAtomic(filepath.Join(stage, manifest.FileName), data, 0o644); err != nil {
 		return err
 	}
 	if err := os.Chmod(stage, 0o755); err != nil {

@@ -28,7 +28,14 @@ type Module struct {
 
 // Find locates the one kernel of tree.
 func Find(tree string) (*Kernel, error) {
-	imgs, _ := filepath.Glob(filepath.Join(tree, "boot", "vmlinuz-*"))
+	var imgs []string
+	all, _ := filepath.Glob(filepath.Join(tree, "boot", "vmlinuz-*"))
+	for _, p := range all {
+		v := strings.TrimPrefix(filepath.Base(p), "vmlinuz-")
+		if st, err := os.Stat(filepath.Join(tree, "lib", "modules", v)); err == nil && st.IsDir() {
+			imgs = append(imgs, p) // a kernel with its modules, not a stray file
+		}
+	}
 	switch len(imgs) {
 	case 0:
 		return nil, fmt.Errorf("%s: no boot/vmlinuz-* kernel", tree)

@@ -67,7 +67,14 @@ func TestResolveNamesUnknownModules(t *testing.T) {
 
 func TestFindNeedsExactlyOneKernel(t *testing.T) {
 	dir := fakeTree(t)
+	// A stray file beside the kernel is not a second kernel...
+	os.WriteFile(filepath.Join(dir, "boot", "vmlinuz-6.1.0-test.sha256"), nil, 0o644)
+	if k, err := Find(dir); err != nil || k.Version != "6.1.0-test" {
+		t.Fatalf("Find with a stray file: %v, %v", k, err)
+	}
+	// ...but a second kernel with its modules is.
 	os.WriteFile(filepath.Join(dir, "boot", "vmlinuz-6.2"), nil, 0o644)
+	os.MkdirAll(filepath.Join(dir, "lib", "modules", "6.2"), 0o755)
 	if _, err := Find(dir); err == nil || !strings.Contains(err.Error(), "2 kernels") {
 		t.Fatalf("err = %v", err)
 	}

@@ -231,9 +231,14 @@ func busybox(ctx context.Context, c Config) (string, error) {
 	tmpOut := filepath.Join(tmpDir, "busybox.cpio")
 	start := time.Now()
 	c.log().Info("compiling initramfs busybox (gobusybox)", "commands", len(c.commands()))
+	goroot, err := goCmd(c.WorkDir, "env", "GOROOT")
+	if err != nil {
+		return "", err
+	}
 	logger := llog.New(slog.LevelWarn, func(format string, v ...any) { c.log().Debug(fmt.Sprintf(format, v...)) })
 	mods := []uimage.Modifier{
-		uimage.WithEnv(golang.DisableCGO(), golang.WithGOOS("linux"), golang.WithGOARCH("amd64"), golang.WithWorkingDir(c.WorkDir)),
+		uimage.WithEnv(golang.DisableCGO(), golang.WithGOOS("linux"), golang.WithGOARCH("amd64"), golang.WithWorkingDir(c.WorkDir),
+			golang.WithGOROOT(strings.TrimSpace(goroot))),
 		uimage.WithTempDir(tmpDir),
 		uimage.WithBaseArchive(uimage.DefaultRamfs()),
 		uimage.WithBusyboxCommands(c.commands()...),
