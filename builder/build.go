@@ -64,6 +64,9 @@ func Build(ctx context.Context, spec *images.Spec, o Options) (*Result, error) {
 	if o.Progress == nil {
 		o.Progress = nopProgress{}
 	}
+	if o.Epoch.IsZero() {
+		o.Epoch = DefaultEpoch
+	}
 	if o.Out == "" || o.CacheDir == "" {
 		return nil, errors.New("build: output and cache directories are required")
 	}
@@ -224,12 +227,14 @@ func (b *build) rootfs(ctx context.Context, key string) (string, error) {
 	pr.CloseWithError(errors.New("squashfs writer stopped"))
 	ferr := <-errc
 	prog.Done()
+	if err != nil {
+		// The packer's own error says more than the flattener's broken pipe.
+		os.Remove(path)
+		return "", fmt.Errorf("squashfs: %w", err)
+	}
 	if ferr != nil {
 		os.Remove(path)
 		return "", fmt.Errorf("flatten: %w", ferr)
-	}
-	if err != nil {
-		return "", fmt.Errorf("squashfs: %w", err)
 	}
 	return path, nil
 }

@@ -34,7 +34,7 @@ var (
 
 // Output names of the two initramfs flavours.
 const (
-	initramfsNetboot  = manifest.Initramfs           // stage 1 only: fetches the rootfs
+	initramfsNetboot  = manifest.Initramfs            // stage 1 only: fetches the rootfs
 	initramfsEmbedded = "initramfs-embedded.cpio.zst" // stage 1 + rootfs + profile
 )
 

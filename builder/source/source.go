@@ -69,11 +69,7 @@ func (r *Resolver) Image(ctx context.Context, s images.Source) (v1.Image, error)
 		if !st.IsDir() {
 			return nil, fmt.Errorf("dir:%s: not a directory", s.Path)
 		}
-		l, err := ocitar.LayerFromDir(s.Path, r.tmpDir(), r.Epoch)
-		if err != nil {
-			return nil, err
-		}
-		return ocitar.ImageFromLayers(r.Epoch, l)
+		return r.dirImage(s.Path)
 	case images.KindTar:
 		l, err := ocitar.LayerFromTar(s.Path)
 		if err != nil {

@@ -225,9 +225,9 @@ func TestGoSourceBuildsStaticBinaryIntoUsrBin(t *testing.T) {
 
 func TestBinaryNameSkipsMajorVersion(t *testing.T) {
 	for in, want := range map[string]string{
-		"go.etcd.io/etcd/etcdctl/v3": "etcdctl",
+		"go.etcd.io/etcd/etcdctl/v3":            "etcdctl",
 		"github.com/u-root/u-root/cmds/core/ls": "ls",
-		"example.com/v2": "example.com",
+		"example.com/v2":                        "example.com",
 	} {
 		if got := BinaryName(in); got != want {
 			t.Errorf("BinaryName(%s) = %s, want %s", in, got, want)
