@@ -73,6 +73,7 @@ Typical use:
 		newValidateCmd(g),
 		newInspectCmd(g),
 		newPackCmd(g),
+		newServeCmd(g),
 	)
 	return root
 }

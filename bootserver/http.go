@@ -1,0 +1,388 @@
+package bootserver
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/plinth-dev/plinth/bootserver/api"
+	"github.com/plinth-dev/plinth/builder/manifest"
+	"github.com/plinth-dev/plinth/profiles"
+)
+
+const maxEventBody = 64 << 10
+
+func (s *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	handle := func(pattern, route string, h http.HandlerFunc) {
+		mux.Handle(pattern, s.instrument(route, h))
+	}
+	handle("GET "+api.PathBootScript, "boot.ipxe", s.bootScript)
+	handle("GET /artifacts/sha256/{hex}", "artifact", s.artifact)
+	handle("HEAD /artifacts/sha256/{hex}", "artifact", s.artifact)
+	handle("GET "+api.PathProfile, "config", s.profile)
+	handle("POST "+api.PathEvents, "events", s.event)
+	handle("GET "+api.PathMachines, "machines", s.machines)
+	handle("GET /v1/events/stream", "stream", s.stream)
+	handle("GET /{$}", "status", s.statusPage)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
+	return mux
+}
+
+// statusWriter records the status code and bytes of a response.
+type statusWriter struct {
+	http.ResponseWriter
+	code  int
+	bytes int64
+}
+
+func (w *statusWriter) WriteHeader(c int) { w.code = c; w.ResponseWriter.WriteHeader(c) }
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.code == 0 {
+		w.code = http.StatusOK
+	}
+	n, err := w.ResponseWriter.Write(b)
+	w.bytes += int64(n)
+	return n, err
+}
+func (w *statusWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (s *Server) instrument(route string, h http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sw := &statusWriter{ResponseWriter: w}
+		h(sw, r)
+		if sw.code == 0 {
+			sw.code = http.StatusOK
+		}
+		s.metrics.requests.WithLabelValues(route, fmt.Sprint(sw.code)).Inc()
+		if route == "artifact" {
+			s.metrics.bytes.Add(float64(sw.bytes))
+		}
+	})
+}
+
+// fail answers a client error with a clear message and logs it.
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, code int, msg string, attrs ...any) {
+	s.log.Warn(msg, append([]any{"remote", r.RemoteAddr, "path", r.URL.Path, "code", code}, attrs...)...)
+	http.Error(w, msg, code)
+}
+
+func remoteIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// BootQuery is what a booting machine tells about itself.
+type BootQuery struct {
+	MAC, UUID string
+	Arch      string
+	Labels    map[string]string
+}
+
+// ParseBootQuery checks the query of a boot script request. Unknown keys
+// other than label.* are rejected, so typos in an iPXE chain are visible.
+func ParseBootQuery(raw string) (BootQuery, error) {
+	var q BootQuery
+	if len(raw) > 2048 {
+		return q, errors.New("query too long")
+	}
+	vals, err := parseQuery(raw)
+	if err != nil {
+		return q, err
+	}
+	for k, vs := range vals {
+		if len(vs) != 1 {
+			return q, fmt.Errorf("%s given %d times", k, len(vs))
+		}
+		v := vs[0]
+		switch {
+		case k == "mac":
+			hw, err := net.ParseMAC(v)
+			if err != nil || len(hw) != 6 {
+				return q, fmt.Errorf("mac %q is not a MAC address", v)
+			}
+			q.MAC = hw.String()
+		case k == "uuid":
+			q.UUID = strings.ToLower(v)
+		case k == "arch":
+			q.Arch = v
+		case strings.HasPrefix(k, "label."):
+			if q.Labels == nil {
+				q.Labels = map[string]string{}
+			}
+			q.Labels[strings.TrimPrefix(k, "label.")] = v
+		default:
+			return q, fmt.Errorf("unknown query parameter %q", k)
+		}
+	}
+	return q, nil
+}
+
+func parseQuery(raw string) (map[string][]string, error) {
+	out := map[string][]string{}
+	if raw == "" {
+		return out, nil
+	}
+	for _, kv := range strings.Split(raw, "&") {
+		k, v, _ := strings.Cut(kv, "=")
+		uk, err1 := urlUnescape(k)
+		uv, err2 := urlUnescape(v)
+		if err := errors.Join(err1, err2); err != nil {
+			return nil, fmt.Errorf("malformed query: %w", err)
+		}
+		out[uk] = append(out[uk], uv)
+	}
+	return out, nil
+}
+
+func (s *Server) bootScript(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	if r.URL.RawQuery == "" {
+		// First request from firmware whose DHCP bootfile cannot carry
+		// iPXE variables: chain to ourselves with the machine's identity.
+		fmt.Fprintf(w, "#!ipxe\nchain %s%s?mac=${mac:hexhyp}&uuid=${uuid}&arch=${buildarch}\n", s.cfg.PublicURL, api.PathBootScript)
+		return
+	}
+	q, err := ParseBootQuery(r.URL.RawQuery)
+	if err != nil {
+		s.fail(w, r, http.StatusBadRequest, "boot.ipxe: "+err.Error())
+		return
+	}
+	snap := s.snap.Load()
+	m, err := snap.site.Match(q.MAC, q.UUID, q.Labels)
+	if errors.Is(err, profiles.ErrUnknownMachine) {
+		name := "unknown-" + strings.ReplaceAll(q.MAC, ":", "")
+		s.state.update(name, func(st *MachineStatus) {
+			st.MAC, st.State, st.LastEvent, st.IP = q.MAC, "unknown", "refused: not in site "+snap.site.Name, remoteIP(r)
+			touch(st)
+		})
+		s.log.Warn("unknown machine refused", "mac", q.MAC, "uuid", q.UUID, "remote", r.RemoteAddr)
+		fmt.Fprintf(w, "#!ipxe\necho plinth: machine %s %s is not in site %s: ask the operator to add it\nsleep 60\nchain %s%s?mac=${mac:hexhyp}&uuid=${uuid}\n",
+			q.MAC, q.UUID, snap.site.Name, s.cfg.PublicURL, api.PathBootScript)
+		return
+	}
+	if err != nil {
+		s.fail(w, r, http.StatusBadRequest, "boot.ipxe: "+err.Error())
+		return
+	}
+	im := snap.images[m.Image]
+	if im == nil {
+		s.fail(w, r, http.StatusNotFound, fmt.Sprintf("boot.ipxe: machine %s: image %q is not built in %s", m.Name, m.Image, s.cfg.ArtifactsDir), "machine", m.Name)
+		return
+	}
+	k, i, root, err := im.bootFiles()
+	if err != nil {
+		s.fail(w, r, http.StatusNotFound, "boot.ipxe: "+err.Error(), "machine", m.Name)
+		return
+	}
+	if !snap.known(m) {
+		s.state.update(m.Name, func(st *MachineStatus) { st.MAC, st.Role, st.Image = m.MAC, m.Role, m.Image })
+	}
+	cmdline := strings.TrimSpace(fmt.Sprintf("%s %s=%s %s=%s %s=%s", im.m.Cmdline,
+		api.ParamServer, s.cfg.PublicURL, api.ParamMachine, m.Name, api.ParamRootfs, root))
+	if snap.site.Enrolment == "token" {
+		cmdline += " " + api.ParamToken + "=" + s.tokens.mint(m.Name, remoteIP(r))
+	}
+	url := func(d string) string { return s.cfg.PublicURL + api.ArtifactPath(strings.TrimPrefix(d, "sha256:")) }
+	fmt.Fprintf(w, "#!ipxe\necho plinth: %s is %s, image %s\nkernel %s initrd=initramfs %s\ninitrd --name initramfs %s\nboot\n",
+		m.Name, orDash(m.Role), m.Image, url(k), cmdline, url(i))
+	s.state.update(m.Name, func(st *MachineStatus) {
+		st.State, st.LastEvent, st.IP, st.Rootfs = api.StageKernel, "boot script served", remoteIP(r), root
+		touch(st)
+	})
+	s.log.Info("boot script", "machine", m.Name, "mac", q.MAC, "image", m.Image, "digest", root)
+}
+
+func (snap *snapshot) known(m *profiles.Machine) bool { return snap.site.Machine(m.Name) != nil }
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func touch(st *MachineStatus) {
+	now := time.Now().UTC()
+	if st.FirstSeen.IsZero() {
+		st.FirstSeen = now
+	}
+	st.LastSeen = now
+}
+
+func (s *Server) artifact(w http.ResponseWriter, r *http.Request) {
+	hexd := r.PathValue("hex")
+	if _, err := manifest.ParseDigest("sha256:" + hexd); err != nil {
+		s.fail(w, r, http.StatusBadRequest, "artifact: "+err.Error())
+		return
+	}
+	a, ok := s.snap.Load().artifacts[hexd]
+	if !ok {
+		s.fail(w, r, http.StatusNotFound, "artifact: no artifact sha256:"+hexd, "digest", hexd)
+		return
+	}
+	f, err := os.Open(a.path)
+	if err != nil {
+		s.fail(w, r, http.StatusNotFound, "artifact: sha256:"+hexd+" is gone from disk", "digest", hexd)
+		return
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil || st.Size() != a.size {
+		s.fail(w, r, http.StatusConflict, "artifact: sha256:"+hexd+" changed on disk; rebuild in progress?", "digest", hexd)
+		return
+	}
+	w.Header().Set("ETag", `"sha256:`+hexd+`"`)
+	w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
+	w.Header().Set("Content-Type", "application/octet-stream")
+	http.ServeContent(w, r, "", time.Time{}, f)
+}
+
+func (s *Server) profile(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	snap := s.snap.Load()
+	m := snap.site.Machine(id)
+	if m == nil {
+		if st, ok := s.state.get(id); ok && st.MAC != "" && st.State != "unknown" {
+			m, _ = snap.site.Match(st.MAC, "", nil) // a machine booted by the site's default
+		}
+	}
+	if m == nil || m.Name != id {
+		s.fail(w, r, http.StatusNotFound, "config: no machine "+id, "machine", id)
+		return
+	}
+	if snap.site.Enrolment == "token" && !s.tokens.use(r.Header.Get(api.HeaderToken), id, remoteIP(r)) {
+		s.fail(w, r, http.StatusForbidden, "config: enrolment token missing, used, expired or from another address", "machine", id)
+		return
+	}
+	c, err := snap.site.Render(m, s.cfg.PublicURL)
+	if err != nil {
+		s.fail(w, r, http.StatusInternalServerError, "config: "+err.Error(), "machine", id)
+		return
+	}
+	if im := snap.images[m.Image]; im != nil {
+		if _, _, root, err := im.bootFiles(); err == nil {
+			c.Rootfs = root
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	_ = json.NewEncoder(w).Encode(c)
+	s.state.update(id, func(st *MachineStatus) { st.IP = remoteIP(r); touch(st) })
+}
+
+// DecodeEvent reads one event document strictly.
+func DecodeEvent(r io.Reader) (api.Event, error) {
+	var e api.Event
+	dec := json.NewDecoder(r)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&e); err != nil {
+		return e, fmt.Errorf("event: %w", err)
+	}
+	if dec.More() {
+		return e, errors.New("event: more than one document")
+	}
+	if !knownStages[e.Stage] {
+		return e, fmt.Errorf("event: unknown stage %q", e.Stage)
+	}
+	if e.Machine == "" || len(e.Machine) > 63 {
+		return e, errors.New("event: machine missing or too long")
+	}
+	if len(e.Message) > 4096 || len(e.Fields) > 64 {
+		return e, errors.New("event: message or fields too large")
+	}
+	return e, nil
+}
+
+func (s *Server) event(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxEventBody))
+	if err != nil {
+		s.fail(w, r, http.StatusRequestEntityTooLarge, fmt.Sprintf("event: body larger than %d bytes", maxEventBody))
+		return
+	}
+	e, err := DecodeEvent(bytes.NewReader(body))
+	if err != nil {
+		s.fail(w, r, http.StatusBadRequest, err.Error())
+		return
+	}
+	if _, ok := s.state.get(e.Machine); !ok {
+		s.fail(w, r, http.StatusNotFound, "event: no machine "+e.Machine, "machine", e.Machine)
+		return
+	}
+	s.metrics.events.WithLabelValues(e.Stage).Inc()
+	s.state.update(e.Machine, func(st *MachineStatus) {
+		st.State, st.LastEvent, st.IP = e.Stage, e.Message, remoteIP(r)
+		st.Events++
+		if len(e.Fields) > 0 {
+			st.Fields = e.Fields
+		}
+		touch(st)
+	})
+	s.log.Info("event", "machine", e.Machine, "stage", e.Stage, "message", e.Message)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) machines(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(s.state.list())
+}
+
+// stream sends every machine now, then each change, as Server-Sent Events.
+func (s *Server) stream(w http.ResponseWriter, r *http.Request) {
+	fl, ok := w.(http.Flusher)
+	if !ok {
+		http.Error(w, "streaming unsupported", http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-store")
+	c, cancel := s.state.subscribe()
+	defer cancel()
+	send := func(st MachineStatus) bool {
+		b, _ := json.Marshal(st)
+		if _, err := fmt.Fprintf(w, "event: machine\ndata: %s\n\n", b); err != nil {
+			return false
+		}
+		fl.Flush()
+		return true
+	}
+	for _, st := range s.state.list() {
+		if !send(st) {
+			return
+		}
+	}
+	keep := time.NewTicker(15 * time.Second)
+	defer keep.Stop()
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case st := <-c:
+			if !send(st) {
+				return
+			}
+		case <-keep.C:
+			if _, err := fmt.Fprint(w, ": keep-alive\n\n"); err != nil {
+				return
+			}
+			fl.Flush()
+		}
+	}
+}

@@ -1,0 +1,213 @@
+package bootserver
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// Config configures a Server.
+type Config struct {
+	SiteDir      string
+	ArtifactsDir string
+	Listen       string // HTTP address, e.g. ":8080"
+	// PublicURL is how machines reach this server, e.g. http://10.0.0.1:8080;
+	// it goes into iPXE scripts and kernel command lines.
+	PublicURL string
+	// DHCPInterface is where DHCP is answered when the site's [dhcp] mode is
+	// proxy or server; ServerIP is this server's address there.
+	DHCPInterface string
+	ServerIP      netip.Addr
+	TFTPListen    string // e.g. ":69"; "" disables TFTP
+	IPXEDir       string // undionly.kpxe and ipxe.efi; default /usr/lib/ipxe
+	Poll          time.Duration
+	Log           *slog.Logger
+}
+
+// Server is a boot server.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	snap    atomic.Pointer[snapshot]
+	state   *stateTable
+	tokens  *tokens
+	metrics *metrics
+	leases  *leases
+	reloadM sync.Mutex
+}
+
+// New loads the site and the artifacts; a bad site is an error here, never
+// a warning at boot time.
+func New(cfg Config) (*Server, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Poll == 0 {
+		cfg.Poll = 2 * time.Second
+	}
+	if cfg.IPXEDir == "" {
+		cfg.IPXEDir = "/usr/lib/ipxe"
+	}
+	cfg.PublicURL = strings.TrimRight(cfg.PublicURL, "/")
+	if cfg.PublicURL == "" {
+		return nil, errors.New("serve: a public URL is needed (how machines reach this server)")
+	}
+	snap, err := load(cfg.SiteDir, cfg.ArtifactsDir)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: cfg.Log, state: newStateTable(), tokens: newTokens(), metrics: newMetrics(), leases: newLeases()}
+	s.snap.Store(snap)
+	s.seed(snap)
+	return s, nil
+}
+
+// seed lists the site's machines on the status page before they boot.
+func (s *Server) seed(snap *snapshot) {
+	for _, m := range snap.site.Machines {
+		m := m
+		s.state.update(m.Name, func(st *MachineStatus) {
+			st.Known, st.MAC, st.Role, st.Image = true, m.MAC, m.Role, m.Image
+			if im := snap.images[m.Image]; im != nil {
+				if _, _, r, err := im.bootFiles(); err == nil {
+					st.Rootfs = r
+				}
+			}
+		})
+	}
+	s.metrics.images.Set(float64(len(snap.images)))
+}
+
+// Reload reads the site and artifacts again; a broken site or manifest is
+// rejected and the running configuration kept. Downloads in flight keep
+// their open files.
+func (s *Server) Reload() error {
+	s.reloadM.Lock()
+	defer s.reloadM.Unlock()
+	snap, err := load(s.cfg.SiteDir, s.cfg.ArtifactsDir)
+	if err != nil {
+		s.metrics.reloads.WithLabelValues("rejected").Inc()
+		return fmt.Errorf("reload rejected, keeping the running configuration: %w", err)
+	}
+	old := s.snap.Swap(snap)
+	if old == nil || old.key != snap.key {
+		s.metrics.reloads.WithLabelValues("applied").Inc()
+		s.seed(snap)
+		s.log.Info("reloaded", "site", snap.site.Name, "machines", len(snap.site.Machines), "images", len(snap.images))
+	}
+	return nil
+}
+
+// Handler is the HTTP side, for tests and embedding.
+func (s *Server) Handler() http.Handler { return s.routes() }
+
+// Run serves until ctx is cancelled, then shuts down gracefully.
+func (s *Server) Run(ctx context.Context) error {
+	ln, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return err
+	}
+	hs := &http.Server{Handler: s.routes(), ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 4)
+	go func() { errc <- hs.Serve(ln) }()
+	s.log.Info("serving", "http", ln.Addr().String(), "public", s.cfg.PublicURL, "site", s.snap.Load().site.Name)
+	snap := s.snap.Load()
+	if mode := snap.site.DHCP.Mode; mode != "off" && s.cfg.DHCPInterface != "" {
+		stop, err := s.serveDHCP(mode)
+		if err != nil {
+			hs.Close()
+			return err
+		}
+		defer stop()
+	}
+	if s.cfg.TFTPListen != "" {
+		stop, err := s.serveTFTP()
+		if err != nil {
+			hs.Close()
+			return err
+		}
+		defer stop()
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	tick := time.NewTicker(s.cfg.Poll)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			s.log.Info("shutting down")
+			return hs.Shutdown(sctx)
+		case err := <-errc:
+			return err
+		case <-hup:
+			if err := s.Reload(); err != nil {
+				s.log.Error("SIGHUP", "err", err)
+			}
+		case <-tick.C:
+			if err := s.Reload(); err != nil {
+				s.log.Warn("watch", "err", err)
+			}
+		}
+	}
+}
+
+// tokens are single-use enrolment tokens: minted into a machine's boot
+// script, bound to the address that fetched it, valid for a short time.
+type tokens struct {
+	mu sync.Mutex
+	m  map[string]tokenInfo
+}
+
+type tokenInfo struct {
+	machine string
+	ip      string
+	expires time.Time
+}
+
+const tokenTTL = 15 * time.Minute
+
+func newTokens() *tokens { return &tokens{m: map[string]tokenInfo{}} }
+
+func (t *tokens) mint(machine, ip string) string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	tok := hex.EncodeToString(b)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	now := time.Now()
+	for k, v := range t.m {
+		if now.After(v.expires) {
+			delete(t.m, k)
+		}
+	}
+	t.m[tok] = tokenInfo{machine: machine, ip: ip, expires: now.Add(tokenTTL)}
+	return tok
+}
+
+// use consumes a token if it was minted for machine and ip and is fresh.
+func (t *tokens) use(tok, machine, ip string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	v, ok := t.m[tok]
+	if !ok || v.machine != machine || v.ip != ip || time.Now().After(v.expires) {
+		return false
+	}
+	delete(t.m, tok)
+	return true
+}

@@ -1,0 +1,268 @@
+package bootserver
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/plinth-dev/plinth/bootserver/api"
+	"github.com/plinth-dev/plinth/builder/manifest"
+	"github.com/plinth-dev/plinth/profiles/node"
+)
+
+const siteTOML = `
+[site]
+name = "lab"
+domain = "lab.example"
+enrolment = "%s"
+[dhcp]
+mode = "server"
+range_start = "10.77.0.100"
+range_end = "10.77.0.101"
+netmask = "255.255.255.0"
+router = "10.77.0.1"
+dns = ["10.77.0.1"]
+[[machine]]
+name = "node-1"
+mac = "52:54:00:00:00:01"
+role = "minion"
+image = "img"
+[[machine]]
+name = "node-2"
+mac = "52:54:00:00:00:02"
+image = "img"
+address = "10.77.0.12/24"
+`
+
+// fixture writes a site and one built image with real digests.
+func fixture(t *testing.T, enrolment string) (*Server, map[string]string) {
+	t.Helper()
+	dir := t.TempDir()
+	site := filepath.Join(dir, "site")
+	os.MkdirAll(site, 0o755)
+	os.WriteFile(filepath.Join(site, "site.toml"), []byte(strings.Replace(siteTOML, "%s", enrolment, 1)), 0o644)
+	img := filepath.Join(dir, "artifacts", "img")
+	os.MkdirAll(img, 0o755)
+	m := &manifest.Manifest{Schema: manifest.Schema, Name: "img", Cmdline: "console=ttyS0"}
+	digests := map[string]string{}
+	for name, body := range map[string]string{manifest.KernelFile: "KERNEL", manifest.Initramfs: "INITRD", manifest.Rootfs: strings.Repeat("R", 10000)} {
+		p := filepath.Join(img, name)
+		os.WriteFile(p, []byte(body), 0o644)
+		d, n, _ := manifest.FileDigest(p)
+		m.Files = append(m.Files, manifest.File{Name: name, SHA256: d, Size: n})
+		digests[name] = d
+	}
+	b, _ := m.Encode()
+	os.WriteFile(filepath.Join(img, manifest.FileName), b, 0o644)
+	s, err := New(Config{SiteDir: site, ArtifactsDir: filepath.Join(dir, "artifacts"), PublicURL: "http://10.77.0.1:8080", ServerIP: netip.MustParseAddr("10.77.0.1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, digests
+}
+
+func get(t *testing.T, h http.Handler, path string, hdr ...string) *httptest.ResponseRecorder {
+	t.Helper()
+	r := httptest.NewRequest(http.MethodGet, path, nil)
+	r.RemoteAddr = "10.77.0.100:5555"
+	for i := 0; i+1 < len(hdr); i += 2 {
+		r.Header.Set(hdr[i], hdr[i+1])
+	}
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	return w
+}
+
+func TestBootScriptPinsKernelInitrdAndRootfsByDigest(t *testing.T) {
+	s, d := fixture(t, "none")
+	w := get(t, s.Handler(), "/boot.ipxe?mac=52-54-00-00-00-01&uuid=&arch=x86_64")
+	body := w.Body.String()
+	if w.Code != 200 || !strings.HasPrefix(body, "#!ipxe\n") {
+		t.Fatalf("%d %q", w.Code, body)
+	}
+	hex := func(n string) string { return strings.TrimPrefix(d[n], "sha256:") }
+	for _, want := range []string{
+		"kernel http://10.77.0.1:8080/artifacts/sha256/" + hex(manifest.KernelFile) + " initrd=initramfs console=ttyS0 plinth.server=http://10.77.0.1:8080 plinth.machine=node-1 plinth.rootfs=" + d[manifest.Rootfs],
+		"initrd --name initramfs http://10.77.0.1:8080/artifacts/sha256/" + hex(manifest.Initramfs),
+		"boot\n",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("script lacks %q:\n%s", want, body)
+		}
+	}
+	if strings.Contains(body, "plinth.token") {
+		t.Error("a token without enrolment")
+	}
+}
+
+func TestUnknownMachineIsRefusedAndRecorded(t *testing.T) {
+	s, _ := fixture(t, "none")
+	w := get(t, s.Handler(), "/boot.ipxe?mac=52:54:00:99:99:99")
+	if w.Code != 200 || !strings.Contains(w.Body.String(), "is not in site lab") || strings.Contains(w.Body.String(), "kernel ") {
+		t.Fatalf("%d %s", w.Code, w.Body)
+	}
+	st, ok := s.state.get("unknown-525400999999")
+	if !ok || st.State != "unknown" {
+		t.Errorf("the refused machine was not recorded: %+v", st)
+	}
+}
+
+func TestBadRequestsGetClearClientErrors(t *testing.T) {
+	s, _ := fixture(t, "none")
+	h := s.Handler()
+	for path, code := range map[string]int{
+		"/boot.ipxe?mac=zz":                            400,
+		"/boot.ipxe?mac=52:54:00:00:00:01&bogus=1":     400,
+		"/boot.ipxe?mac=%zz":                           400,
+		"/artifacts/sha256/../../etc/passwd":           307, // the mux cleans it to /etc/passwd, which 404s
+		"/artifacts/sha256/..%2f..%2fetc%2fpasswd":     400,
+		"/artifacts/sha256/abc":                        400,
+		"/artifacts/sha256/" + strings.Repeat("0", 64): 404,
+		"/v1/machines/nobody/config":                   404,
+		"/nothing-here":                                404,
+	} {
+		if w := get(t, h, path); w.Code != code {
+			t.Errorf("GET %s = %d, want %d (%s)", path, w.Code, code, strings.TrimSpace(w.Body.String()))
+		}
+	}
+	for body, code := range map[string]int{
+		`{"machine":"node-1","stage":"bogus"}`:          400,
+		`{"machine":"node-1","stage":"init","extra":1}`: 400,
+		`{"machine":"ghost","stage":"init"}`:            404,
+		`not json`:                                      400,
+		`{"machine":"node-1","stage":"init"}` + strings.Repeat(" ", maxEventBody): 413,
+	} {
+		r := httptest.NewRequest(http.MethodPost, api.PathEvents, strings.NewReader(body))
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		if w.Code != code {
+			t.Errorf("POST event %.40q = %d, want %d", body, w.Code, code)
+		}
+	}
+}
+
+func TestArtifactsServedByDigestWithRangeAndCaching(t *testing.T) {
+	s, d := fixture(t, "none")
+	path := api.ArtifactPath(strings.TrimPrefix(d[manifest.Rootfs], "sha256:"))
+	w := get(t, s.Handler(), path, "Range", "bytes=9990-")
+	if w.Code != http.StatusPartialContent || w.Body.String() != strings.Repeat("R", 10) {
+		t.Fatalf("range: %d %q", w.Code, w.Body.String())
+	}
+	w = get(t, s.Handler(), path)
+	if w.Header().Get("ETag") != `"`+d[manifest.Rootfs]+`"` || !strings.Contains(w.Header().Get("Cache-Control"), "immutable") || w.Body.Len() != 10000 {
+		t.Errorf("headers %v, %d bytes", w.Header(), w.Body.Len())
+	}
+	if w := get(t, s.Handler(), path, "If-None-Match", `"`+d[manifest.Rootfs]+`"`); w.Code != http.StatusNotModified {
+		t.Errorf("conditional GET = %d, want 304", w.Code)
+	}
+}
+
+func TestProfileAndEventsUpdateTheFleet(t *testing.T) {
+	s, d := fixture(t, "none")
+	h := s.Handler()
+	w := get(t, h, api.ProfilePath("node-1"))
+	if w.Code != 200 {
+		t.Fatalf("%d %s", w.Code, w.Body)
+	}
+	c, err := node.Decode(w.Body.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Hostname != "node-1" || c.Role != "minion" || c.Rootfs != d[manifest.Rootfs] || c.Cluster.BootServer != "http://10.77.0.1:8080" {
+		t.Errorf("config %+v %+v", c, c.Cluster)
+	}
+	ev, _ := json.Marshal(api.Event{Machine: "node-1", Stage: api.StageReady, Message: "all good"})
+	r := httptest.NewRequest(http.MethodPost, api.PathEvents, bytes.NewReader(ev))
+	rw := httptest.NewRecorder()
+	h.ServeHTTP(rw, r)
+	if rw.Code != http.StatusNoContent {
+		t.Fatalf("event: %d %s", rw.Code, rw.Body)
+	}
+	var list []MachineStatus
+	json.Unmarshal(get(t, h, api.PathMachines).Body.Bytes(), &list)
+	if len(list) != 2 || list[0].Name != "node-1" || list[0].State != api.StageReady || list[0].LastEvent != "all good" {
+		t.Errorf("machines %+v", list)
+	}
+	page := get(t, h, "/").Body.String()
+	if !strings.Contains(page, "node-1") || !strings.Contains(page, "all good") {
+		t.Error("the status page does not show the event")
+	}
+	metrics := get(t, h, "/metrics").Body.String()
+	if !strings.Contains(metrics, `plinth_boot_events_total{stage="ready"} 1`) {
+		t.Error("metrics lack the event")
+	}
+}
+
+func TestEnrolmentTokenIsSingleUseAndBoundToTheBootingAddress(t *testing.T) {
+	s, _ := fixture(t, "token")
+	h := s.Handler()
+	script := get(t, h, "/boot.ipxe?mac=52:54:00:00:00:01").Body.String()
+	i := strings.Index(script, "plinth.token=")
+	if i < 0 {
+		t.Fatalf("no token in %s", script)
+	}
+	tok := strings.Fields(script[i+len("plinth.token="):])[0]
+	// Guessing the MAC is not enough: without the token, no profile.
+	if w := get(t, h, api.ProfilePath("node-1")); w.Code != http.StatusForbidden {
+		t.Errorf("no token: %d", w.Code)
+	}
+	// The token from another address does not work either.
+	r := httptest.NewRequest(http.MethodGet, api.ProfilePath("node-1"), nil)
+	r.RemoteAddr = "10.77.0.66:1"
+	r.Header.Set(api.HeaderToken, tok)
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	if w.Code != http.StatusForbidden {
+		t.Errorf("token from another address: %d", w.Code)
+	}
+	if w := get(t, h, api.ProfilePath("node-2"), api.HeaderToken, tok); w.Code != http.StatusForbidden {
+		t.Errorf("node-1's token for node-2: %d", w.Code)
+	}
+	if w := get(t, h, api.ProfilePath("node-1"), api.HeaderToken, tok); w.Code != 200 {
+		t.Errorf("the machine's own token: %d", w.Code)
+	}
+	if w := get(t, h, api.ProfilePath("node-1"), api.HeaderToken, tok); w.Code != http.StatusForbidden {
+		t.Errorf("a used token worked again: %d", w.Code)
+	}
+}
+
+func TestReloadRejectsBrokenSiteAndKeepsServing(t *testing.T) {
+	s, _ := fixture(t, "none")
+	os.WriteFile(filepath.Join(s.cfg.SiteDir, "site.toml"), []byte("[site]\nname = 3\n"), 0o644)
+	if err := s.Reload(); err == nil || !strings.Contains(err.Error(), "site.toml:2:1: site.name") {
+		t.Fatalf("reload: %v", err)
+	}
+	if w := get(t, s.Handler(), "/boot.ipxe?mac=52:54:00:00:00:01"); w.Code != 200 {
+		t.Errorf("after a rejected reload: %d", w.Code)
+	}
+}
+
+func FuzzParseBootQuery(f *testing.F) {
+	f.Add("mac=52-54-00-00-00-01&uuid=abc&arch=x86_64")
+	f.Add("mac=%zz&label.rack=r1")
+	f.Add("mac=52:54:00:00:00:01&mac=52:54:00:00:00:02")
+	f.Fuzz(func(t *testing.T, q string) {
+		bq, err := ParseBootQuery(q)
+		if err == nil && bq.MAC != "" && len(bq.MAC) != 17 {
+			t.Fatalf("accepted MAC %q", bq.MAC)
+		}
+	})
+}
+
+func FuzzDecodeEvent(f *testing.F) {
+	f.Add(`{"machine":"a","stage":"ready","message":"m","fields":{"etcd":"active"}}`)
+	f.Add(`{"machine":"","stage":"init"}`)
+	f.Add(`[]`)
+	f.Fuzz(func(t *testing.T, in string) {
+		e, err := DecodeEvent(strings.NewReader(in))
+		if err == nil && (!knownStages[e.Stage] || e.Machine == "") {
+			t.Fatalf("accepted %+v", e)
+		}
+	})
+}

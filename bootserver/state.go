@@ -1,0 +1,98 @@
+package bootserver
+
+import (
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/plinth-dev/plinth/bootserver/api"
+)
+
+// MachineStatus is what the server knows of one machine, as the status
+// page and GET /v1/machines show it.
+type MachineStatus struct {
+	Name      string            `json:"name"`
+	MAC       string            `json:"mac,omitempty"`
+	Role      string            `json:"role,omitempty"`
+	Image     string            `json:"image,omitempty"`
+	Rootfs    string            `json:"rootfs,omitempty"`
+	State     string            `json:"state"` // last stage, "unknown" for refused machines, "" before any contact
+	LastEvent string            `json:"last_event,omitempty"`
+	IP        string            `json:"ip,omitempty"`
+	FirstSeen time.Time         `json:"first_seen,omitempty"`
+	LastSeen  time.Time         `json:"last_seen,omitempty"`
+	Known     bool              `json:"known"` // in the site
+	Events    int               `json:"events"`
+	Fields    map[string]string `json:"fields,omitempty"`
+}
+
+// stateTable is the fleet's boot state.
+type stateTable struct {
+	mu   sync.Mutex
+	m    map[string]*MachineStatus
+	subs map[chan MachineStatus]struct{}
+}
+
+func newStateTable() *stateTable {
+	return &stateTable{m: map[string]*MachineStatus{}, subs: map[chan MachineStatus]struct{}{}}
+}
+
+// update changes one machine and tells subscribers.
+func (t *stateTable) update(name string, f func(*MachineStatus)) MachineStatus {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	st, ok := t.m[name]
+	if !ok {
+		st = &MachineStatus{Name: name}
+		t.m[name] = st
+	}
+	f(st)
+	out := *st
+	for c := range t.subs {
+		select {
+		case c <- out:
+		default: // a slow page misses an update; the next one carries the state
+		}
+	}
+	return out
+}
+
+func (t *stateTable) get(name string) (MachineStatus, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	st, ok := t.m[name]
+	if !ok {
+		return MachineStatus{}, false
+	}
+	return *st, true
+}
+
+func (t *stateTable) list() []MachineStatus {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]MachineStatus, 0, len(t.m))
+	for _, st := range t.m {
+		out = append(out, *st)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+func (t *stateTable) subscribe() (chan MachineStatus, func()) {
+	c := make(chan MachineStatus, 64)
+	t.mu.Lock()
+	t.subs[c] = struct{}{}
+	t.mu.Unlock()
+	return c, func() {
+		t.mu.Lock()
+		delete(t.subs, c)
+		t.mu.Unlock()
+	}
+}
+
+// knownStages are the stages an event may carry.
+var knownStages = map[string]bool{
+	api.StageKernel: true, api.StageInit: true, api.StageNetwork: true, api.StageProfile: true,
+	api.StageRootfs: true, api.StageMount: true, api.StageConfig: true, api.StageSwitch: true,
+	api.StageReady: true, api.StageError: true, "modules": true, "retry": true,
+}

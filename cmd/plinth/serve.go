@@ -1,0 +1,79 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/plinth-dev/plinth/bootserver"
+)
+
+func newServeCmd(g *globals) *cobra.Command {
+	var c bootserver.Config
+	var serverIP string
+	cmd := &cobra.Command{
+		Use:   "serve --site DIR --artifacts DIR [--listen ADDR]",
+		Short: "Netboot machines: DHCP/TFTP for PXE, iPXE scripts, artifacts and profiles over HTTP",
+		Long: `Serve a site's machines from built artifacts. Each machine PXE-boots into iPXE,
+gets a boot script pinned by digest, its kernel, initramfs and root file system,
+and its own rendered profile. The site's [dhcp] table says whether to answer
+DHCP (proxy: beside an existing DHCP server; server: as the lab's only one) on
+--dhcp-interface. The status page (/) and /metrics show the fleet. SIGHUP, or
+any change on disk, reloads the site and artifacts; a broken site is rejected
+and the running one kept.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if c.SiteDir == "" || c.ArtifactsDir == "" {
+				return fmt.Errorf("--site and --artifacts are required")
+			}
+			if serverIP != "" {
+				a, err := netip.ParseAddr(serverIP)
+				if err != nil {
+					return fmt.Errorf("--server-ip: %w", err)
+				}
+				c.ServerIP = a
+			}
+			if c.PublicURL == "" {
+				host := serverIP
+				if host == "" {
+					host = firstAddr()
+				}
+				_, port, err := net.SplitHostPort(c.Listen)
+				if err != nil {
+					return fmt.Errorf("--listen %q: %w", c.Listen, err)
+				}
+				c.PublicURL = "http://" + net.JoinHostPort(host, port)
+			}
+			c.Log = g.log
+			s, err := bootserver.New(c)
+			if err != nil {
+				return err
+			}
+			return s.Run(cmd.Context())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&c.SiteDir, "site", "", "site profile directory")
+	f.StringVar(&c.ArtifactsDir, "artifacts", "artifacts", "artifacts directory (the builder's --out)")
+	f.StringVar(&c.Listen, "listen", ":8080", "HTTP listen address")
+	f.StringVar(&c.PublicURL, "public-url", "", "URL machines reach this server at (default http://SERVER-IP:PORT)")
+	f.StringVar(&c.DHCPInterface, "dhcp-interface", "", "interface to answer DHCP on (site [dhcp] mode proxy or server)")
+	f.StringVar(&serverIP, "server-ip", "", "this server's IPv4 address on the boot network")
+	f.StringVar(&c.TFTPListen, "tftp", "", "TFTP listen address for legacy PXE, e.g. :69 (off when empty)")
+	f.StringVar(&c.IPXEDir, "ipxe-dir", "/usr/lib/ipxe", "where Debian's ipxe package keeps undionly.kpxe and ipxe.efi")
+	return cmd
+}
+
+// firstAddr is the first non-loopback IPv4 address of this host.
+func firstAddr() string {
+	addrs, _ := net.InterfaceAddrs()
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok && ipn.IP.To4() != nil && !ipn.IP.IsLoopback() {
+			return ipn.IP.String()
+		}
+	}
+	return strings.TrimSpace("127.0.0.1")
+}
