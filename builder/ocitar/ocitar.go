@@ -7,6 +7,7 @@ import (
 	"archive/tar"
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -16,12 +17,14 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/compression"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sys/unix"
 )
 
@@ -50,6 +53,9 @@ func WriteDirTar(dir string, epoch time.Time, w io.Writer) error {
 		fi, err := os.Lstat(p)
 		if err != nil {
 			return err
+		}
+		if fi.Mode()&fs.ModeSocket != 0 {
+			return nil // a socket is made by a running program, not shipped; tar cannot hold one
 		}
 		link := ""
 		if fi.Mode()&fs.ModeSymlink != 0 {
@@ -106,57 +112,113 @@ func WriteDirTar(dir string, epoch time.Time, w io.Writer) error {
 	return tw.Close()
 }
 
-// xattrs returns a file's extended attributes as PAX records.
+// xattrs returns a file's extended attributes as PAX records. A file
+// system without xattr support simply has none; other failures are errors,
+// since silently losing security.capability breaks programs like ping.
 func xattrs(p string) (map[string]string, error) {
-	sz, err := unix.Llistxattr(p, nil)
-	if err != nil || sz == 0 {
-		return nil, nil // no xattr support on this file system: nothing to keep
+	var buf []byte
+	for size := 256; ; size *= 4 {
+		buf = make([]byte, size)
+		n, err := unix.Llistxattr(p, buf)
+		if errors.Is(err, unix.ENOTSUP) {
+			return nil, nil
+		}
+		if errors.Is(err, unix.ERANGE) && size < 1<<20 {
+			continue // the list grew between calls
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: list xattrs: %w", p, err)
+		}
+		buf = buf[:n]
+		break
 	}
-	buf := make([]byte, sz)
-	sz, err = unix.Llistxattr(p, buf)
-	if err != nil {
+	if len(buf) == 0 {
 		return nil, nil
 	}
 	out := map[string]string{}
-	for _, name := range strings.Split(strings.TrimRight(string(buf[:sz]), "\x00"), "\x00") {
+	for _, name := range strings.Split(strings.TrimRight(string(buf), "\x00"), "\x00") {
 		if name == "" {
 			continue
 		}
-		vsz, err := unix.Lgetxattr(p, name, nil)
-		if err != nil {
-			continue
+		val, err := getxattr(p, name)
+		if errors.Is(err, unix.ENODATA) {
+			continue // removed meanwhile
 		}
-		val := make([]byte, vsz)
-		vsz, err = unix.Lgetxattr(p, name, val)
 		if err != nil {
-			continue
+			return nil, fmt.Errorf("%s: xattr %s: %w", p, name, err)
 		}
-		out["SCHILY.xattr."+name] = string(val[:vsz])
+		out["SCHILY.xattr."+name] = string(val)
 	}
 	return out, nil
 }
 
-// LayerFromDir makes a zstd-compressed layer of the tree at dir, spooling the
-// tar to a temporary file in tmpDir ("" for the default).
+func getxattr(p, name string) ([]byte, error) {
+	for size := 256; ; size *= 4 {
+		val := make([]byte, size)
+		n, err := unix.Lgetxattr(p, name, val)
+		if errors.Is(err, unix.ERANGE) && size < 1<<20 {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		return val[:n], nil
+	}
+}
+
+// LayerFromDir makes a zstd-compressed layer of the tree at dir. The
+// compressed tar is written once to a temporary file in tmpDir ("" for the
+// default) and read from there, so neither the tar nor its compressed form
+// is held in memory; the file lives as long as the process may use the layer.
 func LayerFromDir(dir, tmpDir string, epoch time.Time) (v1.Layer, error) {
-	f, err := os.CreateTemp(tmpDir, "plinth-dirlayer-*.tar")
+	f, err := os.CreateTemp(tmpDir, "plinth-dirlayer-*.tar.zst")
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	bw := bufio.NewWriterSize(f, 1<<20)
-	if err := WriteDirTar(dir, epoch, bw); err != nil {
+	f.Close()
+	if err := WriteDirLayer(dir, f.Name(), epoch); err != nil {
 		os.Remove(f.Name())
-		return nil, fmt.Errorf("dir:%s: %w", dir, err)
-	}
-	if err := bw.Flush(); err != nil {
 		return nil, err
 	}
 	return LayerFromTar(f.Name())
 }
 
+// WriteDirLayer writes the tree at dir as a zstd-compressed tar to out,
+// through a temporary file beside it. The encoder runs single-threaded with
+// fixed options so the same tree always gives the same bytes.
+func WriteDirLayer(dir, out string, epoch time.Time) error {
+	f, err := os.CreateTemp(filepath.Dir(out), ".plinth-layer-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name()) // a no-op once renamed
+	bw := bufio.NewWriterSize(f, 1<<20)
+	zw, err := zstd.NewWriter(bw, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedDefault))
+	if err != nil {
+		f.Close()
+		return err
+	}
+	err = WriteDirTar(dir, epoch, zw)
+	if cerr := zw.Close(); err == nil {
+		err = cerr
+	}
+	if ferr := bw.Flush(); err == nil {
+		err = ferr
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("dir:%s: %w", dir, err)
+	}
+	return os.Rename(f.Name(), out)
+}
+
 // LayerFromTar makes a layer of a tar file, plain or compressed with gzip or
-// zstd; a plain tar is compressed with zstd.
+// zstd (told apart by their magic numbers). A compressed file is the layer
+// blob as it is. A plain tar is compressed with zstd each time the blob is
+// read rather than kept in memory: plinth itself only reads the uncompressed
+// stream, and only pushing or packing a layout needs the blob.
 func LayerFromTar(path string) (v1.Layer, error) {
 	magic := make([]byte, 4)
 	f, err := os.Open(path)
@@ -172,7 +234,8 @@ func LayerFromTar(path string) (v1.Layer, error) {
 	case bytes.HasPrefix(magic, []byte{0x28, 0xb5, 0x2f, 0xfd}):
 		opts = append(opts, tarball.WithMediaType(types.OCILayerZStd))
 	default:
-		opts = append(opts, tarball.WithMediaType(types.OCILayerZStd), tarball.WithCompressedCaching)
+		// WithMediaType alone would leave the blob gzip under a zstd label.
+		opts = append(opts, tarball.WithMediaType(types.OCILayerZStd), tarball.WithCompression(compression.ZStd))
 	}
 	l, err := tarball.LayerFromFile(path, opts...)
 	if err != nil {
