@@ -8,8 +8,8 @@
 //
 // Layers are read top-down once: the first layer to provide a path wins,
 // whiteouts and opaque markers hide what lies below them, and the content of
-// regular files is spooled to a temporary directory, so memory holds headers
-// only. The output is then written in path order, parents first, with every
+// the visible regular files is spooled to a temporary directory, so memory
+// holds headers only and hidden content costs no disk. The output is then written in path order, parents first, with every
 // mtime set to the epoch and hardlinked files emitted once.
 package flatten
 
@@ -40,6 +40,8 @@ type Stats struct {
 	Files, Dirs, Links, Other int64
 	Bytes                     int64 // file content
 	Whiteouts                 int64 // whiteout markers applied
+	DroppedLinks              int64 // hardlinks to nothing visible, left out
+	Spooled                   int64 // bytes of content spooled to disk on the way
 }
 
 const (
@@ -59,9 +61,12 @@ type state struct {
 	// hidden holds paths deleted by whiteouts in layers above the one being
 	// read; opaque holds directories whose lower contents are hidden.
 	hidden, opaque map[string]bool
-	spoolDir       string
-	nspool         int
-	stats          Stats
+	// wanted holds visible hardlinks whose target is a regular file of a
+	// lower layer, by target path: its content is spooled for them.
+	wanted   map[string][]*entry
+	spoolDir string
+	nspool   int
+	stats    Stats
 }
 
 // Flatten writes the merged filesystem of layers (bottom first) to w.
@@ -71,7 +76,8 @@ func Flatten(ctx context.Context, layers []v1.Layer, w io.Writer, o Options) (St
 		return Stats{}, err
 	}
 	defer os.RemoveAll(spool)
-	st := &state{entries: map[string]*entry{}, hidden: map[string]bool{}, opaque: map[string]bool{}, spoolDir: spool}
+	st := &state{entries: map[string]*entry{}, hidden: map[string]bool{}, opaque: map[string]bool{},
+		wanted: map[string][]*entry{}, spoolDir: spool}
 	for i := len(layers) - 1; i >= 0; i-- {
 		if err := st.readLayer(ctx, i, layers[i]); err != nil {
 			return st.stats, fmt.Errorf("layer %d: %w", i, err)
@@ -91,8 +97,10 @@ func clean(name string) string {
 
 // coveredAbove reports whether a path is hidden by what upper layers did:
 // a whiteout of it or of an ancestor, an opaque ancestor, or an ancestor
-// that an upper layer made something other than a directory.
-func (s *state) coveredAbove(p string, layer int) bool {
+// that is something other than a directory (in an upper layer, or earlier in
+// this one: a tar whose "lib" symlink precedes "lib/x" must not write
+// through the link).
+func (s *state) coveredAbove(p string) bool {
 	if s.hidden[p] {
 		return true
 	}
@@ -100,7 +108,7 @@ func (s *state) coveredAbove(p string, layer int) bool {
 		if (d != "" && s.hidden[d]) || s.opaque[d] {
 			return true
 		}
-		if e, ok := s.entries[d]; ok && e.layer != layer && e.hdr.Typeflag != tar.TypeDir {
+		if e, ok := s.entries[d]; ok && e.hdr.Typeflag != tar.TypeDir {
 			return true
 		}
 		if d == "" {
@@ -123,7 +131,9 @@ func (s *state) readLayer(ctx context.Context, idx int, l v1.Layer) error {
 	}
 	defer rc.Close()
 	tr := tar.NewReader(rc)
-	spooled := map[string]string{} // path in this layer → spool file (hardlink targets)
+	spooled := map[string]string{}   // regular files of this layer whose content is spooled
+	unspooled := map[string]bool{}   // regular files of this layer that are hidden, so not spooled
+	rereads := map[string][]*entry{} // unspooled files that visible hardlinks of this layer need
 	newHidden, newOpaque := map[string]bool{}, map[string]bool{}
 	for {
 		if err := ctx.Err(); err != nil {
@@ -149,30 +159,106 @@ func (s *state) readLayer(ctx context.Context, idx int, l v1.Layer) error {
 			s.stats.Whiteouts++
 			continue
 		}
-		var sp string
+		visible := true
+		if prev, ok := s.entries[p]; ok && prev.layer != idx {
+			visible = false // an upper layer provides this path
+		} else if p != "" && s.coveredAbove(p) {
+			visible = false
+		}
+		var e *entry
+		if visible {
+			e = &entry{hdr: h, layer: idx}
+			s.entries[p] = e
+		}
 		switch h.Typeflag {
 		case tar.TypeReg, tar.TypeRegA:
 			h.Typeflag = tar.TypeReg
-			if sp, err = s.spoolFile(tr); err != nil {
+			waiting := s.wanted[p]
+			delete(s.wanted, p)
+			if !visible && len(waiting) == 0 {
+				// Hidden content is not spooled; a hardlink later in this
+				// layer may still need it, which costs a second read.
+				unspooled[p] = true
+				delete(spooled, p)
+				if _, err := io.Copy(io.Discard, tr); err != nil {
+					return err
+				}
+				continue
+			}
+			sp, err := s.spoolFile(tr)
+			if err != nil {
 				return err
 			}
 			spooled[p] = sp
+			delete(unspooled, p)
+			if e != nil {
+				e.spool = sp
+			}
+			for _, w := range waiting {
+				w.spool = sp
+			}
 		case tar.TypeLink:
-			sp = spooled[clean(h.Linkname)]
+			if e == nil {
+				continue
+			}
+			target := clean(h.Linkname)
+			switch {
+			case spooled[target] != "":
+				e.spool = spooled[target]
+			case unspooled[target]:
+				rereads[target] = append(rereads[target], e)
+			default:
+				// The target is not a regular file of this layer: another
+				// kind of entry, or a file of a lower layer (whose content
+				// is then spooled when that layer is read).
+				s.wanted[target] = append(s.wanted[target], e)
+			}
 		}
-		if prev, ok := s.entries[p]; ok && prev.layer != idx {
-			continue // an upper layer provides this path
+	}
+	if len(rereads) > 0 {
+		if err := s.reread(ctx, l, rereads); err != nil {
+			return err
 		}
-		if p != "" && s.coveredAbove(p, idx) {
-			continue
-		}
-		s.entries[p] = &entry{hdr: h, spool: sp, layer: idx}
 	}
 	for p := range newHidden {
 		s.hidden[p] = true
 	}
 	for p := range newOpaque {
 		s.opaque[p] = true
+	}
+	return nil
+}
+
+// reread reads a layer again to spool hidden files that visible hardlinks of
+// the same layer refer to: the rare case of a link surviving its target.
+func (s *state) reread(ctx context.Context, l v1.Layer, need map[string][]*entry) error {
+	rc, err := l.Uncompressed()
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	for len(need) > 0 {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		h, err := tr.Next()
+		if err != nil {
+			return fmt.Errorf("reading again for hardlink targets: %w", err)
+		}
+		p := clean(h.Name)
+		es, ok := need[p]
+		if !ok || (h.Typeflag != tar.TypeReg && h.Typeflag != tar.TypeRegA) {
+			continue
+		}
+		sp, err := s.spoolFile(tr)
+		if err != nil {
+			return err
+		}
+		for _, e := range es {
+			e.spool = sp
+		}
+		delete(need, p)
 	}
 	return nil
 }
@@ -184,7 +270,9 @@ func (s *state) spoolFile(r io.Reader) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if _, err := io.Copy(f, r); err != nil {
+	n, err := io.Copy(f, r)
+	s.stats.Spooled += n
+	if err != nil {
 		f.Close()
 		return "", err
 	}
@@ -194,6 +282,30 @@ func (s *state) spoolFile(r io.Reader) (string, error) {
 // write emits the visible entries sorted by path; within a group of
 // hardlinked files the first path carries the content and the rest link to it.
 func (s *state) write(ctx context.Context, w io.Writer, epoch time.Time) error {
+	// A later entry of a layer may have turned a directory into something
+	// else: the contents it had go.
+	var orphans []string
+	for p := range s.entries {
+		for d := parentDir(p); d != ""; d = parentDir(d) {
+			if e, ok := s.entries[d]; ok && e.hdr.Typeflag != tar.TypeDir {
+				orphans = append(orphans, p)
+				break
+			}
+		}
+	}
+	for _, p := range orphans {
+		delete(s.entries, p)
+	}
+	// A layer may name a file without its parent directories; squashfs
+	// tools and the kernel need them, so they are made 0755 and root-owned.
+	for p := range s.entries {
+		for d := parentDir(p); d != ""; d = parentDir(d) {
+			if _, ok := s.entries[d]; ok {
+				break
+			}
+			s.entries[d] = &entry{hdr: &tar.Header{Typeflag: tar.TypeDir, Mode: 0o755}, layer: -1}
+		}
+	}
 	paths := make([]string, 0, len(s.entries))
 	for p := range s.entries {
 		paths = append(paths, p)
@@ -211,16 +323,19 @@ func (s *state) write(ctx context.Context, w io.Writer, epoch time.Time) error {
 		h := normalise(e.hdr, p, epoch)
 		if h.Typeflag == tar.TypeLink {
 			if e.spool == "" {
-				// A link to something that is not a regular file of its
-				// layer: keep it as a link only if the target is visible.
-				if _, ok := s.entries[clean(e.hdr.Linkname)]; !ok {
+				// A link to an entry that is not a regular file (a symlink,
+				// a device node): a copy of that entry means the same and
+				// needs no ordering. A link to nothing visible is dropped.
+				t, ok := s.entries[clean(e.hdr.Linkname)]
+				if !ok || t.hdr.Typeflag == tar.TypeLink || t.hdr.Typeflag == tar.TypeDir || t.hdr.Typeflag == tar.TypeReg {
+					s.stats.DroppedLinks++
 					continue
 				}
-				h.Linkname = clean(e.hdr.Linkname)
+				h = normalise(t.hdr, p, epoch)
 				if err := tw.WriteHeader(h); err != nil {
-					return err
+					return fmt.Errorf("%s: %w", p, err)
 				}
-				s.stats.Links++
+				s.stats.Other++
 				continue
 			}
 			h.Typeflag = tar.TypeReg

@@ -3,8 +3,10 @@ package flatten
 import (
 	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"sort"
 	"strings"
@@ -25,7 +27,7 @@ type ent struct {
 	xatt map[string]string
 }
 
-func layer(t *testing.T, ents ...ent) v1.Layer {
+func layer(t testing.TB, ents ...ent) v1.Layer {
 	t.Helper()
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
@@ -72,8 +74,15 @@ type out struct {
 
 func run(t *testing.T, layers ...v1.Layer) out {
 	t.Helper()
+	o, _ := runStats(t, layers...)
+	return o
+}
+
+func runStats(t *testing.T, layers ...v1.Layer) (out, Stats) {
+	t.Helper()
 	var buf bytes.Buffer
-	if _, err := Flatten(context.Background(), layers, &buf, Options{Epoch: time.Unix(42, 0)}); err != nil {
+	st, err := Flatten(context.Background(), layers, &buf, Options{Epoch: time.Unix(42, 0)})
+	if err != nil {
 		t.Fatal(err)
 	}
 	o := out{files: map[string]string{}, raw: buf.Bytes()}
@@ -90,7 +99,7 @@ func run(t *testing.T, layers ...v1.Layer) out {
 		o.hdrs = append(o.hdrs, h)
 		o.files[h.Name] = string(b)
 	}
-	return o
+	return o, st
 }
 
 func (o out) names() string {
@@ -257,17 +266,210 @@ func TestOutputIsSortedParentsFirstAndDeterministic(t *testing.T) {
 	}
 }
 
-func BenchmarkFlatten(b *testing.B) {
-	t := &testing.T{}
-	var ents []ent
-	body := strings.Repeat("x", 64<<10)
-	for i := 0; i < 800; i++ {
-		ents = append(ents, ent{name: "d" + string(rune('a'+i%26)) + "/f" + strings.Repeat("0", i%5) + string(rune('a'+i/26%26)) + string(rune('a'+i%26)), typ: F, body: body})
+func TestHiddenContentIsNotSpooled(t *testing.T) {
+	big := strings.Repeat("x", 1<<20)
+	o, st := runStats(t,
+		layer(t, ent{name: "var/", typ: D, mode: 0o755}, ent{name: "var/big", typ: F, body: big}, ent{name: "var/keep", typ: F, body: "k"}),
+		layer(t, ent{name: "var/.wh.big", typ: F}),
+	)
+	if o.names() != "var/ var/keep" {
+		t.Errorf("entries %s", o.names())
 	}
-	layers := []v1.Layer{layer(t, ents...), layer(t, ents[:400]...)}
-	b.SetBytes(int64(len(ents)+400) * int64(len(body)))
+	if st.Spooled != 1 || st.Bytes != 1 {
+		t.Errorf("spooled %d bytes and wrote %d, want only var/keep's 1", st.Spooled, st.Bytes)
+	}
+}
+
+func TestHardlinkWhoseTargetWasDeletedBecomesRegularFile(t *testing.T) {
+	o := run(t,
+		layer(t, ent{name: "a", typ: F, body: "data"}, ent{name: "b", typ: L, body: "a"}),
+		layer(t, ent{name: ".wh.a", typ: F}),
+	)
+	if o.names() != "b" || o.hdr("b").Typeflag != tar.TypeReg || o.files["b"] != "data" {
+		t.Errorf("entries %s, b %+v %q", o.names(), o.hdr("b"), o.files["b"])
+	}
+}
+
+func TestHardlinkIntoLowerLayer(t *testing.T) {
+	o := run(t,
+		layer(t, ent{name: "bin/", typ: D, mode: 0o755}, ent{name: "bin/tool", typ: F, body: "t"}),
+		layer(t, ent{name: "0tool", typ: L, body: "bin/tool"}, ent{name: "bin/tool2", typ: L, body: "bin/tool"}),
+	)
+	if got := o.names(); got != "0tool bin/ bin/tool bin/tool2" {
+		t.Fatalf("entries %s", got)
+	}
+	if h := o.hdr("0tool"); h.Typeflag != tar.TypeReg || o.files["0tool"] != "t" {
+		t.Errorf("0tool (first in order) should carry the content: %+v", h)
+	}
+	for _, n := range []string{"bin/tool", "bin/tool2"} {
+		if h := o.hdr(n); h.Typeflag != tar.TypeLink || h.Linkname != "0tool" {
+			t.Errorf("%s: %c -> %q, want a link to 0tool", n, h.Typeflag, h.Linkname)
+		}
+	}
+}
+
+func TestHardlinkToSymlinkIsCopiedAndDanglingLinkDropped(t *testing.T) {
+	o, st := runStats(t, layer(t,
+		ent{name: "z", typ: S, body: "/etc/target"},
+		ent{name: "a", typ: L, body: "z"},
+		ent{name: "gone", typ: L, body: "nowhere"},
+	))
+	if o.names() != "a z" {
+		t.Errorf("entries %s", o.names())
+	}
+	if h := o.hdr("a"); h == nil || h.Typeflag != tar.TypeSymlink || h.Linkname != "/etc/target" {
+		t.Errorf("a: %+v, want a copy of the symlink z", h)
+	}
+	if st.DroppedLinks != 1 {
+		t.Errorf("dropped links %d, want 1", st.DroppedLinks)
+	}
+}
+
+func TestMissingParentsAreMadeAndNothingIsWrittenThroughASymlink(t *testing.T) {
+	o := run(t, layer(t,
+		ent{name: "usr/share/doc/x", typ: F, body: "x"},
+		ent{name: "lib", typ: S, body: "/etc"},
+		ent{name: "lib/passwd", typ: F, body: "evil"},
+	))
+	if got := o.names(); got != "lib usr/ usr/share/ usr/share/doc/ usr/share/doc/x" {
+		t.Fatalf("entries %s", got)
+	}
+	if h := o.hdr("usr/share/"); h.Mode != 0o755 || h.Uid != 0 || h.Typeflag != tar.TypeDir {
+		t.Errorf("made parent: %+v", h)
+	}
+}
+
+func TestCancelledContextStops(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err := Flatten(ctx, []v1.Layer{layer(t, ent{name: "a", typ: F, body: "a"})}, io.Discard, Options{})
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("err %v, want context.Canceled", err)
+	}
+}
+
+// tarBytes makes a plain tar for fuzz seeds.
+func tarBytes(ents ...ent) []byte {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, e := range ents {
+		h := &tar.Header{Name: e.name, Typeflag: e.typ, Mode: 0o644}
+		if e.typ == F {
+			h.Size = int64(len(e.body))
+		} else {
+			h.Linkname = e.body
+		}
+		tw.WriteHeader(h)
+		if e.typ == F {
+			tw.Write([]byte(e.body))
+		}
+	}
+	tw.Close()
+	return buf.Bytes()
+}
+
+func rawLayer(b []byte) (v1.Layer, error) {
+	return tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
+}
+
+// FuzzFlatten feeds two arbitrary layers and checks the output's invariants:
+// a readable tar, sorted parents first, no whiteouts, every parent present
+// and a directory, every hardlink after its target.
+func FuzzFlatten(f *testing.F) {
+	f.Add(tarBytes(ent{name: "a/", typ: D}, ent{name: "a/b", typ: F, body: "1"}, ent{name: "c", typ: L, body: "a/b"}),
+		tarBytes(ent{name: "a/.wh..wh..opq", typ: F}, ent{name: ".wh.c", typ: F}, ent{name: "a", typ: S, body: "../x"}))
+	f.Add(tarBytes(ent{name: "x", typ: F, body: "1"}, ent{name: "y", typ: L, body: "x"}),
+		tarBytes(ent{name: "x/", typ: D}, ent{name: "x/../../e", typ: F, body: "2"}, ent{name: "./", typ: D}))
+	f.Add([]byte("not a tar"), []byte{})
+	f.Fuzz(func(t *testing.T, a, b []byte) {
+		la, err := rawLayer(a)
+		if err != nil {
+			return
+		}
+		lb, err := rawLayer(b)
+		if err != nil {
+			return
+		}
+		var buf bytes.Buffer
+		if _, err := Flatten(context.Background(), []v1.Layer{la, lb}, &buf, Options{}); err != nil {
+			return // malformed input may fail, but must not panic
+		}
+		tr := tar.NewReader(&buf)
+		kinds := map[string]byte{}
+		prev := ""
+		for {
+			h, err := tr.Next()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				t.Fatalf("output unreadable: %v", err)
+			}
+			p := strings.TrimSuffix(h.Name, "/")
+			if p == "." {
+				p = ""
+			}
+			if strings.Contains(h.Name, ".wh.") {
+				t.Errorf("whiteout %q in output", h.Name)
+			}
+			if prev != "" && !pathLess(prev, p) {
+				t.Errorf("%q after %q", p, prev)
+			}
+			if d := parentDir(p); d != "" && kinds[d] != tar.TypeDir {
+				t.Errorf("%q without a directory parent (%q is %q)", p, d, kinds[d])
+			}
+			if h.Typeflag == tar.TypeLink {
+				if k, ok := kinds[h.Linkname]; !ok || k != tar.TypeReg {
+					t.Errorf("hardlink %q to %q, not an earlier file", p, h.Linkname)
+				}
+			}
+			kinds[p] = h.Typeflag
+			prev = p
+		}
+	})
+}
+
+// BenchmarkFlatten flattens a generated three-layer image of ~100 MB of
+// gzip-compressed content, where upper layers replace and delete part of
+// the lower ones.
+func BenchmarkFlatten(b *testing.B) {
+	const fileSize = 64 << 10
+	body := make([]byte, fileSize)
+	for i := range body {
+		body[i] = byte(i*7 + i/251) // compressible, but not trivially
+	}
+	var total int64
+	mk := func(n int, prefix string, extra ...ent) v1.Layer {
+		var buf bytes.Buffer
+		gw := gzip.NewWriter(&buf)
+		tw := tar.NewWriter(gw)
+		for i := 0; i < n; i++ {
+			name := fmt.Sprintf("usr/lib/%s%02d/f%05d", prefix, i%64, i)
+			tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, Size: fileSize})
+			tw.Write(body)
+			total += fileSize
+		}
+		for _, e := range extra {
+			tw.WriteHeader(&tar.Header{Name: e.name, Typeflag: e.typ, Mode: 0o644})
+		}
+		tw.Close()
+		gw.Close()
+		raw := buf.Bytes()
+		l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(raw)), nil })
+		if err != nil {
+			b.Fatal(err)
+		}
+		return l
+	}
+	layers := []v1.Layer{
+		mk(800, "a"),
+		mk(400, "a", ent{name: "usr/lib/a00/.wh..wh..opq", typ: F}),
+		mk(400, "b", ent{name: "usr/lib/a01/.wh.f00001", typ: F}),
+	}
+	b.SetBytes(total)
+	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		if _, err := Flatten(context.Background(), layers, io.Discard, Options{}); err != nil {
+		if _, err := Flatten(context.Background(), layers, io.Discard, Options{Spool: b.TempDir()}); err != nil {
 			b.Fatal(err)
 		}
 	}
