@@ -26,7 +26,7 @@ func (r *Resolver) dirImage(dir string) (v1.Image, error) {
 		}
 		return ocitar.ImageFromLayers(r.Epoch, l)
 	}
-	key, err := statKey(dir, r.Epoch.Unix())
+	key, err := statKey("dir", dir, r.Epoch.Unix())
 	if err != nil {
 		return nil, fmt.Errorf("dir:%s: %w", dir, err)
 	}
@@ -48,10 +48,43 @@ func (r *Resolver) dirImage(dir string) (v1.Image, error) {
 	return FromLayout(lay, key)
 }
 
-// statKey hashes what a tree's layer depends on without reading contents.
-func statKey(dir string, epoch int64) (string, error) {
+// tarImage makes a one-layer image of a tar file, cached like a tree's so
+// that a plain tar is not compressed again to learn its digest on every build.
+func (r *Resolver) tarImage(p string) (v1.Image, error) {
+	if r.CacheDir == "" {
+		l, err := ocitar.LayerFromTar(p)
+		if err != nil {
+			return nil, err
+		}
+		return ocitar.ImageFromLayers(r.Epoch, l)
+	}
+	key, err := statKey("tar", p, r.Epoch.Unix())
+	if err != nil {
+		return nil, fmt.Errorf("tar:%s: %w", p, err)
+	}
+	lay := filepath.Join(r.CacheDir, "tars")
+	if img, err := FromLayout(lay, key); err == nil {
+		return img, nil
+	}
+	l, err := ocitar.LayerFromTar(p)
+	if err != nil {
+		return nil, err
+	}
+	img, err := ocitar.ImageFromLayers(r.Epoch, l)
+	if err != nil {
+		return nil, err
+	}
+	if err := ocitar.WriteLayout(lay, key, img); err != nil {
+		return nil, fmt.Errorf("cache tar:%s: %w", p, err)
+	}
+	return FromLayout(lay, key)
+}
+
+// statKey hashes what the layer of a tree (or of one file) depends on
+// without reading contents.
+func statKey(kind, dir string, epoch int64) (string, error) {
 	h := sha256.New()
-	fmt.Fprintf(h, "dir v1 %d\n", epoch)
+	fmt.Fprintf(h, "%s v1 %d\n", kind, epoch)
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -75,5 +108,5 @@ func statKey(dir string, epoch int64) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return "dir-" + hex.EncodeToString(h.Sum(nil))[:48], nil
+	return kind + "-" + hex.EncodeToString(h.Sum(nil))[:48], nil
 }

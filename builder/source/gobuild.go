@@ -18,6 +18,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/klauspost/compress/zstd"
 
 	"github.com/plinth-dev/plinth/builder/ocitar"
 	"github.com/plinth-dev/plinth/images"
@@ -47,7 +48,7 @@ func (r *Resolver) goProgram(ctx context.Context, s images.Source) (v1.Image, er
 	key := sha256.Sum256([]byte(fmt.Sprintf("go v1\n%s@%s\n%s\n%d\n", s.Package, s.Version, strings.TrimSpace(string(gover)), r.Epoch.Unix())))
 	cached := ""
 	if r.CacheDir != "" && s.Pinned() {
-		cached = filepath.Join(r.CacheDir, "go", hex.EncodeToString(key[:])+".tar")
+		cached = filepath.Join(r.CacheDir, "go", hex.EncodeToString(key[:])+".tar.zst")
 		if _, err := os.Stat(cached); err == nil {
 			r.log().Debug("go source from cache", "package", s.Package, "version", s.Version)
 			return r.goImage(cached)
@@ -61,14 +62,13 @@ func (r *Resolver) goProgram(ctx context.Context, s images.Source) (v1.Image, er
 		return nil, err
 	}
 	defer os.RemoveAll(work)
-	env := append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64", "GOFLAGS=-mod=mod", "GOWORK=off")
+	env := append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64", "GOWORK=off")
 	if r.Offline {
 		env = append(env, "GOPROXY=off")
 	}
-	env = append(env, r.GoEnv...)
-	run := func(dir string, args ...string) error {
+	run := func(dir string, extra []string, args ...string) error {
 		cmd := exec.CommandContext(ctx, "go", args...)
-		cmd.Dir, cmd.Env = dir, env
+		cmd.Dir, cmd.Env = dir, append(append(env, extra...), r.GoEnv...)
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			return fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, bytes.TrimSpace(out))
@@ -77,36 +77,43 @@ func (r *Resolver) goProgram(ctx context.Context, s images.Source) (v1.Image, er
 	}
 	bin := filepath.Join(work, BinaryName(s.Package))
 	dir := r.BaseDir
+	// The spec's own module is built as it is: never let go rewrite its
+	// go.mod or go.sum. Only the throwaway module may be changed.
+	var modFlags []string
 	if s.Version != "" {
 		dir = filepath.Join(work, "mod")
+		modFlags = []string{"GOFLAGS=-mod=mod"}
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return nil, err
 		}
-		if err := run(dir, "mod", "init", "plinth.local/gobuild"); err != nil {
+		if err := run(dir, modFlags, "mod", "init", "plinth.local/gobuild"); err != nil {
 			return nil, err
 		}
-		if err := run(dir, "get", s.Package+"@"+s.Version); err != nil {
+		if err := run(dir, modFlags, "get", s.Package+"@"+s.Version); err != nil {
+			if r.Offline {
+				return nil, fmt.Errorf("%s: %w: %w", s.Raw, ErrOffline, err)
+			}
 			return nil, fmt.Errorf("%s: %w", s.Raw, err)
 		}
 	}
 	r.log().Info("building go program", "package", s.Package, "version", s.Version)
-	if err := run(dir, "build", "-trimpath", "-ldflags=-s -w -buildid=", "-o", bin, s.Package); err != nil {
+	if err := run(dir, modFlags, "build", "-trimpath", "-ldflags=-s -w -buildid=", "-o", bin, s.Package); err != nil {
 		return nil, fmt.Errorf("%s: %w", s.Raw, err)
 	}
 	out := cached
 	if out == "" {
-		out = filepath.Join(work, "layer.tar")
+		out = filepath.Join(work, "layer.tar.zst")
 	} else if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
 		return nil, err
 	}
 	if err := r.binaryTar(bin, out); err != nil {
 		return nil, err
 	}
-	img, err := r.goImage(out)
-	if err != nil || cached != "" {
-		return img, err
+	if cached != "" {
+		return r.goImage(cached)
 	}
-	// Not cached: the work directory goes away, so read the layer into memory.
+	// Not cached: the work directory goes away, so keep the compressed
+	// layer in memory.
 	b, err := os.ReadFile(out)
 	if err != nil {
 		return nil, err
@@ -127,30 +134,55 @@ func (r *Resolver) goImage(tarPath string) (v1.Image, error) {
 	return ocitar.ImageFromLayers(r.Epoch, l)
 }
 
-// binaryTar writes a tar holding usr/, usr/bin/ and the binary, atomically.
+// binaryTar writes a zstd-compressed tar holding usr/, usr/bin/ and the
+// binary to out, atomically, streaming the binary rather than loading it: a
+// kubelet is over 100 MB. Compressing here, single-threaded with fixed
+// options, makes the file the layer blob itself, so a cached layer is
+// hashed, not compressed again, on every build.
 func (r *Resolver) binaryTar(bin, out string) error {
-	body, err := os.ReadFile(bin)
+	in, err := os.Open(bin)
 	if err != nil {
 		return err
 	}
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, d := range []string{"usr/", "usr/bin/"} {
-		if err := tw.WriteHeader(&tar.Header{Name: d, Typeflag: tar.TypeDir, Mode: 0o755, ModTime: r.Epoch, Format: tar.FormatPAX}); err != nil {
+	defer in.Close()
+	fi, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(filepath.Dir(out), ".plinth-go-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name()) // a no-op once renamed
+	zw, err := zstd.NewWriter(f, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedDefault))
+	if err != nil {
+		f.Close()
+		return err
+	}
+	tw := tar.NewWriter(zw)
+	err = func() error {
+		for _, d := range []string{"usr/", "usr/bin/"} {
+			if err := tw.WriteHeader(&tar.Header{Name: d, Typeflag: tar.TypeDir, Mode: 0o755, ModTime: r.Epoch, Format: tar.FormatPAX}); err != nil {
+				return err
+			}
+		}
+		if err := tw.WriteHeader(&tar.Header{Name: path.Join("usr/bin", filepath.Base(bin)), Typeflag: tar.TypeReg, Mode: 0o755,
+			Size: fi.Size(), ModTime: r.Epoch, Format: tar.FormatPAX}); err != nil {
 			return err
 		}
+		if _, err := io.Copy(tw, in); err != nil {
+			return err
+		}
+		if err := tw.Close(); err != nil {
+			return err
+		}
+		return zw.Close()
+	}()
+	if cerr := f.Close(); err == nil {
+		err = cerr
 	}
-	if err := tw.WriteHeader(&tar.Header{Name: path.Join("usr/bin", filepath.Base(bin)), Typeflag: tar.TypeReg, Mode: 0o755,
-		Size: int64(len(body)), ModTime: r.Epoch, Format: tar.FormatPAX}); err != nil {
-		return err
+	if err != nil {
+		return fmt.Errorf("layer for %s: %w", bin, err)
 	}
-	tw.Write(body)
-	if err := tw.Close(); err != nil {
-		return err
-	}
-	tmp := out + ".tmp"
-	if err := os.WriteFile(tmp, buf.Bytes(), 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, out)
+	return os.Rename(f.Name(), out)
 }

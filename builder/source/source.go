@@ -71,11 +71,7 @@ func (r *Resolver) Image(ctx context.Context, s images.Source) (v1.Image, error)
 		}
 		return r.dirImage(s.Path)
 	case images.KindTar:
-		l, err := ocitar.LayerFromTar(s.Path)
-		if err != nil {
-			return nil, err
-		}
-		return ocitar.ImageFromLayers(r.Epoch, l)
+		return r.tarImage(s.Path)
 	case images.KindRegistry:
 		return r.registry(ctx, s.Ref)
 	case images.KindGo:

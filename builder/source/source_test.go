@@ -2,6 +2,7 @@ package source
 
 import (
 	"archive/tar"
+	"archive/zip"
 	"bytes"
 	"context"
 	"errors"
@@ -231,6 +232,155 @@ func TestBinaryNameSkipsMajorVersion(t *testing.T) {
 	} {
 		if got := BinaryName(in); got != want {
 			t.Errorf("BinaryName(%s) = %s, want %s", in, got, want)
+		}
+	}
+}
+
+func TestTarSourceCacheFollowsTheFile(t *testing.T) {
+	r := &Resolver{Epoch: epoch, CacheDir: t.TempDir()}
+	p := filepath.Join(t.TempDir(), "t.tar")
+	write := func(content string) {
+		var buf bytes.Buffer
+		tw := tar.NewWriter(&buf)
+		tw.WriteHeader(&tar.Header{Name: "etc/motd", Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(content))})
+		tw.Write([]byte(content))
+		tw.Close()
+		if err := os.WriteFile(p, buf.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("one")
+	a, b := resolve(t, r, "tar:"+p), resolve(t, r, "tar:"+p)
+	da, _ := a.Digest()
+	db, _ := b.Digest()
+	if da != db {
+		t.Errorf("same tar, digests %s and %s", da, db)
+	}
+	write("two")
+	c := resolve(t, r, "tar:"+p)
+	if got := files(t, c)["etc/motd"]; got != "two" {
+		t.Errorf("after rewriting the tar, etc/motd is %q: a stale cache entry", got)
+	}
+	// Without a cache the digest is the same: the cache changes speed only.
+	if dn, _ := resolve(t, &Resolver{Epoch: epoch}, "tar:"+p).Digest(); func() bool { dc, _ := c.Digest(); return dc != dn }() {
+		t.Errorf("cached and uncached tar sources differ")
+	}
+}
+
+func TestTreeUnpacksOnceByDigest(t *testing.T) {
+	cache := t.TempDir()
+	lay := filepath.Join(t.TempDir(), "oci")
+	src := t.TempDir()
+	os.MkdirAll(filepath.Join(src, "boot"), 0o755)
+	os.WriteFile(filepath.Join(src, "boot", "vmlinuz-6.1.0"), []byte("kernel"), 0o644)
+	os.MkdirAll(filepath.Join(src, "lib", "modules", "6.1.0"), 0o755)
+	os.Symlink("../../../boot/vmlinuz-6.1.0", filepath.Join(src, "lib", "modules", "6.1.0", "vmlinuz"))
+	l, err := ocitar.LayerFromDir(src, "", epoch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, _ := ocitar.ImageFromLayers(epoch, l)
+	if err := ocitar.WriteLayout(lay, "kernel", img); err != nil {
+		t.Fatal(err)
+	}
+	want, _ := img.Digest()
+
+	r := &Resolver{Epoch: epoch, CacheDir: cache}
+	s, _ := images.ParseSource("oci:"+lay+":kernel", "/")
+	dir, dg, err := r.Tree(context.Background(), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dg != want.String() {
+		t.Errorf("digest %s, want the image digest %s", dg, want)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "boot", "vmlinuz-6.1.0")); err != nil || string(b) != "kernel" {
+		t.Errorf("kernel file: %q %v", b, err)
+	}
+	if ln, _ := os.Readlink(filepath.Join(dir, "lib", "modules", "6.1.0", "vmlinuz")); ln != "../../../boot/vmlinuz-6.1.0" {
+		t.Errorf("symlink %q", ln)
+	}
+	// A second call finds the tree by digest and leaves it alone.
+	marker := filepath.Join(dir, "marker")
+	os.WriteFile(marker, nil, 0o644)
+	dir2, _, err := r.Tree(context.Background(), s)
+	if err != nil || dir2 != dir {
+		t.Fatalf("second Tree: %s %v", dir2, err)
+	}
+	if _, err := os.Stat(marker); err != nil {
+		t.Error("the tree was unpacked again")
+	}
+	// A dir: source is used in place.
+	ds, _ := images.ParseSource("dir:"+src, "/")
+	if d, dg, err := r.Tree(context.Background(), ds); err != nil || d != src || dg != "" {
+		t.Errorf("dir source: %s %q %v", d, dg, err)
+	}
+	if _, _, err := (&Resolver{}).Tree(context.Background(), s); err == nil {
+		t.Error("unpacking without a cache directory should fail")
+	}
+}
+
+// goProxy lays out a file:// module proxy holding one module with a main
+// package at its root, so versioned go: sources build without the network.
+func goProxy(t *testing.T, mod, version, msg string) string {
+	t.Helper()
+	dir := t.TempDir()
+	vdir := filepath.Join(dir, filepath.FromSlash(mod), "@v")
+	if err := os.MkdirAll(vdir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	gomod := "module " + mod + "\n\ngo 1.22\n"
+	main := "package main\n\nimport \"fmt\"\n\nfunc main() { fmt.Println(\"" + msg + "\") }\n"
+	var zb bytes.Buffer
+	zw := zip.NewWriter(&zb)
+	for name, body := range map[string]string{"go.mod": gomod, "main.go": main} {
+		w, _ := zw.Create(mod + "@" + version + "/" + name)
+		io.WriteString(w, body)
+	}
+	zw.Close()
+	for name, body := range map[string]string{
+		"list":            version + "\n",
+		version + ".info": `{"Version":"` + version + `","Time":"2024-01-01T00:00:00Z"}`,
+		version + ".mod":  gomod,
+		version + ".zip":  zb.String(),
+	} {
+		if err := os.WriteFile(filepath.Join(vdir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return "file://" + dir
+}
+
+func TestGoSourceWithVersionBuildsInThrowawayModuleAndIsCached(t *testing.T) {
+	if _, err := exec.LookPath("go"); err != nil {
+		t.Skip("no go command")
+	}
+	proxy := goProxy(t, "example.com/greet/v2", "v2.1.0", "hello from a pinned module")
+	base := []string{"GOSUMDB=off", "GOTOOLCHAIN=local", "GOMODCACHE=" + t.TempDir(), "GOFLAGS=-mod=mod -modcacherw"}
+	r := &Resolver{Epoch: epoch, CacheDir: t.TempDir(), GoEnv: append(base, "GOPROXY="+proxy)}
+	img := resolve(t, r, "go:example.com/greet/v2@v2.1.0")
+	bin, ok := files(t, img)["usr/bin/greet"]
+	if !ok {
+		t.Fatalf("no usr/bin/greet (the name skips /v2) in %v", files(t, img))
+	}
+	p := filepath.Join(t.TempDir(), "greet")
+	os.WriteFile(p, []byte(bin), 0o755)
+	if out, err := exec.Command(p).CombinedOutput(); err != nil || !strings.Contains(string(out), "hello from a pinned module") {
+		t.Errorf("running it: %v %s", err, out)
+	}
+	d1, _ := img.Digest()
+
+	// Offline, with no proxy and an empty module cache, the pinned build is
+	// served from the cache.
+	off := &Resolver{Epoch: epoch, CacheDir: r.CacheDir, Offline: true, GoEnv: append(base, "GOMODCACHE="+t.TempDir())}
+	again := resolve(t, off, "go:example.com/greet/v2@v2.1.0")
+	if d2, _ := again.Digest(); d2 != d1 {
+		t.Errorf("cached build digest %s, first build %s", d2, d1)
+	}
+	for _, raw := range []string{"go:example.com/greet/v2@v2.2.0", "go:example.com/greet/v2@latest"} {
+		s, _ := images.ParseSource(raw, "/")
+		if _, err := off.Image(context.Background(), s); !errors.Is(err, ErrOffline) {
+			t.Errorf("%s offline: %v, want ErrOffline", raw, err)
 		}
 	}
 }

@@ -49,9 +49,16 @@ func (r *Resolver) Tree(ctx context.Context, s images.Source) (string, string, e
 	if err != nil {
 		return "", "", err
 	}
-	tmp := dir + ".tmp"
-	os.RemoveAll(tmp)
-	if err := os.MkdirAll(tmp, 0o755); err != nil {
+	// A private temporary name: two builds may unpack the same source at
+	// once, and the first rename wins.
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return "", "", err
+	}
+	tmp, err := os.MkdirTemp(filepath.Dir(dir), d.Hex+".tmp-")
+	if err != nil {
+		return "", "", err
+	}
+	if err := os.Chmod(tmp, 0o755); err != nil {
 		return "", "", err
 	}
 	pr, pw := io.Pipe()
@@ -66,8 +73,13 @@ func (r *Resolver) Tree(ctx context.Context, s images.Source) (string, string, e
 		return "", "", fmt.Errorf("unpack %s: %w", s.Raw, err)
 	}
 	if err := os.Rename(tmp, dir); err != nil {
+		os.RemoveAll(tmp)
+		if _, serr := os.Stat(dir); serr == nil {
+			return dir, d.String(), nil // unpacked meanwhile by another build
+		}
 		return "", "", err
 	}
+	r.log().Debug("unpacked source tree", "source", s.Raw, "digest", d.String())
 	return dir, d.String(), nil
 }
 
@@ -87,7 +99,7 @@ func unpack(r io.Reader, dst string) error {
 		if name == "." {
 			continue
 		}
-		if strings.HasPrefix(name, "..") || filepath.IsAbs(name) {
+		if name == ".." || strings.HasPrefix(name, "../") || filepath.IsAbs(name) {
 			return fmt.Errorf("%s: path leaves the tree", h.Name)
 		}
 		p := filepath.Join(dst, name)
