@@ -190,8 +190,8 @@ func TestProfileAndEventsUpdateTheFleet(t *testing.T) {
 		t.Errorf("machines %+v", list)
 	}
 	page := get(t, h, "/").Body.String()
-	if !strings.Contains(page, "node-1") || !strings.Contains(page, "all good") {
-		t.Error("the status page does not show the event")
+	if !strings.Contains(page, "site <span id=\"site\">lab</span>") || !strings.Contains(page, `new EventSource("/v1/events/stream")`) {
+		t.Error("the status page lacks the site or its live updates")
 	}
 	metrics := get(t, h, "/metrics").Body.String()
 	if !strings.Contains(metrics, `plinth_boot_events_total{stage="ready"} 1`) {

@@ -17,7 +17,7 @@ func (s *Server) statusPage(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	_ = statusTmpl.Execute(w, map[string]any{
 		"Site":     snap.site.Name,
-		"Machines": s.state.list(),
+		"Count":    len(s.state.list()),
 		"Images":   len(snap.images),
 	})
 }

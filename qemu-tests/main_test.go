@@ -24,6 +24,9 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv("PLINTH_HELPER_GET") != "" {
+		helperGet()
+	}
 	if os.Getenv("PLINTH_QEMU_TESTS") == "" {
 		fmt.Println("qemu-tests: set PLINTH_QEMU_TESTS=1 (make qemu-test) to boot real machines")
 		os.Exit(0)

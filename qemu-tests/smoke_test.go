@@ -35,7 +35,7 @@ description = "Debian minbase with systemd, booted from the initramfs alone"
 
 [kernel]
 source  = "dir:%s"
-modules = ["squashfs", "overlay", "loop", "virtio_net"]
+modules = ["virtio_pci", "virtio_net", "squashfs", "overlay", "loop"]
 cmdline = "console=ttyS0"
 
 [[layer]]
