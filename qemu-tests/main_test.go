@@ -15,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/plinth-dev/plinth/qemu-tests/lab"
 )
 
 var (
@@ -24,9 +26,7 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	if os.Getenv("PLINTH_HELPER_GET") != "" {
-		helperGet()
-	}
+	lab.HelperGet() // re-executed inside a lab to fetch a URL there
 	if os.Getenv("PLINTH_QEMU_TESTS") == "" {
 		fmt.Println("qemu-tests: set PLINTH_QEMU_TESTS=1 (make qemu-test) to boot real machines")
 		os.Exit(0)

@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,31 +14,25 @@ import (
 	"time"
 
 	"github.com/plinth-dev/plinth/bootserver"
+	"github.com/plinth-dev/plinth/qemu-tests/lab"
 	"github.com/plinth-dev/plinth/qemu-tests/qemu"
 )
 
-// helperGet, run inside the lab's namespace by re-executing the test
-// binary, fetches a URL there and prints the body.
-func helperGet() {
-	url := os.Getenv("PLINTH_HELPER_GET")
-	resp, err := http.Get(url)
+// newLab makes a private network for the test, removed when it ends.
+func newLab(t *testing.T) *lab.Lab {
+	t.Helper()
+	if err := lab.Available(); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal(err)
+		}
+		t.Skip(err)
+	}
+	l, err := lab.New("plinth-test", "10.77.0.1/24", nil)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(2)
+		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	io.Copy(os.Stdout, resp.Body)
-	if resp.StatusCode != 200 {
-		os.Exit(3)
-	}
-	os.Exit(0)
-}
-
-// getInLab fetches url from inside the lab.
-func (l *netlab) get(ctx context.Context, url string) ([]byte, error) {
-	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", l.ns, os.Args[0])
-	cmd.Env = append(os.Environ(), "PLINTH_HELPER_GET="+url)
-	return cmd.Output()
+	t.Cleanup(l.Close)
+	return l
 }
 
 type pxeMachine struct{ name, mac, host, role string }
@@ -74,26 +66,37 @@ dns         = ["10.77.0.1"]
 		site += fmt.Sprintf("[[machine]]\nname = %q\nmac = %q\nhostname = %q\nrole = %q\nimage = \"smoke\"\n", m.name, m.mac, m.host, m.role)
 	}
 	writeFile(t, filepath.Join(dir, "site", "site.toml"), site)
-	lab := newNetlab(t, len(machines))
-	server := "http://" + lab.server + ":8080"
+	l := newLab(t)
+	server := "http://" + l.Server + ":8080"
 	srvLog := filepath.Join(dir, "serve.log")
-	lab.start(t, ctx, srvLog, plinthBin, "serve", "--site", filepath.Join(dir, "site"), "--artifacts", filepath.Dir(art),
-		"--listen", lab.server+":8080", "--server-ip", lab.server, "--dhcp-interface", "br0")
+	logf, err := os.Create(srvLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	if _, err := l.Start(ctx, logf, plinthBin, "serve", "--site", filepath.Join(dir, "site"), "--artifacts", filepath.Dir(art),
+		"--listen", l.Server+":8080", "--server-ip", l.Server, "--dhcp-interface", "br0"); err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
 		if t.Failed() {
 			b, _ := os.ReadFile(srvLog)
 			t.Logf("plinth serve log:\n%s", b)
 		}
 	})
-	waitFor(t, ctx, "boot server", func() bool { _, err := lab.get(ctx, server+"/v1/machines"); return err == nil })
+	waitFor(t, ctx, "boot server", func() bool { _, err := l.Get(ctx, os.Args[0], server+"/v1/machines"); return err == nil })
 
 	var wg sync.WaitGroup
 	errs := make([]error, len(machines))
 	times := make([]time.Duration, len(machines))
 	for i, m := range machines {
+		netdev, err := l.AddTap()
+		if err != nil {
+			t.Fatal(err)
+		}
 		vm, err := qemu.Start(ctx, t, qemu.Config{
-			Name: m.name, Memory: 1024, Boot: "n", Wrap: lab.wrap(), LogDir: dir,
-			NICs: []qemu.NIC{{MAC: m.mac, Netdev: fmt.Sprintf("tap,ifname=tap%d,script=no,downscript=no", i)}},
+			Name: m.name, Memory: 1024, Boot: "n", Wrap: l.Wrap(), LogDir: dir,
+			NICs: []qemu.NIC{{MAC: m.mac, Netdev: netdev}},
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -122,7 +125,7 @@ dns         = ["10.77.0.1"]
 	// The server heard each machine report its own host name and role.
 	var list []bootserver.MachineStatus
 	waitFor(t, ctx, "ready events", func() bool {
-		b, err := lab.get(ctx, server+"/v1/machines")
+		b, err := l.Get(ctx, os.Args[0], server+"/v1/machines")
 		if err != nil || json.Unmarshal(b, &list) != nil {
 			return false
 		}
@@ -136,12 +139,12 @@ dns         = ["10.77.0.1"]
 		}
 		return ready == len(machines)
 	})
-	statusPageShowsReady(t, ctx, lab, server, machines)
+	statusPageShowsReady(t, ctx, l, server, machines)
 }
 
 // statusPageShowsReady loads the status page in headless Chromium and
 // checks that the rendered page lists every machine as ready.
-func statusPageShowsReady(t *testing.T, ctx context.Context, lab *netlab, server string, machines []pxeMachine) {
+func statusPageShowsReady(t *testing.T, ctx context.Context, l *lab.Lab, server string, machines []pxeMachine) {
 	t.Helper()
 	chromium, err := exec.LookPath("chromium")
 	if err != nil {
@@ -155,7 +158,7 @@ func statusPageShowsReady(t *testing.T, ctx context.Context, lab *netlab, server
 	// loading: --timeout stops it after the stream has delivered the fleet.
 	cctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(cctx, "ip", "netns", "exec", lab.ns, chromium, "--headless", "--no-sandbox", "--disable-gpu",
+	cmd := exec.CommandContext(cctx, "ip", "netns", "exec", l.NS, chromium, "--headless", "--no-sandbox", "--disable-gpu",
 		"--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
 		"--user-data-dir="+profile, "--timeout=5000", "--dump-dom", server+"/")
 	out, err := cmd.Output()

@@ -12,9 +12,12 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/plinth-dev/plinth/qemu-tests/lab"
 )
 
 func main() {
+	lab.HelperGet() // when re-executed inside a QEMU lab to fetch a URL there
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := newRoot().ExecuteContext(ctx)
 	stop()
@@ -74,6 +77,7 @@ Typical use:
 		newInspectCmd(g),
 		newPackCmd(g),
 		newServeCmd(g),
+		newQemuCmd(g),
 	)
 	return root
 }

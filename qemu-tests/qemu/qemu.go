@@ -164,7 +164,8 @@ func Start(ctx context.Context, t testing.TB, c Config) (*VM, error) {
 	argv = append(argv, c.args(ctx)...)
 	v := &VM{cfg: c, changed: make(chan struct{}, 1), done: make(chan struct{})}
 	v.cmd = exec.Command(argv[0], argv[1:]...)
-	v.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Pdeathsig: a test that dies (a panic on timeout) takes its machines with it.
+	v.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	var sinks []io.Writer = []io.Writer{writerFunc(v.write)}
 	if c.LogDir != "" {
 		if err := os.MkdirAll(c.LogDir, 0o755); err != nil {

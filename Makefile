@@ -1,0 +1,63 @@
+# plinth — build, test and demo targets. Every target installs what it needs
+# from Debian's packages (as root) and makes its own fixtures, so a fresh
+# Debian machine needs nothing but Go and this tree.
+
+SHELL := /bin/bash
+GO ?= go
+export PLINTH_FIXTURES ?= $(HOME)/.cache/plinth/fixtures
+FIX := build/fixtures
+PLINTH := bin/plinth
+
+# Debian packages the build, the tests and the demo use.
+DEB_PKGS := qemu-system-x86 qemu-utils squashfs-tools-ng debootstrap ipxe ovmf \
+	zstd kmod cpio iproute2 chromium
+
+.PHONY: all deps fixtures plinth images demo test unit qemu-test e2e bench clean lint
+
+all: plinth
+
+## deps: install the Debian packages plinth needs (skips what is installed)
+deps:
+	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		if [ "$$(id -u)" != 0 ]; then echo "make deps: run as root (apt-get install $$missing)" >&2; exit 1; fi; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+## plinth: the CLI at bin/plinth
+plinth:
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(PLINTH) ./cmd/plinth
+
+## fixtures: Debian kernel + modules and a Debian base with systemd, as local OCI layouts
+fixtures: deps plinth
+	@mkdir -p build $(PLINTH_FIXTURES)
+	@ln -sfn $(PLINTH_FIXTURES) $(FIX)
+	qemu-tests/fixtures/kernel.sh $(PLINTH_FIXTURES)
+	qemu-tests/fixtures/debian-base.sh $(PLINTH_FIXTURES)
+	$(PLINTH) pack --to oci:$(FIX)/oci:debian-base tar:$(FIX)/debian-base.tar
+
+## images: build the stock images into artifacts/
+images: fixtures
+	$(PLINTH) build --out artifacts images/*.toml
+
+## demo: the main job — build the stock images and netboot a QEMU machine from them
+demo: images
+	$(PLINTH) qemu up --until-ready --artifacts artifacts profiles/examples/demo
+
+## test: unit tests, fuzz seeds, the QEMU smoke boot and the PXE netboot (the README's test command)
+test: fixtures unit qemu-test
+
+unit:
+	$(GO) vet ./...
+	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v "/qemu-tests$$")
+
+qemu-test:
+	PLINTH_QEMU_TESTS=1 $(GO) test -count=1 -timeout 40m -v ./qemu-tests/ 2>&1 | tee build/qemu-test.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|figure:'; exit $${PIPESTATUS[0]}
+
+## bench: build and serving benchmarks (prints figures)
+bench: fixtures
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./builder/...
+
+clean:
+	rm -rf bin artifacts build
