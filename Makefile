@@ -12,7 +12,7 @@ PLINTH := bin/plinth
 DEB_PKGS := qemu-system-x86 qemu-utils squashfs-tools-ng debootstrap ipxe ovmf \
 	zstd kmod cpio iproute2 chromium
 
-.PHONY: all deps fixtures plinth images demo test unit qemu-test e2e bench clean lint
+.PHONY: all deps fixtures plinth images demo test unit qemu-test bench bench-serve clean
 
 all: plinth
 
@@ -61,3 +61,8 @@ bench: fixtures
 
 clean:
 	rm -rf bin artifacts build
+
+## bench-serve: plinth serve against nginx, 100 MB artifact, 200 and 500 clients (prints figures)
+bench-serve: deps
+	@command -v nginx >/dev/null && command -v wrk >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx-light wrk)
+	$(GO) run ./bootserver/bench

@@ -190,8 +190,11 @@ func TestProfileAndEventsUpdateTheFleet(t *testing.T) {
 		t.Errorf("machines %+v", list)
 	}
 	page := get(t, h, "/").Body.String()
-	if !strings.Contains(page, "site <span id=\"site\">lab</span>") || !strings.Contains(page, `new EventSource("/v1/events/stream")`) {
+	if !strings.Contains(page, "site <span id=\"site\">lab</span>") || !strings.Contains(page, `fetch("/v1/machines")`) {
 		t.Error("the status page lacks the site or its live updates")
+	}
+	if !strings.Contains(page, `<tr id="m-node-1" data-state="ready">`) || !strings.Contains(page, "all good") {
+		t.Error("the status page does not show node-1's event")
 	}
 	metrics := get(t, h, "/metrics").Body.String()
 	if !strings.Contains(metrics, `plinth_boot_events_total{stage="ready"} 1`) {

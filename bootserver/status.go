@@ -18,6 +18,7 @@ func (s *Server) statusPage(w http.ResponseWriter, r *http.Request) {
 	_ = statusTmpl.Execute(w, map[string]any{
 		"Site":     snap.site.Name,
 		"Count":    len(s.state.list()),
+		"Machines": s.state.list(),
 		"Images":   len(snap.images),
 	})
 }

@@ -1,0 +1,170 @@
+// Command bench compares plinth serve with nginx on loopback: the same
+// 100 MB artifact fetched by 200 and 500 concurrent clients (wrk), and the
+// p99 latency of plinth's iPXE script endpoint under the same load. It needs
+// Debian's nginx and wrk (make bench-serve installs them) and prints figures.
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"flag"
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/plinth-dev/plinth/bootserver"
+	"github.com/plinth-dev/plinth/builder/manifest"
+)
+
+func main() {
+	dur := flag.Duration("d", 10*time.Second, "duration of each wrk run")
+	size := flag.Int("mb", 100, "artifact size in MB")
+	flag.Parse()
+	if err := run(*dur, *size); err != nil {
+		log.Fatal(err)
+	}
+}
+
+func run(dur time.Duration, sizeMB int) error {
+	dir, err := os.MkdirTemp("", "plinth-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	img := filepath.Join(dir, "artifacts", "bench")
+	os.MkdirAll(img, 0o755)
+	art := filepath.Join(img, manifest.Rootfs)
+	f, _ := os.Create(art)
+	buf := make([]byte, 1<<20)
+	for i := 0; i < sizeMB; i++ {
+		rand.Read(buf)
+		f.Write(buf)
+	}
+	f.Close()
+	m := &manifest.Manifest{Schema: manifest.Schema, Name: "bench", Cmdline: "console=ttyS0"}
+	for _, n := range []string{manifest.KernelFile, manifest.Initramfs} {
+		os.WriteFile(filepath.Join(img, n), []byte(n), 0o644)
+	}
+	for _, n := range []string{manifest.KernelFile, manifest.Initramfs, manifest.Rootfs} {
+		d, sz, _ := manifest.FileDigest(filepath.Join(img, n))
+		m.Files = append(m.Files, manifest.File{Name: n, SHA256: d, Size: sz})
+	}
+	b, _ := m.Encode()
+	os.WriteFile(filepath.Join(img, manifest.FileName), b, 0o644)
+	site := filepath.Join(dir, "site")
+	os.MkdirAll(site, 0o755)
+	os.WriteFile(filepath.Join(site, "site.toml"), []byte("[site]\nname = \"bench\"\n[[machine]]\nname = \"m1\"\nmac = \"52:54:00:00:00:01\"\nimage = \"bench\"\n"), 0o644)
+
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	plinthURL := "http://" + ln.Addr().String()
+	srv, err := bootserver.New(bootserver.Config{SiteDir: site, ArtifactsDir: filepath.Join(dir, "artifacts"), PublicURL: plinthURL})
+	if err != nil {
+		return err
+	}
+	go http.Serve(ln, srv.Handler())
+
+	nport := freePort()
+	conf := filepath.Join(dir, "nginx.conf")
+	os.WriteFile(conf, []byte(fmt.Sprintf(`daemon off;
+worker_processes auto;
+pid %s/nginx.pid;
+error_log %s/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  sendfile on;
+  server { listen 127.0.0.1:%d; root %s; }
+}
+`, dir, dir, nport, img)), 0o644)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ng := exec.CommandContext(ctx, "nginx", "-c", conf, "-p", dir)
+	ng.Stderr = os.Stderr
+	if err := ng.Start(); err != nil {
+		return fmt.Errorf("nginx (apt-get install nginx-light): %w", err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	hexd := strings.TrimPrefix(m.File(manifest.Rootfs).SHA256, "sha256:")
+	fmt.Printf("artifact %d MB, wrk %s per run, loopback, %d cores\n", sizeMB, dur, runtime.NumCPU())
+	for _, c := range []int{200, 500} {
+		p, err := wrk(dur, c, plinthURL+"/artifacts/sha256/"+hexd)
+		if err != nil {
+			return err
+		}
+		n, err := wrk(dur, c, fmt.Sprintf("http://127.0.0.1:%d/%s", nport, manifest.Rootfs))
+		if err != nil {
+			return err
+		}
+		fmt.Printf("%d clients: plinth %.0f MB/s, nginx %.0f MB/s, ratio %.2f\n", c, p.mbps, n.mbps, p.mbps/n.mbps)
+		s, err := wrk(dur, c, plinthURL+"/boot.ipxe?mac=52:54:00:00:00:01")
+		if err != nil {
+			return err
+		}
+		fmt.Printf("%d clients: boot.ipxe %.0f req/s, p99 %s\n", c, s.rps, s.p99)
+	}
+	return nil
+}
+
+type result struct {
+	mbps, rps float64
+	p99       string
+}
+
+var (
+	transferRE = regexp.MustCompile(`Transfer/sec:\s+([\d.]+)([KMG]?B)`)
+	rpsRE      = regexp.MustCompile(`Requests/sec:\s+([\d.]+)`)
+	p99RE      = regexp.MustCompile(`\s99%\s+(\S+)`)
+)
+
+func wrk(d time.Duration, conns int, url string) (result, error) {
+	out, err := exec.Command("wrk", "-t2", fmt.Sprintf("-c%d", conns), "-d"+d.String(), "--latency", url).CombinedOutput()
+	if err != nil {
+		return result{}, fmt.Errorf("wrk (apt-get install wrk): %v: %s", err, out)
+	}
+	var r result
+	sc := bufio.NewScanner(strings.NewReader(string(out)))
+	for sc.Scan() {
+		l := sc.Text()
+		if m := transferRE.FindStringSubmatch(l); m != nil {
+			var v float64
+			fmt.Sscan(m[1], &v)
+			switch m[2] {
+			case "GB":
+				v *= 1024
+			case "KB":
+				v /= 1024
+			case "B":
+				v /= 1 << 20
+			}
+			r.mbps = v
+		}
+		if m := rpsRE.FindStringSubmatch(l); m != nil {
+			fmt.Sscan(m[1], &r.rps)
+		}
+		if m := p99RE.FindStringSubmatch(l); m != nil {
+			r.p99 = m[1]
+		}
+	}
+	return r, nil
+}
+
+func freePort() int {
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func numCPU() int {
+	return len(strings.Split(strings.TrimSpace(readFile("/sys/devices/system/cpu/online")), ",")) + 0
+}
+
+func readFile(p string) string { b, _ := os.ReadFile(p); return string(b) }
