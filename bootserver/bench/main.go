@@ -40,6 +40,10 @@ func run(dur time.Duration, sizeMB int) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
+	// nginx's workers run unprivileged: let them read the artifact.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return err
+	}
 	img := filepath.Join(dir, "artifacts", "bench")
 	os.MkdirAll(img, 0o755)
 	art := filepath.Join(img, manifest.Rootfs)
@@ -129,6 +133,9 @@ func wrk(d time.Duration, conns int, url string) (result, error) {
 	out, err := exec.Command("wrk", "-t2", fmt.Sprintf("-c%d", conns), "-d"+d.String(), "--latency", url).CombinedOutput()
 	if err != nil {
 		return result{}, fmt.Errorf("wrk (apt-get install wrk): %v: %s", err, out)
+	}
+	if strings.Contains(string(out), "Non-2xx or 3xx responses") {
+		return result{}, fmt.Errorf("wrk %s: errors in the responses:\n%s", url, out)
 	}
 	var r result
 	sc := bufio.NewScanner(strings.NewReader(string(out)))
