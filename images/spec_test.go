@@ -27,7 +27,7 @@ func TestParseSmallestSpecGetsDefaults(t *testing.T) {
 func TestParseReportsEachProblemWithPosition(t *testing.T) {
 	for _, tc := range []struct {
 		name, in string
-		want []string
+		want     []string
 	}{
 		{"syntax", "name = \n", []string{"f.toml:1:8: syntax: expected value but found '\\n' instead"}},
 		{"missing name and layers", "description = \"x\"\n", []string{
