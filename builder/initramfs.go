@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 
 	"github.com/plinth-dev/plinth/builder/kernel"
 	"github.com/plinth-dev/plinth/builder/manifest"
@@ -79,15 +80,26 @@ func (b *build) planInitramfs(ctx context.Context) (*initramfsPlan, error) {
 		Rescue:      rescue,
 		ModuleDir:   tree,
 		Modules:     mods,
-		Cmdline:     "",
+		Cmdline:     b.spec.Stage1.Params,
 		Compression: b.spec.Output.Compression,
 		Epoch:       b.o.Epoch,
 		CacheDir:    filepath.Join(b.o.CacheDir, "initramfs"),
 		WorkDir:     b.o.SrcDir,
 		Log:         b.log,
 	}
+	if b.spec.Stage1.CA != "" {
+		ca, err := os.ReadFile(b.spec.Stage1.CA)
+		if err != nil {
+			return nil, fmt.Errorf("%s: stage1.ca: %w", b.spec.File, err)
+		}
+		if !strings.Contains(string(ca), "-----BEGIN CERTIFICATE-----") {
+			return nil, fmt.Errorf("%s: stage1.ca: %s holds no PEM certificate", b.spec.File, b.spec.Stage1.CA)
+		}
+		p.cfg.CACert = ca
+	}
 	h := sha256.New()
-	fmt.Fprintf(h, "initramfs v1\n%s\n%s\n%v\n", digest, b.spec.Output.Compression, b.o.Rescue)
+	fmt.Fprintf(h, "initramfs v2\n%s\n%s\n%v\n%q\n", digest, b.spec.Output.Compression, b.o.Rescue, p.cfg.Cmdline)
+	h.Write(p.cfg.CACert)
 	for _, m := range mods {
 		fmt.Fprintln(h, m.Name, m.Path)
 	}

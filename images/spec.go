@@ -25,6 +25,7 @@ type Spec struct {
 	Layers      []Layer `toml:"layer,required"`
 	Role        *Role   `toml:"role"`
 	Output      Output  `toml:"output"`
+	Stage1      Stage1  `toml:"stage1"`
 
 	File   string `toml:"-"` // path of the spec file
 	Dir    string `toml:"-"` // its directory: relative paths start here
@@ -43,6 +44,17 @@ type Kernel struct {
 type Layer struct {
 	Source string `toml:"source,required"`
 	Src    Source `toml:"-"`
+}
+
+// Stage1 are settings baked into the initramfs, for machines that boot it
+// without a boot server's command line (ISO, USB, a fixed PXE menu).
+type Stage1 struct {
+	// Params are default kernel parameters (e.g. plinth.server=URL,
+	// plinth.rescue=1); the real command line wins.
+	Params string `toml:"params"`
+	// CA is a PEM file (relative to the spec) of the authority that signed an
+	// https boot server's certificate.
+	CA string `toml:"ca"`
 }
 
 // Role is what first boot configures.
@@ -194,6 +206,17 @@ func (s *Spec) check(r *tomlx.Report) {
 		}
 		if o.Machine == "" {
 			r.Addf(f, "output.machine", "embedded, iso and raw outputs carry a profile: name the machine")
+		}
+	}
+	if strings.ContainsAny(s.Stage1.Params, "\n\r") {
+		r.Addf(f, "stage1.params", "must be one line")
+	}
+	if ca := s.Stage1.CA; ca != "" {
+		if !filepath.IsAbs(ca) {
+			s.Stage1.CA = filepath.Join(s.Dir, ca)
+		}
+		if s.Kernel == nil {
+			r.Addf(f, "stage1.ca", "only an image with a [kernel] has an initramfs to carry it")
 		}
 	}
 	if o.Site != "" && !filepath.IsAbs(o.Site) {

@@ -46,6 +46,8 @@ func TestParseReportsEachProblemWithPosition(t *testing.T) {
 		{"bad name", "name = \"A_b\"\n[[layer]]\nsource = \"dir:/x\"\n", []string{"f.toml:1:1: name: \"A_b\": want lower-case"}},
 		{"bad role and format", "name = \"a\"\n[[layer]]\nsource = \"dir:/x\"\n[role]\nname = \"db\"\n[output]\nformats = [\"floppy\"]\n",
 			[]string{"f.toml:5:1: role.name: \"db\": want one of etcd, master, minion", "f.toml:7:1: output.formats[0]: \"floppy\""}},
+		{"stage1 settings", "name = \"a\"\n[[layer]]\nsource = \"dir:/x\"\n[stage1]\nparams = \"\"\"a\nb\"\"\"\nca = \"ca.pem\"\n",
+			[]string{"f.toml:5:1: stage1.params: must be one line", "f.toml:7:1: stage1.ca: only an image with a [kernel]"}},
 		{"embedded needs kernel and profile", "name = \"a\"\n[[layer]]\nsource = \"dir:/x\"\n[output]\nformats = [\"embedded\"]\n",
 			[]string{"output.formats: [embedded] boot a kernel", "output.site: embedded", "output.machine: embedded"}},
 	} {

@@ -99,6 +99,7 @@ func TestComposeIsReproducibleAndHasTheStage1Layout(t *testing.T) {
 	dir := t.TempDir()
 	root := filepath.Join(dir, "root.sqfs")
 	os.WriteFile(root, bytes.Repeat([]byte("sqsh"), 1000), 0o644)
+	cfg.CACert = []byte("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
 	cfg.Embedded = &Embedded{Rootfs: root, RootfsDigest: "sha256:" + strings.Repeat("0", 64), Config: []byte(`{"hostname":"a"}`)}
 	a, b := filepath.Join(dir, "a.cpio.zst"), filepath.Join(dir, "b.cpio.zst")
 	ctx := context.Background()
@@ -114,7 +115,7 @@ func TestComposeIsReproducibleAndHasTheStage1Layout(t *testing.T) {
 		t.Fatal("two builds of one config differ")
 	}
 	names, rawStart := entries(t, ab)
-	for _, want := range []string{"init", "bbin/bb", "bbin/plinth-agent", ModulesList, CmdlineFile, cfg.Modules[0].Path, RootfsFile, DigestFile, ConfigFile} {
+	for _, want := range []string{"init", "bbin/bb", "bbin/plinth-agent", ModulesList, CmdlineFile, CACertFile, cfg.Modules[0].Path, RootfsFile, DigestFile, ConfigFile} {
 		if _, ok := names[want]; !ok {
 			t.Errorf("initramfs lacks %s", want)
 		}

@@ -3,6 +3,8 @@ package stage1
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -15,6 +17,26 @@ import (
 
 	"github.com/plinth-dev/plinth/bootserver/api"
 )
+
+// CAFile is where the initramfs carries the boot server's CA, if any.
+const CAFile = "/etc/ssl/certs/plinth-ca.pem"
+
+// HTTPClient trusts the CA in caFile (when present) in addition to the
+// system's, so an https boot server with a site certificate works.
+func HTTPClient(caFile string) *http.Client {
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return &http.Client{}
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	pool.AppendCertsFromPEM(pem)
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	return &http.Client{Transport: tr}
+}
 
 // ErrDigest is returned for content whose sha256 is not the expected one.
 var ErrDigest = errors.New("sha256 mismatch")

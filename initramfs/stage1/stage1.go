@@ -101,7 +101,7 @@ func (s *Stage1) params(ctx context.Context) error {
 	mode := "embedded"
 	if p.Server != "" {
 		mode = "netboot from " + p.Server + " as " + p.Machine
-		s.Events = &HTTPEvents{URL: p.Server + api.PathEvents, Machine: p.Machine}
+		s.Events = &HTTPEvents{URL: p.Server + api.PathEvents, Machine: p.Machine, Client: s.Fetch.Client}
 		s.Con.Events = s.Events
 		s.Fetch.Token = p.Token
 	}

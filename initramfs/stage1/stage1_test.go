@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/pem"
 	"errors"
 	"net/http"
 	"net/http/httptest"
@@ -215,4 +216,19 @@ func TestWriteUnitRefusesLineBreaksInValues(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "etc/systemd/system/x.service")); !os.IsNotExist(err) {
 		t.Error("a unit was written anyway")
 	}
+}
+
+func TestHTTPClientTrustsTheBakedInCA(t *testing.T) {
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok")) }))
+	defer srv.Close()
+	if _, err := HTTPClient("/nonexistent").Get(srv.URL); err == nil {
+		t.Fatal("an unknown CA was trusted")
+	}
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o644)
+	resp, err := HTTPClient(ca).Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
 }

@@ -29,7 +29,7 @@ func main() {
 		Con:   &stage1.Console{W: console},
 		Files: os.DirFS("/"),
 	}
-	s.Fetch = &stage1.Fetcher{OnRetry: func(err error, wait time.Duration) {
+	s.Fetch = &stage1.Fetcher{Client: stage1.HTTPClient(stage1.CAFile), OnRetry: func(err error, wait time.Duration) {
 		fmt.Fprintf(console, "plinth: [retry] %v; again in %s\n", err, wait)
 	}}
 	err := s.Run(ctx)
