@@ -64,6 +64,13 @@ func (b *build) planInitramfs(ctx context.Context) (*initramfsPlan, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: kernel.modules: %w", b.spec.File, err)
 	}
+	if digest == "" {
+		// A dir: tree is not content-addressed: hash what the image takes
+		// from it, the kernel and the chosen modules.
+		if digest, err = kernelDigest(k, mods); err != nil {
+			return nil, fmt.Errorf("%s: kernel.source %s: %w", b.spec.File, ks.Source, err)
+		}
+	}
 	b.sources = append(b.sources, manifest.Source{Ref: ks.Source, Use: "kernel", Digest: digest})
 	b.kernel = &manifest.Kernel{Version: k.Version}
 	for _, m := range mods {
@@ -176,4 +183,22 @@ func (b *build) initramfs(ctx context.Context, p *initramfsPlan, rootfs, rootDig
 		}
 	}
 	return nil
+}
+
+// kernelDigest hashes a kernel image and the modules taken from its tree.
+func kernelDigest(k *kernel.Kernel, mods []kernel.Module) (string, error) {
+	h := sha256.New()
+	files := []string{k.Image}
+	for _, m := range mods {
+		files = append(files, filepath.Join(k.Tree, m.Path))
+	}
+	for _, f := range files {
+		d, n, err := manifest.FileDigest(f)
+		if err != nil {
+			return "", err
+		}
+		rel, _ := filepath.Rel(k.Tree, f)
+		fmt.Fprintf(h, "%s %d %s\n", rel, n, d)
+	}
+	return "sha256:" + hex.EncodeToString(h.Sum(nil)), nil
 }
