@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -141,8 +142,8 @@ func parseQuery(raw string) (map[string][]string, error) {
 	}
 	for _, kv := range strings.Split(raw, "&") {
 		k, v, _ := strings.Cut(kv, "=")
-		uk, err1 := urlUnescape(k)
-		uv, err2 := urlUnescape(v)
+		uk, err1 := url.QueryUnescape(k)
+		uv, err2 := url.QueryUnescape(v)
 		if err := errors.Join(err1, err2); err != nil {
 			return nil, fmt.Errorf("malformed query: %w", err)
 		}

@@ -94,12 +94,6 @@ func Load(path string) (*Spec, error) {
 	return Parse(path, data)
 }
 
-// ValidateFile checks the spec at path and returns every problem at once.
-func ValidateFile(path string) error {
-	_, err := Load(path)
-	return err
-}
-
 // Parse decodes and checks a spec; file names it in messages and anchors
 // relative paths.
 func Parse(file string, data []byte) (*Spec, error) {

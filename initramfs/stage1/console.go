@@ -16,7 +16,6 @@ type Console struct {
 	mu     sync.Mutex
 	W      io.Writer
 	Events EventSink
-	start  time.Time
 }
 
 // EventSink receives boot events; Post must not block boot for long.
@@ -28,9 +27,6 @@ type EventSink interface {
 func (c *Console) Step(ctx context.Context, stage, format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
 	c.mu.Lock()
-	if c.start.IsZero() {
-		c.start = time.Now()
-	}
 	fmt.Fprintf(c.W, "plinth: [%s] %s\n", stage, msg)
 	c.mu.Unlock()
 	if c.Events != nil {
