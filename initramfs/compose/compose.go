@@ -19,10 +19,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"os/exec"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -34,6 +36,7 @@ import (
 	"github.com/u-root/uio/llog"
 
 	"github.com/plinth-dev/plinth/builder/kernel"
+	"github.com/plinth-dev/plinth/builder/manifest"
 )
 
 // Paths inside the initramfs: the contract with /init.
@@ -106,7 +109,7 @@ func Key(c Config) (string, error) {
 		h.Write(b)
 	}
 	out, err := goCmd(c.WorkDir, append([]string{"list", "-deps", "-f",
-		`{{if and .Module .Module.Main}}{{.Dir}}{{"\t"}}{{join .GoFiles " "}}{{end}}`}, c.commands()...)...)
+		`{{if and .Module .Module.Main}}{{.Dir}}{{"\t"}}{{join .GoFiles " "}} {{join .EmbedFiles " "}}{{end}}`}, c.commands()...)...)
 	if err != nil {
 		return "", err
 	}
@@ -117,7 +120,7 @@ func Key(c Config) (string, error) {
 		for _, f := range strings.Fields(files) {
 			b, err := os.ReadFile(filepath.Join(dir, f))
 			if err != nil {
-				return "", err
+				return "", fmt.Errorf("initramfs: busybox key: %w", err)
 			}
 			rel, _ := filepath.Rel(c.WorkDir, filepath.Join(dir, f))
 			fmt.Fprintf(h, "%s %d\n", rel, len(b))
@@ -144,10 +147,25 @@ func goCmd(dir string, args ...string) (string, error) {
 
 // Build writes the initramfs for c to out, atomically.
 func Build(ctx context.Context, c Config, out string) error {
+	if e := c.Embedded; e != nil {
+		// /init compares the squashfs against this before mounting it: a
+		// malformed one would only fail on the machine.
+		if _, err := manifest.ParseDigest(e.RootfsDigest); err != nil {
+			return fmt.Errorf("initramfs %s: embedded rootfs: %w", out, err)
+		}
+	}
 	bb, err := busybox(ctx, c)
 	if err != nil {
 		return err
 	}
+	if err := build(c, bb, out); err != nil {
+		return fmt.Errorf("initramfs %s: %w", out, err)
+	}
+	return nil
+}
+
+// build writes the archive parts around the compiled busybox archive bb.
+func build(c Config, bb, out string) error {
 	tmp, err := os.CreateTemp(filepath.Dir(out), "."+filepath.Base(out)+".*")
 	if err != nil {
 		return err
@@ -162,13 +180,13 @@ func Build(ctx context.Context, c Config, out string) error {
 	case "gzip":
 		zw, err = gzip.NewWriterLevel(bw, gzip.BestCompression)
 	default:
-		err = fmt.Errorf("initramfs: compression %q: want zstd or gzip", c.Compression)
+		err = fmt.Errorf("compression %q: want zstd or gzip", c.Compression)
 	}
 	if err != nil {
 		return err
 	}
 	if err := copyFile(zw, bb); err != nil {
-		return err
+		return fmt.Errorf("busybox archive: %w", err)
 	}
 	if err := writeStage1Extras(zw, c); err != nil {
 		return err
@@ -176,7 +194,7 @@ func Build(ctx context.Context, c Config, out string) error {
 	if err := zw.Close(); err != nil {
 		return err
 	}
-	if e := c.Embedded; e != nil {
+	if c.Embedded != nil {
 		if err := bw.Flush(); err != nil {
 			return err
 		}
@@ -189,6 +207,8 @@ func Build(ctx context.Context, c Config, out string) error {
 				return err
 			}
 		}
+		// The squashfs is compressed already: a raw part costs nothing and
+		// lets the kernel copy it without a decompressor pass.
 		if err := writeEmbedded(bw, c); err != nil {
 			return err
 		}
@@ -216,16 +236,19 @@ func busybox(ctx context.Context, c Config) (string, error) {
 		return "", err
 	}
 	if err := os.MkdirAll(c.CacheDir, 0o755); err != nil {
-		return "", err
+		return "", fmt.Errorf("initramfs: busybox cache: %w", err)
 	}
 	path := filepath.Join(c.CacheDir, "busybox-"+key+".cpio")
 	if _, err := os.Stat(path); err == nil {
-		c.log().Info("initramfs busybox from cache", "key", key[:12])
+		c.log().Info("initramfs busybox", "key", key[:12], "cache_hit", true)
 		return path, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return "", err // before a compile that cannot be interrupted
 	}
 	tmpDir, err := os.MkdirTemp(c.CacheDir, "build-")
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("initramfs: busybox cache: %w", err)
 	}
 	defer os.RemoveAll(tmpDir)
 	tmpOut := filepath.Join(tmpDir, "busybox.cpio")
@@ -254,13 +277,11 @@ func busybox(ctx context.Context, c Config) (string, error) {
 	if err := uimage.Create(logger, mods...); err != nil {
 		return "", fmt.Errorf("initramfs: u-root: %w", err)
 	}
-	if err := ctx.Err(); err != nil {
-		return "", err
-	}
+	// Renamed into place whole, so a concurrent build sees all or nothing.
 	if err := os.Rename(tmpOut, path); err != nil {
-		return "", err
+		return "", fmt.Errorf("initramfs: busybox cache: %w", err)
 	}
-	c.log().Info("compiled initramfs busybox", "elapsed", time.Since(start).Round(time.Second))
+	c.log().Info("initramfs busybox", "key", key[:12], "cache_hit", false, "elapsed", time.Since(start).Round(time.Millisecond))
 	return path, nil
 }
 
@@ -330,30 +351,48 @@ func (a *archive) path(name string, mode cpio.FileMode, src string) error {
 	return a.file(name, mode, st.Size(), f)
 }
 
-// writeStage1Extras writes the modules, their load order and the settings.
+// writeStage1Extras writes the modules, their load order and the settings,
+// sorted by name so that the archive depends on nothing but its contents.
 func writeStage1Extras(w io.Writer, c Config) error {
-	a := newArchive(w, c.Epoch)
+	type file struct {
+		src  string // path on disk, or
+		data []byte // contents
+	}
+	files := map[string]file{}
 	var order strings.Builder
 	for _, m := range c.Modules {
-		if err := a.path(m.Path, 0o644, filepath.Join(c.ModuleDir, m.Path)); err != nil {
-			return fmt.Errorf("initramfs: module %s: %w", m.Name, err)
+		if !safeRel(m.Path) {
+			return fmt.Errorf("module %s: path %q is not a clean relative path", m.Name, m.Path)
 		}
+		files[m.Path] = file{src: filepath.Join(c.ModuleDir, filepath.FromSlash(m.Path))}
 		order.WriteString(m.Path + "\n")
 	}
-	if err := a.bytes(ModulesList, 0o644, []byte(order.String())); err != nil {
-		return err
-	}
+	files[ModulesList] = file{data: []byte(order.String())}
 	if c.Cmdline != "" {
-		if err := a.bytes(CmdlineFile, 0o644, []byte(c.Cmdline+"\n")); err != nil {
-			return err
-		}
+		files[CmdlineFile] = file{data: []byte(c.Cmdline + "\n")}
 	}
 	if len(c.CACert) > 0 {
-		if err := a.bytes(CACertFile, 0o644, c.CACert); err != nil {
-			return err
+		files[CACertFile] = file{data: c.CACert}
+	}
+	a := newArchive(w, c.Epoch)
+	for _, name := range slices.Sorted(maps.Keys(files)) {
+		f := files[name]
+		var err error
+		if f.data != nil {
+			err = a.bytes(name, 0o644, f.data)
+		} else {
+			err = a.path(name, 0o644, f.src)
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
 		}
 	}
 	return a.w.Close()
+}
+
+// safeRel reports whether p stays inside the archive root.
+func safeRel(p string) bool {
+	return p != "" && path.Clean(p) == p && !path.IsAbs(p) && p != ".." && !strings.HasPrefix(p, "../")
 }
 
 // writeEmbedded writes the uncompressed archive with the rootfs and profile.
