@@ -147,6 +147,11 @@ func goCmd(dir string, args ...string) (string, error) {
 
 // Build writes the initramfs for c to out, atomically.
 func Build(ctx context.Context, c Config, out string) error {
+	switch c.Compression {
+	case "", "zstd", "gzip":
+	default:
+		return fmt.Errorf("initramfs %s: compression %q: want zstd or gzip", out, c.Compression)
+	}
 	if e := c.Embedded; e != nil {
 		// /init compares the squashfs against this before mounting it: a
 		// malformed one would only fail on the machine.

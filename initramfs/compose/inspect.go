@@ -263,6 +263,9 @@ func (s *stream) archive(p Entry, fn func(Entry, io.Reader) error) error {
 		e.ModTime = time.Unix(int64(mtime), 0).UTC()
 		if s.sr != nil {
 			e.DataOffset = s.pos
+			if end := p.PartOffset + s.sr.Size(); e.DataOffset+size > end {
+				return fmt.Errorf("part %d: %s: %d bytes at %d: %w", p.Part, e.Name, size, e.DataOffset, io.ErrUnexpectedEOF)
+			}
 		}
 		data := io.LimitReader(s, size)
 		if e.Mode&fs.ModeSymlink != 0 && size <= maxName {
