@@ -27,11 +27,11 @@ func newLab(t *testing.T) *lab.Lab {
 		}
 		t.Skip(err)
 	}
-	l, err := lab.New("plinth-test", "10.77.0.1/24", nil)
+	l, err := lab.New(context.Background(), "pxe", "10.77.0.1/24", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(l.Close)
+	t.Cleanup(func() { l.Close() })
 	return l
 }
 
@@ -74,7 +74,7 @@ dns         = ["10.77.0.1"]
 		t.Fatal(err)
 	}
 	defer logf.Close()
-	if _, err := l.Start(ctx, logf, plinthBin, "serve", "--site", filepath.Join(dir, "site"), "--artifacts", filepath.Dir(art),
+	if err := l.Start(ctx, logf, plinthBin, "serve", "--site", filepath.Join(dir, "site"), "--artifacts", filepath.Dir(art),
 		"--listen", l.Server+":8080", "--server-ip", l.Server, "--dhcp-interface", "br0"); err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +90,7 @@ dns         = ["10.77.0.1"]
 	errs := make([]error, len(machines))
 	times := make([]time.Duration, len(machines))
 	for i, m := range machines {
-		netdev, err := l.AddTap()
+		netdev, err := l.AddTap(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -156,7 +156,7 @@ func statusPageShowsReady(t *testing.T, ctx context.Context, l *lab.Lab, server 
 	profile := t.TempDir()
 	cctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(cctx, "ip", "netns", "exec", l.NS, chromium, "--headless", "--no-sandbox", "--disable-gpu",
+	cmd := exec.CommandContext(cctx, "ip", "netns", "exec", l.Name(), chromium, "--headless", "--no-sandbox", "--disable-gpu",
 		"--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
 		"--user-data-dir="+profile, "--virtual-time-budget=6000", "--dump-dom", server+"/")
 	out, err := cmd.Output()

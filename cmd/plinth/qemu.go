@@ -55,7 +55,7 @@ interrupted (or exits with --until-ready). Needs root. Consoles are written to
 				return err
 			}
 			for _, line := range strings.Split(string(out), "\n") {
-				if f := strings.Fields(line); len(f) > 0 && strings.HasPrefix(f[0], "plinth-lab-") {
+				if f := strings.Fields(line); len(f) > 0 && strings.HasPrefix(f[0], "plinth-nl-lab-") {
 					_ = exec.Command("ip", "netns", "pids", f[0]).Run()
 					if err := exec.Command("ip", "netns", "del", f[0]).Run(); err == nil {
 						fmt.Fprintln(cmd.OutOrStdout(), "removed", f[0])
@@ -92,7 +92,7 @@ func qemuUp(ctx context.Context, g *globals, siteDir, artifacts, logDir string, 
 			ones += n & 1
 		}
 	}
-	l, err := lab.New("plinth-lab", fmt.Sprintf("%s/%d", site.DHCP.Router, ones), g.log)
+	l, err := lab.New(ctx, "lab", fmt.Sprintf("%s/%d", site.DHCP.Router, ones), g.log)
 	if err != nil {
 		return err
 	}
@@ -103,7 +103,7 @@ func qemuUp(ctx context.Context, g *globals, siteDir, artifacts, logDir string, 
 	}
 	defer serveLog.Close()
 	server := "http://" + l.Server + ":8080"
-	if _, err := l.Start(ctx, serveLog, self, "serve", "--site", siteDir, "--artifacts", artifacts,
+	if err := l.Start(ctx, serveLog, self, "serve", "--site", siteDir, "--artifacts", artifacts,
 		"--listen", l.Server+":8080", "--server-ip", l.Server, "--dhcp-interface", "br0"); err != nil {
 		return err
 	}
@@ -113,7 +113,7 @@ func qemuUp(ctx context.Context, g *globals, siteDir, artifacts, logDir string, 
 			g.log.Warn("not booting: image not built", "machine", m.Name, "image", m.Image)
 			continue
 		}
-		netdev, err := l.AddTap()
+		netdev, err := l.AddTap(ctx)
 		if err != nil {
 			return err
 		}
@@ -126,7 +126,7 @@ func qemuUp(ctx context.Context, g *globals, siteDir, artifacts, logDir string, 
 	if len(booted) == 0 {
 		return fmt.Errorf("no machine of %s has a built image in %s", siteDir, artifacts)
 	}
-	fmt.Printf("lab %s: %d machines netbooting (%s); consoles in %s\n", l.NS, len(booted), qemu.Accel(ctx), logDir)
+	fmt.Printf("lab %s: %d machines netbooting (%s); consoles in %s\n", l.Name(), len(booted), qemu.Accel(ctx), logDir)
 	start := time.Now()
 	deadline := time.After(timeout)
 	var last string
