@@ -1,87 +1,37 @@
 // Package agent is the readiness agent: it runs on the machine after the
-// image's init reached its default target, checks that the machine is what
-// plinth promised (an immutable root under a writable overlay, the
-// profile's host name, the role's services running) and reports to the
-// console and the boot server.
+// image's init reached multi-user.target, checks that the machine is what
+// plinth promised (an immutable squashfs root under a writable overlay, the
+// profile's host name, the role's services running) and reports once, on
+// the console and to the boot server.
 package agent
 
 import (
-	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/plinth-dev/plinth/bootserver/api"
-	"github.com/plinth-dev/plinth/initramfs/stage1"
+	"github.com/plinth-dev/plinth/initramfs/role"
+	"github.com/plinth-dev/plinth/initramfs/stage1/events"
 	"github.com/plinth-dev/plinth/profiles/node"
 )
 
-// Mount is one line of /proc/self/mountinfo.
-type Mount struct {
-	Point   string
-	FSType  string
-	Options map[string]bool // per-mount and super-block options together
-}
-
-// ParseMountinfo reads /proc/self/mountinfo's format.
-func ParseMountinfo(r io.Reader) ([]Mount, error) {
-	var out []Mount
-	sc := bufio.NewScanner(r)
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		sep := -1
-		for i, x := range f {
-			if x == "-" {
-				sep = i
-				break
-			}
-		}
-		if sep < 6 || len(f) < sep+3 {
-			return nil, fmt.Errorf("mountinfo: malformed line %q", sc.Text())
-		}
-		m := Mount{Point: unescape(f[4]), FSType: f[sep+1], Options: map[string]bool{}}
-		for _, o := range strings.Split(f[5]+","+f[sep+3], ",") {
-			m.Options[o] = true
-		}
-		out = append(out, m)
-	}
-	return out, sc.Err()
-}
-
-// unescape undoes mountinfo's octal escapes (\040 for a space).
-func unescape(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			var v int
-			if _, err := fmt.Sscanf(s[i+1:i+4], "%o", &v); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
-// last returns the last mount at point (the one visible there).
-func last(ms []Mount, point string) *Mount {
-	var found *Mount
-	for i := range ms {
-		if ms[i].Point == point {
-			found = &ms[i]
-		}
-	}
-	return found
+// System is what the agent reads from the machine; tests fake it.
+type System interface {
+	ReadFile(path string) ([]byte, error)
+	Hostname() (string, error)
+	// ProbeWrite creates and removes a file in dir.
+	ProbeWrite(dir string) error
+	// ServiceState is `systemctl is-active NAME`'s answer.
+	ServiceState(ctx context.Context, name string) string
 }
 
 // Report is what the agent found.
@@ -89,97 +39,59 @@ type Report struct {
 	Host     string
 	Role     string
 	Problems []string
-	Services map[string]string
+	Services map[string]string // unit → state
 }
 
-// Line is the one console line the agent prints.
-func (r Report) Line() string {
-	if len(r.Problems) > 0 {
-		return fmt.Sprintf("plinth-agent: NOT READY host=%s role=%s: %s", r.Host, r.Role, strings.Join(r.Problems, "; "))
+// Ready reports whether nothing is wrong.
+func (r *Report) Ready() bool { return len(r.Problems) == 0 }
+
+// Line is the one console line the agent prints; QEMU tests and the boot
+// server's status page match its ready form exactly.
+func (r *Report) Line() string {
+	if r.Ready() {
+		return fmt.Sprintf("plinth-agent: ready host=%s role=%s root=overlay lower=ro upper=rw", r.Host, r.Role)
 	}
-	var svc []string
-	for _, k := range sortedKeys(r.Services) {
-		svc = append(svc, k+"="+r.Services[k])
-	}
-	line := fmt.Sprintf("plinth-agent: ready host=%s role=%s root=overlay lower=ro upper=rw", r.Host, orNone(r.Role))
-	if len(svc) > 0 {
-		line += " services=" + strings.Join(svc, ",")
-	}
-	return line
+	return fmt.Sprintf("plinth-agent: NOT READY host=%s role=%s: %s", r.Host, r.Role, strings.Join(r.Problems, "; "))
 }
 
-func orNone(s string) string {
-	if s == "" {
-		return "none"
-	}
-	return s
-}
-
-func sortedKeys(m map[string]string) []string {
-	var k []string
-	for x := range m {
-		k = append(k, x)
-	}
-	sort.Strings(k)
-	return k
-}
-
-// CheckMounts checks the immutable-root promise in a mount table.
-func CheckMounts(ms []Mount) []string {
-	var p []string
-	if root := last(ms, "/"); root == nil || root.FSType != "overlay" {
-		p = append(p, "/ is not an overlay")
-	}
-	lower := last(ms, "/run/plinth/lower")
-	switch {
-	case lower == nil:
-		p = append(p, "no squashfs at /run/plinth/lower")
-	case lower.FSType != "squashfs":
-		p = append(p, "/run/plinth/lower is "+lower.FSType+", not squashfs")
-	case !lower.Options["ro"]:
-		p = append(p, "/run/plinth/lower is not read-only")
-	}
-	return p
-}
-
-// Check examines this machine.
-func Check(ctx context.Context, services []string) (Report, *node.Config) {
-	var r Report
-	r.Services = map[string]string{}
-	r.Host, _ = os.Hostname()
-	b, err := os.ReadFile(stage1.ConfigPath)
-	var cfg *node.Config
+// Check examines the machine. The config is nil when it could not be read.
+func Check(ctx context.Context, sys System) (*Report, *node.Config) {
+	r := &Report{Role: "none", Services: map[string]string{}}
+	host, err := sys.Hostname()
 	if err != nil {
+		r.Problems = append(r.Problems, "host name: "+err.Error())
+	}
+	r.Host = host
+	var cfg *node.Config
+	if b, err := sys.ReadFile(role.ConfigPath); err != nil {
 		r.Problems = append(r.Problems, "no profile: "+err.Error())
 	} else if cfg, err = node.Decode(b); err != nil {
-		r.Problems = append(r.Problems, err.Error())
+		r.Problems = append(r.Problems, role.ConfigPath+": "+err.Error())
+		cfg = nil
 	} else {
-		r.Role = cfg.Role
-		if r.Host != cfg.Hostname {
-			r.Problems = append(r.Problems, fmt.Sprintf("host name is %q, the profile says %q", r.Host, cfg.Hostname))
+		if cfg.Role != "" {
+			r.Role = cfg.Role
+		}
+		if host != cfg.Hostname {
+			r.Problems = append(r.Problems, fmt.Sprintf("host name is %q, the profile says %q", host, cfg.Hostname))
 		}
 	}
-	if f, err := os.Open("/proc/self/mountinfo"); err != nil {
+	if b, err := sys.ReadFile("/proc/self/mountinfo"); err != nil {
+		r.Problems = append(r.Problems, err.Error())
+	} else if ms, err := ParseMountinfo(strings.NewReader(string(b))); err != nil {
 		r.Problems = append(r.Problems, err.Error())
 	} else {
-		ms, err := ParseMountinfo(f)
-		f.Close()
-		if err != nil {
-			r.Problems = append(r.Problems, err.Error())
-		}
 		r.Problems = append(r.Problems, CheckMounts(ms)...)
 	}
-	probe := "/var/lib/plinth/.write-probe"
-	if err := os.MkdirAll("/var/lib/plinth", 0o755); err != nil {
+	if err := sys.ProbeWrite("/"); err != nil {
 		r.Problems = append(r.Problems, "/ is not writable: "+err.Error())
-	} else if err := os.WriteFile(probe, []byte("x"), 0o600); err != nil {
-		r.Problems = append(r.Problems, "/ is not writable: "+err.Error())
-	} else {
-		os.Remove(probe)
+	}
+	services, err := readServices(sys)
+	if err != nil {
+		r.Problems = append(r.Problems, err.Error())
 	}
 	for _, s := range services {
-		out, _ := exec.CommandContext(ctx, "systemctl", "is-active", s).Output()
-		state := strings.TrimSpace(string(out))
+		state := sys.ServiceState(ctx, s)
 		r.Services[s] = state
 		if state != "active" {
 			r.Problems = append(r.Problems, s+" is "+state)
@@ -188,26 +100,86 @@ func Check(ctx context.Context, services []string) (Report, *node.Config) {
 	return r, cfg
 }
 
-// Main runs the agent once and returns the process exit status.
-func Main() int {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	var services []string
-	if b, err := os.ReadFile("/etc/plinth/services"); err == nil {
-		services = strings.Fields(string(b))
+// readServices reads role.ServicesPath; none is fine (role "none").
+func readServices(sys System) ([]string, error) {
+	b, err := sys.ReadFile(role.ServicesPath)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
 	}
-	r, cfg := Check(ctx, services)
-	fmt.Println(r.Line())
+	if err != nil {
+		return nil, err
+	}
+	s := strings.Fields(string(b))
+	sort.Strings(s)
+	return s, nil
+}
+
+// Run checks the machine, prints the line to out and posts the report to
+// the boot server named by the profile, if any. It returns the process's
+// exit status: 1 when not ready, so systemd shows the unit failed.
+func Run(ctx context.Context, sys System, out io.Writer, client events.Poster) int {
+	r, cfg := Check(ctx, sys)
+	fmt.Fprintln(out, r.Line())
 	if cfg != nil && cfg.Cluster != nil && cfg.Cluster.BootServer != "" {
 		stage := api.StageReady
-		if len(r.Problems) > 0 {
+		if !r.Ready() {
 			stage = api.StageError
 		}
-		ev := &stage1.HTTPEvents{URL: cfg.Cluster.BootServer + api.PathEvents, Machine: cfg.Machine}
-		ev.Post(ctx, api.Event{Stage: stage, Message: r.Line(), Time: time.Now().UTC(), Fields: r.Services})
+		p := client
+		p.URL = strings.TrimRight(cfg.Cluster.BootServer, "/") + api.PathEvents
+		p.Machine = cfg.Machine
+		if err := p.Send(ctx, api.Event{Stage: stage, Message: r.Line(), Time: time.Now().UTC(), Fields: r.Services}); err != nil {
+			fmt.Fprintf(out, "plinth-agent: report to %s: %v\n", cfg.Cluster.BootServer, err)
+		}
 	}
-	if len(r.Problems) > 0 {
+	if !r.Ready() {
 		return 1
 	}
 	return 0
+}
+
+// Main runs the agent on this machine.
+func Main() int {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	return Run(ctx, OS{}, os.Stdout, events.Poster{Timeout: 10 * time.Second})
+}
+
+// OS is the real machine.
+type OS struct{}
+
+var _ System = OS{}
+
+// ReadFile reads a file.
+func (OS) ReadFile(p string) ([]byte, error) { return os.ReadFile(p) }
+
+// Hostname is the kernel's host name.
+func (OS) Hostname() (string, error) { return os.Hostname() }
+
+// ProbeWrite creates, writes and removes a file in dir.
+func (OS) ProbeWrite(dir string) error {
+	f, err := os.CreateTemp(dir, ".plinth-agent-probe-*")
+	if err != nil {
+		return err
+	}
+	name := f.Name()
+	_, err = f.WriteString("probe")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if rerr := os.Remove(filepath.Clean(name)); err == nil {
+		err = rerr
+	}
+	return err
+}
+
+// ServiceState asks systemctl; "unknown" when it cannot answer.
+func (OS) ServiceState(ctx context.Context, name string) string {
+	// is-active exits non-zero for anything but active and still prints
+	// the state: the output is the answer, the status is not.
+	out, _ := exec.CommandContext(ctx, "systemctl", "is-active", "--", name).Output()
+	if s := strings.TrimSpace(string(out)); s != "" {
+		return s
+	}
+	return "unknown"
 }

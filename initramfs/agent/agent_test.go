@@ -1,66 +1,216 @@
 package agent
 
 import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io/fs"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+
+	"github.com/plinth-dev/plinth/bootserver/api"
+	"github.com/plinth-dev/plinth/initramfs/role"
+	"github.com/plinth-dev/plinth/initramfs/stage1/events"
 )
 
-// Lines as a machine booted by plinth shows them (Debian 12, kernel 6.1).
-const goodMountinfo = `22 1 0:20 / / rw,relatime - overlay overlay rw,lowerdir=/run/plinth/lower,upperdir=/run/plinth/rw/upper,workdir=/run/plinth/rw/work
-23 22 0:5 / /dev rw,nosuid - devtmpfs devtmpfs rw,size=496000k,nr_inodes=124000,mode=755
-26 22 0:22 / /run rw,nosuid - tmpfs tmpfs rw,mode=755
-27 26 7:0 / /run/plinth/lower ro,relatime - squashfs /dev/loop0 ro,errors=continue
-28 26 0:23 / /run/plinth/rw rw,relatime - tmpfs tmpfs rw,mode=755
-29 22 0:24 / /mnt/with\040space rw - tmpfs tmpfs rw
-`
-
-func TestCheckMountsAcceptsOverlayOnReadOnlySquashfs(t *testing.T) {
-	ms, err := ParseMountinfo(strings.NewReader(goodMountinfo))
+func readSample(t *testing.T, name string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("testdata", "mountinfo", name))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p := CheckMounts(ms); len(p) != 0 {
-		t.Errorf("problems on a good machine: %v", p)
-	}
-	if last(ms, "/mnt/with space") == nil {
-		t.Error("octal escapes not decoded")
-	}
+	return string(b)
 }
 
-func TestCheckMountsNamesWhatIsWrong(t *testing.T) {
-	for name, tc := range map[string]struct{ info, want string }{
-		"root on ext4":   {strings.Replace(goodMountinfo, "- overlay overlay", "- ext4 /dev/vda1", 1), "/ is not an overlay"},
-		"writable lower": {strings.Replace(goodMountinfo, "ro,relatime - squashfs /dev/loop0 ro,", "rw,relatime - squashfs /dev/loop0 rw,", 1), "not read-only"},
-		"no lower":       {strings.Replace(goodMountinfo, "/run/plinth/lower ro", "/srv ro", 1), "no squashfs at /run/plinth/lower"},
+// bootedMountinfo is what a machine booted by plinth shows after
+// switch_root: the sample captured on this host in a mount namespace
+// (plinth-overlay.txt) with the overlay's paths as stage 1 gives them.
+func bootedMountinfo(t *testing.T) string {
+	return strings.ReplaceAll(readSample(t, "plinth-overlay.txt"), "/tmp/t/run/", "/run/")
+}
+
+func TestCheckMounts(t *testing.T) {
+	booted := bootedMountinfo(t)
+	for _, tc := range []struct {
+		name string
+		info string
+		want string // "" = no problem
+	}{
+		{"booted by plinth", booted, ""},
+		{"captured in a chroot: overlay paths from before the move", readSample(t, "plinth-overlay.txt"), ""},
+		{"an ordinary host on ext4", readSample(t, "host-ext4.txt"), "/ is ext4, not an overlay"},
+		{"writable lower", strings.Replace(booted, "ro,nodev,relatime - squashfs /dev/loop0 ro,", "rw,nodev,relatime - squashfs /dev/loop0 rw,", 1), "lower layer /run/plinth/lower is not read-only"},
+		{"lower is not squashfs", strings.Replace(booted, "- squashfs /dev/loop0", "- ext4 /dev/vda", 1), "is ext4, not squashfs"},
+		{"no lower mount", strings.Replace(booted, "/run/plinth/lower ro", "/srv ro", 1), "is not a mount"},
+		{"upper on a disk", strings.Replace(booted, "/run/plinth/rw rw,nodev,relatime - tmpfs tmpfs", "/run/plinth/rw rw,nodev,relatime - ext4 /dev/vda", 1), "not tmpfs"},
+		{"root read-only", strings.Replace(booted, "/ / rw,relatime - overlay", "/ / ro,relatime - overlay", 1), "/ is mounted read-only"},
 	} {
 		ms, err := ParseMountinfo(strings.NewReader(tc.info))
 		if err != nil {
-			t.Fatal(err)
+			t.Fatalf("%s: %v", tc.name, err)
 		}
-		if p := strings.Join(CheckMounts(ms), "; "); !strings.Contains(p, tc.want) {
-			t.Errorf("%s: problems %q, want %q", name, p, tc.want)
+		got := strings.Join(CheckMounts(ms), "; ")
+		if tc.want == "" && got != "" || !strings.Contains(got, tc.want) {
+			t.Errorf("%s: problems %q, want %q", tc.name, got, tc.want)
 		}
 	}
 }
 
-func TestReportLine(t *testing.T) {
-	r := Report{Host: "a", Role: "etcd", Services: map[string]string{"etcd": "active"}}
-	if got := r.Line(); got != "plinth-agent: ready host=a role=etcd root=overlay lower=ro upper=rw services=etcd=active" {
-		t.Errorf("line %q", got)
+func TestParseMountinfoFields(t *testing.T) {
+	ms, err := ParseMountinfo(strings.NewReader(
+		"29 22 0:24 / /mnt/with\\040space rw,relatime shared:5 master:1 - tmpfs my\\040tmp rw,size=10k\n"))
+	if err != nil {
+		t.Fatal(err)
 	}
-	r.Problems = []string{"etcd is failed"}
-	if got := r.Line(); !strings.HasPrefix(got, "plinth-agent: NOT READY host=a role=etcd: etcd is failed") {
-		t.Errorf("line %q", got)
+	m := ms[0]
+	if m.ID != 29 || m.Parent != 22 || m.Point != "/mnt/with space" || m.FSType != "tmpfs" || m.Source != "my tmp" || m.Super["size"] != "10k" || m.ReadOnly() {
+		t.Errorf("parsed %+v", m)
+	}
+	for _, bad := range []string{"1 2 3 4 5 6 7\n", "x 2 3 / / rw - tmpfs t rw\n", "1 2 3 / / rw -\n"} {
+		if _, err := ParseMountinfo(strings.NewReader(bad)); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
 	}
 }
 
 func FuzzParseMountinfo(f *testing.F) {
-	f.Add(goodMountinfo)
+	f.Add(readSampleF(f, "plinth-overlay.txt"))
+	f.Add(readSampleF(f, "host-ext4.txt"))
 	f.Add("1 2 3 4 5 6 - x\n")
+	f.Add("1 1 0:1 / / rw - overlay o lowerdir=:::\n")
 	f.Fuzz(func(t *testing.T, s string) {
 		ms, err := ParseMountinfo(strings.NewReader(s))
-		if err == nil {
-			_ = CheckMounts(ms)
+		if err != nil {
+			return
+		}
+		p := CheckMounts(ms)
+		if r := at(ms, "/"); r == nil || r.FSType != "overlay" {
+			if len(p) == 0 {
+				t.Fatalf("no problem reported for a root that is not an overlay: %q", s)
+			}
 		}
 	})
 }
+
+func readSampleF(f *testing.F, name string) string {
+	b, err := os.ReadFile(filepath.Join("testdata", "mountinfo", name))
+	if err != nil {
+		f.Fatal(err)
+	}
+	return string(b)
+}
+
+// fakeSystem is a machine: files by path, a host name, service states.
+type fakeSystem struct {
+	files    map[string]string
+	host     string
+	readOnly bool
+	states   map[string]string
+}
+
+func (f *fakeSystem) ReadFile(p string) ([]byte, error) {
+	if s, ok := f.files[p]; ok {
+		return []byte(s), nil
+	}
+	return nil, &fs.PathError{Op: "open", Path: p, Err: fs.ErrNotExist}
+}
+func (f *fakeSystem) Hostname() (string, error) { return f.host, nil }
+func (f *fakeSystem) ProbeWrite(string) error {
+	if f.readOnly {
+		return &fs.PathError{Op: "create", Path: "/.probe", Err: fs.ErrPermission}
+	}
+	return nil
+}
+func (f *fakeSystem) ServiceState(_ context.Context, name string) string {
+	if s, ok := f.states[name]; ok {
+		return s
+	}
+	return "inactive"
+}
+
+func machine(t *testing.T, server string) *fakeSystem {
+	cfg := `{"machine":"etcd-1","hostname":"etcd-one","role":"etcd","cluster":{"name":"lab","boot_server":"` + server + `"}}`
+	return &fakeSystem{
+		host:   "etcd-one",
+		files:  map[string]string{role.ConfigPath: cfg, "/proc/self/mountinfo": bootedMountinfo(t), role.ServicesPath: "etcd.service\n"},
+		states: map[string]string{"etcd.service": "active"},
+	}
+}
+
+// eventServer records the events posted to it.
+func eventServer(t *testing.T) (*httptest.Server, func() []api.Event) {
+	var mu sync.Mutex
+	var got []api.Event
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var e api.Event
+		if r.URL.Path != api.PathEvents || json.NewDecoder(r.Body).Decode(&e) != nil {
+			http.Error(w, "bad", 400)
+			return
+		}
+		mu.Lock()
+		got = append(got, e)
+		mu.Unlock()
+	}))
+	t.Cleanup(srv.Close)
+	return srv, func() []api.Event { mu.Lock(); defer mu.Unlock(); return append([]api.Event(nil), got...) }
+}
+
+func TestRunReportsReadyOnTheConsoleAndToTheServer(t *testing.T) {
+	srv, events := eventServer(t)
+	var out bytes.Buffer
+	if code := Run(context.Background(), machine(t, srv.URL), &out, eventsPoster()); code != 0 {
+		t.Errorf("exit %d: %s", code, out.String())
+	}
+	if got := out.String(); got != "plinth-agent: ready host=etcd-one role=etcd root=overlay lower=ro upper=rw\n" {
+		t.Errorf("console %q", got)
+	}
+	ev := events()
+	if len(ev) != 1 || ev[0].Stage != api.StageReady || ev[0].Machine != "etcd-1" || ev[0].Fields["etcd.service"] != "active" {
+		t.Errorf("events %+v", ev)
+	}
+}
+
+func TestRunSaysWhyItIsNotReady(t *testing.T) {
+	srv, events := eventServer(t)
+	for _, tc := range []struct {
+		name   string
+		change func(*fakeSystem)
+		want   string
+	}{
+		{"service down", func(f *fakeSystem) { f.states["etcd.service"] = "failed" }, "etcd.service is failed"},
+		{"wrong host name", func(f *fakeSystem) { f.host = "localhost" }, `host name is "localhost", the profile says "etcd-one"`},
+		{"root not writable", func(f *fakeSystem) { f.readOnly = true }, "/ is not writable"},
+		{"no profile", func(f *fakeSystem) { delete(f.files, role.ConfigPath) }, "no profile"},
+		{"not an overlay", func(f *fakeSystem) { f.files["/proc/self/mountinfo"] = readSample(t, "host-ext4.txt") }, "not an overlay"},
+	} {
+		m := machine(t, srv.URL)
+		tc.change(m)
+		var out bytes.Buffer
+		code := Run(context.Background(), m, &out, eventsPoster())
+		line := out.String()
+		if code != 1 || !strings.HasPrefix(line, "plinth-agent: NOT READY host=") || !strings.Contains(line, tc.want) || strings.Count(line, "\n") != 1 {
+			t.Errorf("%s: exit %d, console %q, want one NOT READY line with %q", tc.name, code, line, tc.want)
+		}
+	}
+	for _, e := range events() {
+		if e.Stage != api.StageError {
+			t.Errorf("a machine that is not ready posted %q", e.Stage)
+		}
+	}
+}
+
+func TestRunWithoutABootServerOnlyPrints(t *testing.T) {
+	m := machine(t, "")
+	delete(m.files, role.ServicesPath)
+	var out bytes.Buffer
+	if code := Run(context.Background(), m, &out, eventsPoster()); code != 0 || !strings.HasPrefix(out.String(), "plinth-agent: ready host=etcd-one role=etcd ") {
+		t.Errorf("exit %d, %q", code, out.String())
+	}
+}
+
+func eventsPoster() events.Poster { return events.Poster{} }

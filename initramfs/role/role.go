@@ -6,23 +6,21 @@ package role
 import (
 	"context"
 	"fmt"
-	"io"
-	"os"
-	"path/filepath"
 	"sort"
-	"strings"
-
-	"github.com/coreos/go-systemd/v22/unit"
 
 	"github.com/plinth-dev/plinth/profiles/node"
 )
 
-// Root is the machine's future root file system, written before switch_root.
-type Root interface {
-	WriteFile(path string, data []byte, mode os.FileMode) error
-	Symlink(target, path string) error
-	Exists(path string) bool
-}
+// Paths inside the machine's root that stage 1, the configurators and the
+// readiness agent agree on.
+const (
+	// ConfigPath holds the machine's node.Config (mode 0600: it may carry
+	// TLS keys) for stages after stage 1.
+	ConfigPath = "/etc/plinth/config.json"
+	// ServicesPath lists the systemd units the role runs, one per line; the
+	// agent reports their state.
+	ServicesPath = "/etc/plinth/services"
+)
 
 // Configurator configures one role.
 type Configurator interface {
@@ -30,91 +28,57 @@ type Configurator interface {
 	Configure(ctx context.Context, root Root, cfg *node.Config) error
 }
 
-var registry = map[string]Configurator{}
+// Servicer is implemented by configurators whose role runs services the
+// readiness agent should check (an optional extra of Configurator).
+type Servicer interface {
+	Services(cfg *node.Config) []string
+}
 
-// Register makes a configurator available by its name.
-func Register(c Configurator) { registry[c.Name()] = c }
+// Registry finds a configurator by role name.
+type Registry map[string]Configurator
 
-// Lookup returns the configurator of a role, or nil.
-func Lookup(name string) Configurator { return registry[name] }
+// NewRegistry returns a registry of cs; a later one replaces an earlier one
+// of the same name.
+func NewRegistry(cs ...Configurator) Registry {
+	r := Registry{}
+	for _, c := range cs {
+		r[c.Name()] = c
+	}
+	return r
+}
 
-// Names lists the registered roles.
-func Names() []string {
-	var n []string
-	for k := range registry {
+// Builtin returns the configurators of this build.
+func Builtin() Registry { return NewRegistry(None{}) }
+
+// Lookup returns the configurator of a role; the empty role is "none".
+func (r Registry) Lookup(name string) (Configurator, error) {
+	if name == "" {
+		name = None{}.Name()
+	}
+	c, ok := r[name]
+	if !ok {
+		return nil, fmt.Errorf("role %q: no configurator in this build (have: %v)", name, r.Names())
+	}
+	return c, nil
+}
+
+// Names lists the registered roles, sorted.
+func (r Registry) Names() []string {
+	n := make([]string, 0, len(r))
+	for k := range r {
 		n = append(n, k)
 	}
 	sort.Strings(n)
 	return n
 }
 
-// DirRoot is a Root at a directory (the overlay at /newroot, or a test dir).
-type DirRoot string
+// None is the role of a machine that only runs its image: nothing to write.
+type None struct{}
 
-func (d DirRoot) abs(p string) string { return filepath.Join(string(d), filepath.Clean("/"+p)) }
+// Name is "none".
+func (None) Name() string { return "none" }
 
-// WriteFile writes a file, creating parent directories, through a temporary
-// file and a rename.
-func (d DirRoot) WriteFile(p string, data []byte, mode os.FileMode) error {
-	full := d.abs(p)
-	if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
-		return err
-	}
-	tmp := full + ".plinth-tmp"
-	if err := os.WriteFile(tmp, data, mode); err != nil {
-		return err
-	}
-	if err := os.Chmod(tmp, mode); err != nil {
-		return err
-	}
-	return os.Rename(tmp, full)
-}
+// Configure does nothing: the image's own units are all it runs.
+func (None) Configure(context.Context, Root, *node.Config) error { return nil }
 
-// Symlink creates (or replaces) a symbolic link at p pointing to target.
-func (d DirRoot) Symlink(target, p string) error {
-	full := d.abs(p)
-	if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
-		return err
-	}
-	os.Remove(full)
-	return os.Symlink(target, full)
-}
-
-// Exists reports whether p exists (a symlink counts, whatever it points to).
-func (d DirRoot) Exists(p string) bool {
-	_, err := os.Lstat(d.abs(p))
-	return err == nil
-}
-
-// Unit is a systemd unit to install.
-type Unit struct {
-	Name     string
-	Options  []*unit.UnitOption
-	WantedBy string // e.g. multi-user.target; "" to leave it disabled
-}
-
-// WriteUnit writes /etc/systemd/system/NAME and enables it the way
-// `systemctl enable` would, with a .wants symlink. Values are checked first:
-// go-systemd's serializer does not escape newlines.
-func WriteUnit(root Root, u Unit) error {
-	if strings.ContainsAny(u.Name, "/\n") || !strings.Contains(u.Name, ".") {
-		return fmt.Errorf("unit name %q", u.Name)
-	}
-	for _, o := range u.Options {
-		if strings.ContainsAny(o.Section+o.Name+o.Value, "\n\r") {
-			return fmt.Errorf("unit %s: [%s] %s: value has a line break", u.Name, o.Section, o.Name)
-		}
-	}
-	b, err := io.ReadAll(unit.Serialize(u.Options))
-	if err != nil {
-		return err
-	}
-	p := "/etc/systemd/system/" + u.Name
-	if err := root.WriteFile(p, b, 0o644); err != nil {
-		return err
-	}
-	if u.WantedBy != "" {
-		return root.Symlink(p, "/etc/systemd/system/"+u.WantedBy+".wants/"+u.Name)
-	}
-	return nil
-}
+var _ Configurator = None{}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/plinth-dev/plinth/bootserver/api"
+	"github.com/plinth-dev/plinth/initramfs/stage1/events"
 )
 
 // Console prints one line per step, "plinth: [stage] message", and forwards
@@ -15,21 +16,41 @@ import (
 type Console struct {
 	mu     sync.Mutex
 	W      io.Writer
-	Events EventSink
+	Events events.Sink // nil until the boot server is known
+	last   string      // the last failure line, repeated by Halt
 }
 
-// EventSink receives boot events; Post must not block boot for long.
-type EventSink interface {
-	Post(ctx context.Context, e api.Event)
-}
-
-// Step prints a step's line and posts it.
+// Step prints a step's line and posts it as an event of that stage.
 func (c *Console) Step(ctx context.Context, stage, format string, args ...any) {
-	msg := fmt.Sprintf(format, args...)
+	c.line(ctx, stage, stage, fmt.Sprintf(format, args...))
+}
+
+// Fail prints a failure under its stage and posts it as an error event,
+// so the boot server's status page shows it in red.
+func (c *Console) Fail(ctx context.Context, stage, format string, args ...any) {
+	c.line(ctx, stage, api.StageError, fmt.Sprintf(format, args...))
+}
+
+func (c *Console) line(ctx context.Context, stage, event, msg string) {
 	c.mu.Lock()
-	fmt.Fprintf(c.W, "plinth: [%s] %s\n", stage, msg)
-	c.mu.Unlock()
-	if c.Events != nil {
-		c.Events.Post(ctx, api.Event{Stage: stage, Message: msg, Time: time.Now().UTC()})
+	line := fmt.Sprintf("plinth: [%s] %s\n", stage, msg)
+	io.WriteString(c.W, line)
+	if event == api.StageError {
+		c.last = line
 	}
+	sink := c.Events
+	c.mu.Unlock()
+	if sink != nil {
+		if event == api.StageError && stage != api.StageError {
+			msg = "[" + stage + "] " + msg
+		}
+		sink.Post(ctx, api.Event{Stage: event, Message: msg, Time: time.Now().UTC()})
+	}
+}
+
+// SetEvents sets the sink for the lines that follow.
+func (c *Console) SetEvents(s events.Sink) {
+	c.mu.Lock()
+	c.Events = s
+	c.mu.Unlock()
 }

@@ -10,9 +10,11 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"io/fs"
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/plinth-dev/plinth/bootserver/api"
@@ -46,42 +48,33 @@ var ErrDigest = errors.New("sha256 mismatch")
 // off.
 type Fetcher struct {
 	Client   *http.Client
-	Token    string
-	Attempts int           // per call; default 8
-	Backoff  time.Duration // first wait; doubles up to MaxWait; default 500ms
-	MaxWait  time.Duration // default 10s
-	OnRetry  func(err error, wait time.Duration)
+	Token    string // sent as api.HeaderToken when set
+	Attempts int    // per call; default 8
+	Backoff  Backoff
+	// OnRetry, when set, hears about each retry before its wait.
+	OnRetry func(err error, wait time.Duration)
 }
 
-func (f *Fetcher) defaults() {
+func (f *Fetcher) client() *http.Client {
 	if f.Client == nil {
-		f.Client = &http.Client{Timeout: 0}
+		return http.DefaultClient
 	}
+	return f.Client
+}
+
+func (f *Fetcher) attempts() int {
 	if f.Attempts <= 0 {
-		f.Attempts = 8
+		return 8
 	}
-	if f.Backoff <= 0 {
-		f.Backoff = 500 * time.Millisecond
-	}
-	if f.MaxWait <= 0 {
-		f.MaxWait = 10 * time.Second
-	}
+	return f.Attempts
 }
 
 func (f *Fetcher) wait(ctx context.Context, attempt int, err error) error {
-	d := f.Backoff << attempt
-	if d > f.MaxWait || d <= 0 {
-		d = f.MaxWait
-	}
+	d := f.Backoff.Delay(attempt)
 	if f.OnRetry != nil {
 		f.OnRetry(err, d)
 	}
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-time.After(d):
-		return nil
-	}
+	return sleep(ctx, d)
 }
 
 func (f *Fetcher) request(ctx context.Context, url string) (*http.Request, error) {
@@ -95,152 +88,203 @@ func (f *Fetcher) request(ctx context.Context, url string) (*http.Request, error
 	return req, nil
 }
 
+// HTTPError is a response the server meant: 4xx are not retried by the
+// fetcher (the machine is unknown, the token wrong), 5xx are.
+type HTTPError struct {
+	URL    string
+	Status string
+	Code   int
+	Body   string // first line, for the console
+}
+
+func (e *HTTPError) Error() string {
+	if e.Body == "" {
+		return "GET " + e.URL + ": " + e.Status
+	}
+	return "GET " + e.URL + ": " + e.Status + ": " + e.Body
+}
+
+func (e *HTTPError) retryable() bool { return e.Code >= 500 || e.Code == http.StatusTooManyRequests }
+
 // Get returns a small document (a profile), retrying on errors and 5xx.
 func (f *Fetcher) Get(ctx context.Context, url string, limit int64) ([]byte, error) {
-	f.defaults()
 	var last error
-	for attempt := 0; attempt < f.Attempts; attempt++ {
+	for attempt := 0; attempt < f.attempts(); attempt++ {
 		if attempt > 0 {
 			if err := f.wait(ctx, attempt-1, last); err != nil {
 				return nil, err
 			}
 		}
-		req, err := f.request(ctx, url)
-		if err != nil {
-			return nil, err
-		}
-		resp, err := f.Client.Do(req)
-		if err != nil {
-			last = err
-			continue
-		}
-		b, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
-		resp.Body.Close()
-		switch {
-		case err != nil:
-			last = err
-		case resp.StatusCode >= 500:
-			last = fmt.Errorf("GET %s: %s", url, resp.Status)
-		case resp.StatusCode != http.StatusOK:
-			return nil, fmt.Errorf("GET %s: %s: %s", url, resp.Status, firstLine(b))
-		case int64(len(b)) > limit:
-			return nil, fmt.Errorf("GET %s: larger than %d bytes", url, limit)
-		default:
+		b, err := f.get(ctx, url, limit)
+		if err == nil {
 			return b, nil
 		}
+		var he *HTTPError
+		if errors.As(err, &he) && !he.retryable() {
+			return nil, err
+		}
+		last = err
 	}
-	return nil, fmt.Errorf("GET %s: gave up after %d attempts: %w", url, f.Attempts, last)
+	return nil, fmt.Errorf("gave up after %d attempts: %w", f.attempts(), last)
+}
+
+func (f *Fetcher) get(ctx context.Context, url string, limit int64) ([]byte, error) {
+	req, err := f.request(ctx, url)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := f.client().Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	switch {
+	case resp.StatusCode != http.StatusOK:
+		return nil, &HTTPError{URL: url, Status: resp.Status, Code: resp.StatusCode, Body: firstLine(b)}
+	case err != nil:
+		return nil, fmt.Errorf("GET %s: %w", url, err)
+	case int64(len(b)) > limit:
+		return nil, &HTTPError{URL: url, Status: "larger than " + strconv.FormatInt(limit, 10) + " bytes", Code: http.StatusRequestEntityTooLarge}
+	}
+	return b, nil
 }
 
 func firstLine(b []byte) string {
-	for i, c := range b {
-		if c == '\n' || i >= 200 {
-			return string(b[:i])
-		}
+	s, _, _ := strings.Cut(string(b), "\n")
+	if len(s) > 200 {
+		s = s[:200]
 	}
-	return string(b)
+	return strings.TrimSpace(s)
+}
+
+// download is one file being fetched: what is on disk is hashed as it goes.
+type download struct {
+	url  string
+	out  *os.File
+	h    hash.Hash
+	have int64
+}
+
+// restart forgets what was fetched.
+func (d *download) restart() error {
+	if err := d.out.Truncate(0); err != nil {
+		return err
+	}
+	if _, err := d.out.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	d.h.Reset()
+	d.have = 0
+	return nil
 }
 
 // Download writes url's body to path, resuming with Range after a dropped
 // connection, and checks that its sha256 is want ("sha256:<hex>"). A file
-// whose digest does not match is removed and ErrDigest returned: the caller
-// decides whether to try again.
+// whose digest does not match is removed and an error wrapping ErrDigest
+// returned: the caller decides whether to try again.
 func (f *Fetcher) Download(ctx context.Context, url, path, want string) (int64, error) {
-	f.defaults()
 	out, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o600)
 	if err != nil {
 		return 0, err
 	}
 	defer out.Close()
-	h := sha256.New()
-	var have int64
+	d := &download{url: url, out: out, h: sha256.New()}
 	var last error
-	for attempt := 0; attempt < f.Attempts; attempt++ {
+	for attempt := 0; attempt < f.attempts(); attempt++ {
 		if attempt > 0 {
-			if err := f.wait(ctx, attempt-1, last); err != nil {
-				return have, err
+			if err := f.wait(ctx, attempt-1, fmt.Errorf("%w (have %d bytes)", last, d.have)); err != nil {
+				return d.have, err
 			}
 		}
-		done, n, err := f.fetchFrom(ctx, url, out, h, have)
-		have += n
-		if err == nil && done {
-			got := "sha256:" + hex.EncodeToString(h.Sum(nil))
+		err := f.fetch(ctx, d)
+		if err == nil {
+			got := "sha256:" + hex.EncodeToString(d.h.Sum(nil))
 			if got != want {
 				out.Close()
 				os.Remove(path)
-				return have, fmt.Errorf("%w: got %s, want %s", ErrDigest, got, want)
+				return d.have, fmt.Errorf("%w: got %s, want %s", ErrDigest, got, want)
 			}
-			return have, out.Sync()
+			return d.have, out.Sync()
+		}
+		var he *HTTPError
+		if errors.As(err, &he) && !he.retryable() {
+			return d.have, err
 		}
 		last = err
-		var perm permanentError
-		if errors.As(err, &perm) {
-			return have, err
-		}
 	}
-	return have, fmt.Errorf("GET %s: gave up after %d attempts at byte %d: %w", url, f.Attempts, have, last)
+	return d.have, fmt.Errorf("GET %s: gave up after %d attempts at byte %d: %w", url, f.attempts(), d.have, last)
 }
 
-type permanentError struct{ error }
-
-// fetchFrom requests url from byte offset and appends to out and h.
-func (f *Fetcher) fetchFrom(ctx context.Context, url string, out *os.File, h hash.Hash, offset int64) (bool, int64, error) {
-	req, err := f.request(ctx, url)
+// fetch requests the rest of d and appends it.
+func (f *Fetcher) fetch(ctx context.Context, d *download) error {
+	req, err := f.request(ctx, d.url)
 	if err != nil {
-		return false, 0, permanentError{err}
+		return err
 	}
-	if offset > 0 {
-		req.Header.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-")
+	if d.have > 0 {
+		req.Header.Set("Range", "bytes="+strconv.FormatInt(d.have, 10)+"-")
 	}
-	resp, err := f.Client.Do(req)
+	resp, err := f.client().Do(req)
 	if err != nil {
-		return false, 0, err
+		return err
 	}
 	defer resp.Body.Close()
 	switch {
-	case offset > 0 && resp.StatusCode == http.StatusPartialContent:
-	case resp.StatusCode == http.StatusOK:
-		if offset > 0 {
-			// The server ignored Range: start over.
-			if err := out.Truncate(0); err != nil {
-				return false, 0, err
+	case d.have > 0 && resp.StatusCode == http.StatusPartialContent:
+		if start, ok := rangeStart(resp.Header.Get("Content-Range")); !ok || start != d.have {
+			// Not the part asked for: appending it would corrupt the file.
+			if err := d.restart(); err != nil {
+				return err
 			}
-			if _, err := out.Seek(0, io.SeekStart); err != nil {
-				return false, 0, err
-			}
-			h.Reset()
-			return f.copy(resp, out, h, -offset)
+			return fmt.Errorf("GET %s: asked from byte %d, got Content-Range %q; starting over", d.url, d.have, resp.Header.Get("Content-Range"))
 		}
-	case resp.StatusCode >= 500:
-		return false, 0, fmt.Errorf("GET %s: %s", url, resp.Status)
+	case resp.StatusCode == http.StatusOK:
+		if d.have > 0 {
+			// The server ignored Range: take the whole body again.
+			if err := d.restart(); err != nil {
+				return err
+			}
+		}
 	default:
-		return false, 0, permanentError{fmt.Errorf("GET %s: %s", url, resp.Status)}
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return &HTTPError{URL: d.url, Status: resp.Status, Code: resp.StatusCode, Body: firstLine(b)}
 	}
-	return f.copy(resp, out, h, 0)
-}
-
-// copy appends the body; adjust corrects the byte count after a restart.
-func (f *Fetcher) copy(resp *http.Response, out *os.File, h hash.Hash, adjust int64) (bool, int64, error) {
-	n, err := io.Copy(io.MultiWriter(out, h), resp.Body)
+	n, err := io.Copy(io.MultiWriter(d.out, d.h), resp.Body)
+	d.have += n
 	if err != nil {
-		return false, n + adjust, err
+		return fmt.Errorf("GET %s: %w", d.url, err)
 	}
 	if resp.ContentLength >= 0 && n != resp.ContentLength {
-		return false, n + adjust, io.ErrUnexpectedEOF
+		return fmt.Errorf("GET %s: %w after %d of %d bytes", d.url, io.ErrUnexpectedEOF, n, resp.ContentLength)
 	}
-	return true, n + adjust, nil
+	return nil
 }
 
-// VerifyFile checks a local file's sha256.
-func VerifyFile(path, want string) error {
-	f, err := os.Open(path)
+// rangeStart reads the first byte of "bytes START-END/TOTAL".
+func rangeStart(cr string) (int64, bool) {
+	rest, ok := strings.CutPrefix(cr, "bytes ")
+	if !ok {
+		return 0, false
+	}
+	s, _, ok := strings.Cut(rest, "-")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	return n, err == nil && n >= 0
+}
+
+// VerifyFile checks the sha256 of a file in fsys.
+func VerifyFile(fsys fs.FS, name, want string) error {
+	f, err := fsys.Open(name)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
 	h := sha256.New()
 	if _, err := io.Copy(h, f); err != nil {
-		return err
+		return fmt.Errorf("read %s: %w", name, err)
 	}
 	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != want {
 		return fmt.Errorf("%w: got %s, want %s", ErrDigest, got, want)

@@ -6,40 +6,60 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/u-root/u-root/pkg/dhclient"
 	"github.com/u-root/u-root/pkg/mount"
-	"github.com/u-root/u-root/pkg/mount/loop"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
-// Linux is the System of a real machine.
-type Linux struct{}
+// Linux is the real machine: every system call stage 1 makes.
+type Linux struct {
+	// LinkWait bounds the wait for the boot NIC to appear; default 20s.
+	LinkWait time.Duration
+}
 
-var _ System = Linux{}
+var (
+	_ Mounter      = Linux{}
+	_ ModuleLoader = Linux{}
+	_ Network      = Linux{}
+	_ Kernel       = Linux{}
+	_ Rescuer      = Linux{}
+)
 
 // MountBasics mounts the pseudo file systems; one already there is kept.
 func (Linux) MountBasics() error {
-	for _, m := range []struct{ src, dst, fstype, data string }{
-		{"proc", "/proc", "proc", ""},
-		{"sysfs", "/sys", "sysfs", ""},
-		{"devtmpfs", "/dev", "devtmpfs", "mode=0755"},
-		{"devpts", "/dev/pts", "devpts", "mode=0620,ptmxmode=0666"},
-		{"tmpfs", "/run", "tmpfs", "mode=0755"},
+	for _, m := range []struct {
+		src, dst, fstype string
+		flags            uintptr
+		data             string
+	}{
+		{"proc", "/proc", "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+		{"sysfs", "/sys", "sysfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+		{"devtmpfs", "/dev", "devtmpfs", unix.MS_NOSUID, "mode=0755"},
+		{"devpts", "/dev/pts", "devpts", unix.MS_NOSUID | unix.MS_NOEXEC, "mode=0620,ptmxmode=0666"},
+		{"tmpfs", "/run", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=0755"},
 	} {
 		if err := os.MkdirAll(m.dst, 0o755); err != nil {
 			return err
 		}
-		if err := unix.Mount(m.src, m.dst, m.fstype, unix.MS_NOSUID, m.data); err != nil && !errors.Is(err, unix.EBUSY) {
-			return fmt.Errorf("mount %s: %w", m.dst, err)
+		if err := unix.Mount(m.src, m.dst, m.fstype, m.flags, m.data); err != nil && !errors.Is(err, unix.EBUSY) {
+			return fmt.Errorf("mount %s on %s: %w", m.fstype, m.dst, err)
 		}
 	}
 	return nil
+}
+
+// Console opens /dev/console for writing.
+func (Linux) Console() (io.Writer, error) {
+	return os.OpenFile("/dev/console", os.O_WRONLY|unix.O_NOCTTY, 0)
 }
 
 // Cmdline returns the kernel command line.
@@ -48,7 +68,12 @@ func (Linux) Cmdline() (string, error) {
 	return strings.TrimSpace(string(b)), err
 }
 
-// LoadModule inserts a module file; one already loaded is fine.
+// Self returns the running executable: /proc/self/exe, not argv[0], which
+// is a busybox symlink name.
+func (Linux) Self() ([]byte, error) { return os.ReadFile("/proc/self/exe") }
+
+// LoadModule inserts a module file with finit_module; one already loaded
+// (EEXIST) is fine.
 func (Linux) LoadModule(path string) error {
 	f, err := os.Open(path)
 	if err != nil {
@@ -56,114 +81,222 @@ func (Linux) LoadModule(path string) error {
 	}
 	defer f.Close()
 	if err := unix.FinitModule(int(f.Fd()), "", 0); err != nil && !errors.Is(err, unix.EEXIST) {
-		return err
+		return fmt.Errorf("finit_module: %w", err)
 	}
 	return nil
 }
 
-// Network configures the boot NIC with DHCPv4 (u-root's client).
-func (Linux) Network(ctx context.Context, iface string) (*NetInfo, error) {
-	link, err := findLink(ctx, iface)
+// Up picks the boot NIC and configures it with DHCPv4 (u-root's client),
+// writing /etc/resolv.conf of the initramfs for name lookups.
+func (l Linux) Up(ctx context.Context, iface string) (*NetInfo, error) {
+	link, err := l.findLink(ctx, iface)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := dhclient.IfUp(link.Attrs().Name, 20*time.Second); err != nil {
-		return nil, fmt.Errorf("%s up: %w", link.Attrs().Name, err)
-	}
-	cfg := dhclient.Config{Timeout: 5 * time.Second, Retries: 4, LogLevel: dhclient.LogSummary}
-	var last error = errors.New("no answer")
-	for r := range dhclient.SendRequests(ctx, []netlink.Link{link}, true, false, cfg, 20*time.Second) {
+	name := link.Attrs().Name
+	cfg := dhclient.Config{Timeout: 4 * time.Second, Retries: 3, LogLevel: dhclient.LogSummary}
+	last := errors.New("no DHCP answer")
+	for r := range dhclient.SendRequests(ctx, []netlink.Link{link}, true, false, cfg, 10*time.Second) {
 		if r.Err != nil {
 			last = r.Err
 			continue
 		}
-		if err := r.Lease.Configure(); err != nil {
-			return nil, fmt.Errorf("configure %s: %w", link.Attrs().Name, err)
+		p, ok := r.Lease.(*dhclient.Packet4)
+		if !ok {
+			continue
 		}
-		n := &NetInfo{Iface: link.Attrs().Name, MAC: link.Attrs().HardwareAddr.String(), DHCP: true}
-		if p, ok := r.Lease.(*dhclient.Packet4); ok {
-			if ipn := p.Lease(); ipn != nil {
-				n.Address = ipn.String()
+		if err := p.Configure(); err != nil {
+			return nil, fmt.Errorf("configure %s: %w", name, err)
+		}
+		n := &NetInfo{Iface: name, MAC: link.Attrs().HardwareAddr.String(), DHCP: true, Domain: p.P.DomainName()}
+		if ipn := p.Lease(); ipn != nil {
+			n.Address = ipn.String()
+		}
+		if rs := p.P.Router(); len(rs) > 0 {
+			n.Gateway = rs[0].String()
+		}
+		ns, search, dom := p.GatherDNSSettings()
+		for _, ip := range ns {
+			n.DNS = append(n.DNS, ip.String())
+		}
+		if len(ns) > 0 {
+			if err := dhclient.WriteDNSSettings(ns, search, dom, "/etc/resolv.conf"); err != nil {
+				return nil, fmt.Errorf("resolv.conf: %w", err)
 			}
-			if rs := p.P.Router(); len(rs) > 0 {
-				n.Gateway = rs[0].String()
-			}
-			ns, sl, dom := p.GatherDNSSettings()
-			for _, ip := range ns {
-				n.DNS = append(n.DNS, ip.String())
-			}
-			_ = dhclient.WriteDNSSettings(ns, sl, dom, "/etc/resolv.conf")
 		}
 		return n, nil
 	}
-	return nil, fmt.Errorf("dhcp on %s: %w", link.Attrs().Name, last)
+	return nil, fmt.Errorf("dhcp on %s: %w", name, last)
 }
 
-// findLink waits for the NIC named (or with the MAC) iface, or the first
-// non-loopback device when iface is empty.
-func findLink(ctx context.Context, iface string) (netlink.Link, error) {
-	deadline := time.Now().Add(20 * time.Second)
+// findLink brings every NIC up (carrier shows only on an up link) and
+// waits for ChooseLink to pick one.
+func (l Linux) findLink(ctx context.Context, iface string) (netlink.Link, error) {
+	wait := l.LinkWait
+	if wait <= 0 {
+		wait = 20 * time.Second
+	}
+	deadline := time.Now().Add(wait)
 	for {
 		links, err := netlink.LinkList()
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("list links: %w", err)
 		}
-		for _, l := range links {
-			a := l.Attrs()
-			if a.Flags&net.FlagLoopback != 0 || l.Type() != "device" {
+		var states []LinkState
+		for _, k := range links {
+			a := k.Attrs()
+			if a.Flags&net.FlagLoopback != 0 {
 				continue
 			}
-			if iface == "" || a.Name == iface || strings.EqualFold(a.HardwareAddr.String(), iface) {
-				return l, nil
+			physical := k.Type() == "device"
+			if physical && a.Flags&net.FlagUp == 0 {
+				_ = netlink.LinkSetUp(k)
 			}
+			states = append(states, LinkState{Name: a.Name, MAC: a.HardwareAddr.String(), Physical: physical, Carrier: carrier(a.Name)})
+		}
+		if c, ok := ChooseLink(states, iface); ok {
+			return netlink.LinkByName(c.Name)
 		}
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("no network interface %q after 20s (is its driver among the spec's kernel modules?)", iface)
+			what := "a NIC with carrier"
+			if iface != "" {
+				what = "NIC " + iface
+			}
+			return nil, fmt.Errorf("no %s after %s: %s", what, wait, describeLinks(states))
 		}
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(250 * time.Millisecond):
+		if err := sleep(ctx, 250*time.Millisecond); err != nil {
+			return nil, err
 		}
 	}
 }
 
-// MountRoot loop-mounts the squashfs read-only at /run/plinth/lower, a tmpfs
-// at /run/plinth/rw, and the overlay of the two at newRoot.
-func (Linux) MountRoot(squashfs, newRoot string) error {
-	const lower, rw = "/run/plinth/lower", "/run/plinth/rw"
+// carrier reads /sys/class/net/NAME/carrier (EINVAL while the link is down).
+func carrier(name string) bool {
+	b, err := os.ReadFile(filepath.Join("/sys/class/net", name, "carrier"))
+	return err == nil && strings.TrimSpace(string(b)) == "1"
+}
+
+// MountRoot attaches squashfs to a loop device read-only, mounts it at
+// runDir/lower, a tmpfs at runDir/rw for the overlay's upper and work
+// dirs, and the overlay at newRoot.
+func (Linux) MountRoot(squashfs, runDir, newRoot string) error {
+	lower, rw := filepath.Join(runDir, "lower"), filepath.Join(runDir, "rw")
 	for _, d := range []string{lower, rw, newRoot} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return err
 		}
 	}
-	l, err := loop.New(squashfs, "squashfs", "")
+	dev, err := AttachLoop(squashfs)
 	if err != nil {
-		return fmt.Errorf("loop device for %s: %w", squashfs, err)
+		return err
 	}
-	if _, err := l.Mount(lower, unix.MS_RDONLY); err != nil {
-		return fmt.Errorf("mount squashfs: %w", err)
+	err = unix.Mount(dev.Name(), lower, "squashfs", unix.MS_RDONLY|unix.MS_NODEV, "")
+	// Closed only now: with autoclear, the last close of an unmounted loop
+	// device detaches it.
+	dev.Close()
+	if err != nil {
+		return fmt.Errorf("mount %s (%s) on %s: %w", dev.Name(), squashfs, lower, err)
 	}
-	if err := unix.Mount("tmpfs", rw, "tmpfs", 0, "mode=0755"); err != nil {
-		return fmt.Errorf("mount tmpfs: %w", err)
+	if err := unix.Mount("tmpfs", rw, "tmpfs", unix.MS_NODEV, "mode=0755"); err != nil {
+		return fmt.Errorf("mount tmpfs on %s: %w", rw, err)
 	}
-	for _, d := range []string{rw + "/upper", rw + "/work"} {
+	upper, work := filepath.Join(rw, "upper"), filepath.Join(rw, "work")
+	for _, d := range []string{upper, work} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return err
 		}
 	}
-	opts := "lowerdir=" + lower + ",upperdir=" + rw + "/upper,workdir=" + rw + "/work"
+	opts := "lowerdir=" + lower + ",upperdir=" + upper + ",workdir=" + work
 	if err := unix.Mount("overlay", newRoot, "overlay", 0, opts); err != nil {
-		return fmt.Errorf("mount overlay: %w", err)
+		return fmt.Errorf("mount overlay on %s: %w", newRoot, err)
+	}
+	return nil
+}
+
+// AttachLoop attaches file to a free loop device, read-only and
+// autoclearing, and returns the open device: the caller mounts it, then
+// closes it (the mount keeps it attached; unmounting frees it). It uses
+// LOOP_CONFIGURE (Linux 5.8) and falls back to LOOP_SET_FD +
+// LOOP_SET_STATUS64.
+func AttachLoop(file string) (*os.File, error) {
+	f, err := os.OpenFile(file, os.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	ctl, err := os.OpenFile("/dev/loop-control", os.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("loop: %w", err)
+	}
+	defer ctl.Close()
+	// Another process may take the free device between GET_FREE and the
+	// attach (EBUSY): ask again.
+	for try := 0; try < 10; try++ {
+		n, err := unix.IoctlRetInt(int(ctl.Fd()), unix.LOOP_CTL_GET_FREE)
+		if err != nil {
+			return nil, fmt.Errorf("loop: get free device: %w", err)
+		}
+		dev := fmt.Sprintf("/dev/loop%d", n)
+		l, err := os.OpenFile(dev, os.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err == nil {
+			if err = attach(l, f); err != nil {
+				l.Close()
+			}
+		}
+		if errors.Is(err, unix.EBUSY) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("loop: attach %s to %s: %w", file, dev, err)
+		}
+		return l, nil
+	}
+	return nil, fmt.Errorf("loop: attach %s: every free device was taken first", file)
+}
+
+func attach(l *os.File, f *os.File) error {
+	fd := int(f.Fd())
+	info := unix.LoopInfo64{Flags: unix.LO_FLAGS_READ_ONLY | unix.LO_FLAGS_AUTOCLEAR}
+	// What losetup shows as the backing file; the kernel keeps 63 bytes.
+	copy(info.File_name[:len(info.File_name)-1], f.Name())
+	cfg := unix.LoopConfig{Fd: uint32(fd), Info: info}
+	err := unix.IoctlLoopConfigure(int(l.Fd()), &cfg)
+	if !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOTTY) {
+		return err
+	}
+	// A kernel before 5.8.
+	if err := unix.IoctlSetInt(int(l.Fd()), unix.LOOP_SET_FD, fd); err != nil {
+		return err
+	}
+	if err := unix.IoctlLoopSetStatus64(int(l.Fd()), &info); err != nil {
+		_ = unix.IoctlSetInt(int(l.Fd()), unix.LOOP_CLR_FD, 0)
+		return err
 	}
 	return nil
 }
 
 // SwitchRoot moves /dev /proc /sys /run into newRoot, makes it /, deletes
-// the initramfs and execs init.
+// the initramfs's files (freeing its memory) and execs init.
 func (Linux) SwitchRoot(newRoot, init string) error {
 	return mount.SwitchRoot(newRoot, init)
 }
 
-// Self returns the running executable (the busybox holding init and agent).
-func (Linux) Self() ([]byte, error) { return os.ReadFile("/proc/self/exe") }
+// Shell runs the first shell the initramfs has on the console.
+func (Linux) Shell(ctx context.Context) error {
+	for _, sh := range []string{"/bbin/gosh", "/bbin/sh", "/bin/sh"} {
+		if _, err := os.Stat(sh); err != nil {
+			continue
+		}
+		con, err := os.OpenFile("/dev/console", os.O_RDWR, 0)
+		if err != nil {
+			return err
+		}
+		defer con.Close()
+		cmd := exec.CommandContext(ctx, sh)
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = con, con, con
+		cmd.SysProcAttr = &unix.SysProcAttr{Setsid: true, Setctty: true}
+		_ = cmd.Run() // its exit status is the operator's business
+		return nil
+	}
+	return errors.New("no /bbin/gosh, /bbin/sh or /bin/sh in this initramfs (build with rescue commands)")
+}

@@ -11,8 +11,10 @@ import (
 	"strings"
 
 	"github.com/plinth-dev/plinth/bootserver/api"
-	"github.com/plinth-dev/plinth/builder/manifest"
 )
+
+// ParamInit names the image's init to exec after switch_root.
+const ParamInit = "plinth.init"
 
 // Params are the plinth.* kernel parameters.
 type Params struct {
@@ -70,7 +72,7 @@ func ParseParams(defaults, cmdline string) (Params, error) {
 		Rootfs:  kv[api.ParamRootfs],
 		Token:   kv[api.ParamToken],
 		Iface:   kv[api.ParamIface],
-		Init:    kv["plinth.init"],
+		Init:    kv[ParamInit],
 	}
 	switch kv[api.ParamRescue] {
 	case "", "0", "no", "false":
@@ -80,8 +82,15 @@ func ParseParams(defaults, cmdline string) (Params, error) {
 	if p.Init == "" {
 		p.Init = "/sbin/init"
 	}
+	if !strings.HasPrefix(p.Init, "/") {
+		return p, fmt.Errorf("%s=%q: want an absolute path", ParamInit, p.Init)
+	}
+	if p.Machine != "" && strings.Trim(p.Machine, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-") != "" {
+		// It becomes a URL path segment: no '/', '?', '%' or spaces.
+		return p, fmt.Errorf("%s=%q: want letters, digits and . _ : -", api.ParamMachine, p.Machine)
+	}
 	if p.Rootfs != "" {
-		if _, err := manifest.ParseDigest(p.Rootfs); err != nil {
+		if err := CheckDigest(p.Rootfs); err != nil {
 			return p, fmt.Errorf("%s: %w", api.ParamRootfs, err)
 		}
 	}
@@ -97,4 +106,15 @@ func ParseParams(defaults, cmdline string) (Params, error) {
 		}
 	}
 	return p, nil
+}
+
+// CheckDigest accepts "sha256:" and 64 lower-case hex digits, the only form
+// the builder writes. (Stage 1 must not import the builder's manifest
+// package: it would drag the builder into the initramfs.)
+func CheckDigest(d string) error {
+	hexd, ok := strings.CutPrefix(d, "sha256:")
+	if !ok || len(hexd) != 64 || strings.Trim(hexd, "0123456789abcdef") != "" {
+		return fmt.Errorf("digest %q: want sha256:<64 lower-case hex digits>", d)
+	}
+	return nil
 }

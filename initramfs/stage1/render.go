@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"sort"
 	"strings"
@@ -22,6 +23,7 @@ type NetInfo struct {
 	Address string // CIDR
 	Gateway string
 	DNS     []string
+	Domain  string // from DHCP, if any
 	DHCP    bool
 }
 
@@ -30,76 +32,101 @@ const (
 	AgentBinary = "/usr/local/lib/plinth/bb"
 	AgentLink   = "/usr/local/sbin/plinth-agent"
 	AgentUnit   = "plinth-agent.service"
-	ConfigPath  = "/etc/plinth/config.json"
+	// networkFile sorts early so that it wins over an image's catch-all.
+	networkFile = "/etc/systemd/network/10-plinth.network"
 )
 
 // Render writes the machine's identity and profile into root: host name,
-// hosts, resolver, network configuration for systemd-networkd when the
-// image has it, the profile's files and the profile itself for later
-// stages.
+// hosts, an empty machine-id (systemd makes one per boot), resolver,
+// network configuration for systemd-networkd when the image has it, the
+// profile's files and the profile itself for later stages.
 func Render(root role.Root, cfg *node.Config, n *NetInfo) error {
-	w := func(p string, mode os.FileMode, s string) error {
-		if err := root.WriteFile(p, []byte(s), mode); err != nil {
-			return fmt.Errorf("write %s: %w", p, err)
-		}
-		return nil
-	}
-	if err := w("/etc/hostname", 0o644, cfg.Hostname+"\n"); err != nil {
-		return err
+	type file struct {
+		path string
+		mode os.FileMode
+		data string
 	}
 	fqdn := cfg.Hostname
 	if cfg.Domain != "" {
 		fqdn = cfg.Hostname + "." + cfg.Domain + " " + cfg.Hostname
 	}
-	hosts := "127.0.0.1\tlocalhost\n127.0.1.1\t" + fqdn + "\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-	if err := w("/etc/hosts", 0o644, hosts); err != nil {
-		return err
+	files := []file{
+		{"/etc/hostname", 0o644, cfg.Hostname + "\n"},
+		{"/etc/hosts", 0o644, "127.0.0.1\tlocalhost\n127.0.1.1\t" + fqdn + "\n::1\tlocalhost ip6-localhost ip6-loopback\n"},
+		// Empty, not absent: systemd then generates an id at boot instead
+		// of every machine sharing the one baked into the image.
+		{"/etc/machine-id", 0o444, ""},
 	}
-	dns := []string{}
+	if rc := resolvConf(cfg, n); rc != "" {
+		files = append(files, file{"/etc/resolv.conf", 0o644, rc})
+	}
+	networkd := root.Exists("/lib/systemd/systemd-networkd") || root.Exists("/usr/lib/systemd/systemd-networkd")
+	nw := NetworkdFile(cfg, n)
+	if networkd && nw != "" {
+		files = append(files, file{networkFile, 0o644, nw})
+	}
+	extra := append([]node.File(nil), cfg.Files...)
+	sort.SliceStable(extra, func(i, j int) bool { return extra[i].Path < extra[j].Path })
+	for _, f := range extra {
+		files = append(files, file{f.Path, os.FileMode(f.Mode), f.Content})
+	}
+	b, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return fmt.Errorf("profile: %w", err)
+	}
+	files = append(files, file{role.ConfigPath, 0o600, string(b) + "\n"})
+	for _, f := range files {
+		if err := root.WriteFile(f.path, []byte(f.data), f.mode); err != nil {
+			return fmt.Errorf("write %s: %w", f.path, err)
+		}
+	}
+	if networkd && nw != "" {
+		// Enabled as `systemctl enable` would; an image that already
+		// enables it gets the same link again.
+		if err := root.Symlink("/lib/systemd/system/systemd-networkd.service",
+			role.UnitDir+"/multi-user.target.wants/systemd-networkd.service"); err != nil {
+			return fmt.Errorf("enable systemd-networkd: %w", err)
+		}
+	}
+	return nil
+}
+
+// resolvConf renders the resolver: the profile's static DNS servers, else
+// those DHCP gave.
+func resolvConf(cfg *node.Config, n *NetInfo) string {
+	var dns []string
+	domain := cfg.Domain
 	if n != nil {
-		dns = append(dns, n.DNS...)
+		dns = n.DNS
+		if domain == "" {
+			domain = n.Domain
+		}
 	}
 	if cfg.Network != nil && len(cfg.Network.DNS) > 0 {
 		dns = cfg.Network.DNS
 	}
-	if len(dns) > 0 {
-		var b strings.Builder
-		if cfg.Domain != "" {
-			fmt.Fprintf(&b, "search %s\n", cfg.Domain)
-		}
-		for _, d := range dns {
+	var b strings.Builder
+	if domain != "" && isWord(domain) {
+		fmt.Fprintf(&b, "search %s\n", domain)
+	}
+	for _, d := range dns {
+		if _, err := netip.ParseAddr(d); err == nil {
 			fmt.Fprintf(&b, "nameserver %s\n", d)
 		}
-		if err := w("/etc/resolv.conf", 0o644, b.String()); err != nil {
-			return err
-		}
 	}
-	if nw := networkUnit(cfg, n); nw != "" && (root.Exists("/lib/systemd/systemd-networkd") || root.Exists("/usr/lib/systemd/systemd-networkd")) {
-		if err := w("/etc/systemd/network/10-plinth.network", 0o644, nw); err != nil {
-			return err
-		}
-		if err := root.Symlink("/lib/systemd/system/systemd-networkd.service",
-			"/etc/systemd/system/multi-user.target.wants/systemd-networkd.service"); err != nil {
-			return err
-		}
+	if !strings.Contains(b.String(), "nameserver") {
+		return ""
 	}
-	files := append([]node.File(nil), cfg.Files...)
-	sort.Slice(files, func(i, j int) bool { return files[i].Path < files[j].Path })
-	for _, f := range files {
-		if err := w(f.Path, os.FileMode(f.Mode), f.Content); err != nil {
-			return err
-		}
-	}
-	b, err := json.MarshalIndent(cfg, "", "  ")
-	if err != nil {
-		return err
-	}
-	return w(ConfigPath, 0o600, string(b)+"\n")
+	return b.String()
 }
 
-// networkUnit renders a systemd-networkd file for the boot NIC: the
-// profile's static address, or DHCP as stage 1 did.
-func networkUnit(cfg *node.Config, n *NetInfo) string {
+// isWord keeps whitespace and line breaks from a server out of files.
+func isWord(s string) bool { return s != "" && !strings.ContainsAny(s, " \t\r\n\x00") }
+
+// NetworkdFile renders a systemd-networkd .network file for the boot NIC,
+// matched by MAC: the profile's static address, or DHCP as stage 1 did.
+// It is "" when the NIC is unknown (embedded mode, no network phase).
+func NetworkdFile(cfg *node.Config, n *NetInfo) string {
 	if n == nil || n.MAC == "" {
 		return ""
 	}
@@ -107,27 +134,37 @@ func networkUnit(cfg *node.Config, n *NetInfo) string {
 		return ""
 	}
 	var b strings.Builder
+	fmt.Fprintf(&b, "# Written by plinth stage 1 for the boot NIC (%s at boot).\n", n.Iface)
 	fmt.Fprintf(&b, "[Match]\nMACAddress=%s\n\n[Network]\n", n.MAC)
-	if cfg.Network != nil && cfg.Network.Address != "" {
-		fmt.Fprintf(&b, "Address=%s\n", cfg.Network.Address)
-		if cfg.Network.Gateway != "" {
-			fmt.Fprintf(&b, "Gateway=%s\n", cfg.Network.Gateway)
+	if st := cfg.Network; st != nil && st.Address != "" {
+		fmt.Fprintf(&b, "Address=%s\n", st.Address)
+		if _, err := netip.ParseAddr(st.Gateway); err == nil {
+			fmt.Fprintf(&b, "Gateway=%s\n", st.Gateway)
 		}
-		for _, d := range cfg.Network.DNS {
-			fmt.Fprintf(&b, "DNS=%s\n", d)
+		for _, d := range st.DNS {
+			if _, err := netip.ParseAddr(d); err == nil {
+				fmt.Fprintf(&b, "DNS=%s\n", d)
+			}
 		}
-	} else {
-		b.WriteString("DHCP=ipv4\n")
+		if cfg.Domain != "" && isWord(cfg.Domain) {
+			fmt.Fprintf(&b, "Domains=%s\n", cfg.Domain)
+		}
+		return b.String()
 	}
+	b.WriteString("DHCP=ipv4\n\n[DHCPv4]\n")
+	// Keep the address stage 1 leased: the lease is renewed, not
+	// renegotiated, and the DHCP client id stays the MAC as in iPXE.
+	b.WriteString("ClientIdentifier=mac\n")
 	return b.String()
 }
 
 // InstallAgent copies the running busybox binary into root and enables the
-// readiness agent's unit, which runs once the default target is reached.
+// readiness agent's unit, which runs once multi-user.target is reached.
 func InstallAgent(root role.Root, self []byte) error {
 	if err := root.WriteFile(AgentBinary, self, 0o755); err != nil {
 		return err
 	}
+	// Relative, so it resolves the same before and after switch_root.
 	if err := root.Symlink("../lib/plinth/bb", AgentLink); err != nil {
 		return err
 	}
@@ -135,28 +172,38 @@ func InstallAgent(root role.Root, self []byte) error {
 		Name: AgentUnit,
 		Options: []*unit.UnitOption{
 			unit.NewUnitOption("Unit", "Description", "plinth readiness agent"),
+			// After the target it is wanted by: it reports on a booted
+			// machine, and the target does not wait for it.
 			unit.NewUnitOption("Unit", "After", "multi-user.target"),
 			unit.NewUnitOption("Service", "Type", "oneshot"),
 			unit.NewUnitOption("Service", "RemainAfterExit", "yes"),
 			unit.NewUnitOption("Service", "ExecStart", AgentLink),
 			unit.NewUnitOption("Service", "StandardOutput", "journal+console"),
+			unit.NewUnitOption("Service", "StandardError", "journal+console"),
 			unit.NewUnitOption("Install", "WantedBy", "multi-user.target"),
 		},
 		WantedBy: "multi-user.target",
 	})
 }
 
-// ConfigureRole runs the role's configurator, if this build has one.
-func ConfigureRole(ctx context.Context, root role.Root, cfg *node.Config) (string, error) {
-	if cfg.Role == "" {
-		return "no role", nil
-	}
-	c := role.Lookup(cfg.Role)
-	if c == nil {
-		return "", fmt.Errorf("role %q: no configurator in this build (have: %s)", cfg.Role, strings.Join(role.Names(), ", "))
+// ConfigureRole runs the role's configurator and records the services it
+// runs for the agent. A role this build has no configurator for is not
+// fatal (the image still boots; the message says so loudly); a configurator
+// that fails is.
+func ConfigureRole(ctx context.Context, roles role.Registry, root role.Root, cfg *node.Config) (string, error) {
+	c, err := roles.Lookup(cfg.Role)
+	if err != nil {
+		return "WARNING " + err.Error(), nil
 	}
 	if err := c.Configure(ctx, root, cfg); err != nil {
-		return "", fmt.Errorf("role %s: %w", cfg.Role, err)
+		return "", fmt.Errorf("role %s: %w", c.Name(), err)
 	}
-	return "role " + cfg.Role + " configured", nil
+	var services []string
+	if sv, ok := c.(role.Servicer); ok {
+		services = sv.Services(cfg)
+	}
+	if err := role.WriteServices(root, services); err != nil {
+		return "", fmt.Errorf("role %s: %w", c.Name(), err)
+	}
+	return fmt.Sprintf("role %s configured (%d services)", c.Name(), len(services)), nil
 }

@@ -4,131 +4,269 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/plinth-dev/plinth/bootserver/api"
 	"github.com/plinth-dev/plinth/initramfs/role"
+	"github.com/plinth-dev/plinth/initramfs/stage1/events"
 	"github.com/plinth-dev/plinth/profiles/node"
 )
 
-// Paths stage 1 reads in the initramfs and uses at run time.
+// Paths stage 1 reads in the initramfs (written by initramfs/compose).
 const (
-	ModulesList      = "/etc/plinth/modules"
-	CmdlineDefaults  = "/etc/plinth/cmdline"
-	EmbeddedRootfs   = "/plinth/rootfs.squashfs"
-	EmbeddedDigest   = "/plinth/rootfs.digest"
-	EmbeddedConfig   = "/plinth/config.json"
-	DownloadedRootfs = "/run/plinth/rootfs.squashfs"
-	NewRoot          = "/newroot"
+	ModulesList     = "/etc/plinth/modules"
+	CmdlineDefaults = "/etc/plinth/cmdline"
+	EmbeddedRootfs  = "/plinth/rootfs.squashfs"
+	EmbeddedDigest  = "/plinth/rootfs.digest"
+	EmbeddedConfig  = "/plinth/config.json"
 )
 
-// System is what stage 1 needs from the kernel; the Linux implementation
-// makes the system calls, tests use a fake.
-type System interface {
+// Defaults of the run-time paths.
+const (
+	DefaultRunDir  = "/run/plinth" // tmpfs: downloaded rootfs, lower and upper dirs
+	DefaultNewRoot = "/newroot"
+)
+
+// Mounter makes the mounts of stage 1 and hands over to the image.
+type Mounter interface {
+	// MountBasics mounts /proc, /sys, /dev, /dev/pts and /run.
 	MountBasics() error
-	Cmdline() (string, error)
-	LoadModule(path string) error
-	// Network brings up the boot NIC (by name or MAC, "" for the first with
-	// a link) and configures it by DHCP.
-	Network(ctx context.Context, iface string) (*NetInfo, error)
-	// MountRoot mounts the squashfs read-only under a tmpfs overlay at newRoot.
-	MountRoot(squashfs, newRoot string) error
+	// MountRoot loop-mounts squashfs read-only under runDir and mounts an
+	// overlay of it and a tmpfs at newRoot.
+	MountRoot(squashfs, runDir, newRoot string) error
+	// SwitchRoot makes newRoot / and execs init; it returns only on failure.
 	SwitchRoot(newRoot, init string) error
-	Self() ([]byte, error) // the running binary, for the agent
+}
+
+// ModuleLoader inserts a kernel module file; one already loaded is fine.
+type ModuleLoader interface {
+	LoadModule(path string) error
+}
+
+// Network brings up the boot NIC (by name or MAC, "" for the first with a
+// link) and configures it by DHCP.
+type Network interface {
+	Up(ctx context.Context, iface string) (*NetInfo, error)
+}
+
+// Kernel is what stage 1 reads from the running system.
+type Kernel interface {
+	Cmdline() (string, error)
+	// Console opens the console once /dev is mounted.
+	Console() (io.Writer, error)
+	// Self returns the running executable (the busybox holding the agent).
+	Self() ([]byte, error)
+}
+
+// Rescuer runs a shell on the console until it exits.
+type Rescuer interface {
+	Shell(ctx context.Context) error
 }
 
 // Stage1 is one run of /init.
 type Stage1 struct {
-	Sys     System
+	Mounter Mounter
+	Modules ModuleLoader
+	Net     Network
+	Kernel  Kernel
+	Rescue  Rescuer // nil: no shell in this initramfs
 	Con     *Console
 	Fetch   *Fetcher
-	Events  *HTTPEvents // set once the server is known
-	Files   fs.FS       // the initramfs (os.DirFS("/") on a machine)
-	Params  Params
-	Net     *NetInfo
-	Config  *node.Config
+	Files   fs.FS         // the initramfs (os.DirFS("/") on a machine)
+	Roles   role.Registry // nil: role.Builtin()
+	RunDir  string        // default DefaultRunDir
+	NewRoot string        // default DefaultNewRoot
+	// Retry spaces out retries of a failed network, profile or rootfs
+	// phase in netboot mode; default 2s doubling to 30s.
+	Retry Backoff
+
+	Params Params
+	NetCfg *NetInfo
+	Config *node.Config
+	Events *events.Queue // set once the boot server is known
+
 	rootfs  string
 	started time.Time
 }
 
+type phase struct {
+	name  string
+	run   func(context.Context) error
+	retry bool // in netboot mode: the network or the server may recover
+}
+
 // Run performs every phase in order and, on success, does not return
-// (switch_root execs the image's init).
+// (switch_root execs the image's init). A returned error means boot
+// stopped: the caller halts (PID 1 must not exit).
 func (s *Stage1) Run(ctx context.Context) error {
 	s.started = time.Now()
-	if err := s.Sys.MountBasics(); err != nil {
-		return fmt.Errorf("mount /proc /sys /dev /run: %w", err)
+	if s.RunDir == "" {
+		s.RunDir = DefaultRunDir
 	}
-	phases := []struct {
-		name string
-		run  func(context.Context) error
-	}{
-		{api.StageInit, s.params},
-		{"modules", s.modules},
-		{api.StageNetwork, s.network},
-		{api.StageProfile, s.profile},
-		{api.StageRootfs, s.fetchRootfs},
-		{api.StageMount, s.mount},
-		{api.StageConfig, s.configure},
+	if s.NewRoot == "" {
+		s.NewRoot = DefaultNewRoot
 	}
-	for _, p := range phases {
-		if err := p.run(ctx); err != nil {
-			return fmt.Errorf("[%s] %w", p.name, err)
+	if s.Retry == (Backoff{}) {
+		s.Retry = Backoff{Initial: 2 * time.Second, Max: 30 * time.Second}
+	}
+	if s.Roles == nil {
+		s.Roles = role.Builtin()
+	}
+	if err := s.Mounter.MountBasics(); err != nil {
+		err = fmt.Errorf("mount /proc /sys /dev /run: %w", err)
+		s.Con.Fail(ctx, api.StageInit, "FAILED: %v", err)
+		return permanent{err}
+	}
+	if w, err := s.Kernel.Console(); err == nil {
+		s.Con.mu.Lock()
+		s.Con.W = w
+		s.Con.mu.Unlock()
+	}
+	for _, p := range []phase{
+		{api.StageInit, s.params, false},
+		{"modules", s.modules, false},
+		{api.StageNetwork, s.network, true},
+		{api.StageProfile, s.profile, true},
+		{api.StageRootfs, s.fetchRootfs, true},
+		{api.StageMount, s.mount, false},
+		{api.StageConfig, s.configure, false},
+	} {
+		if err := s.do(ctx, p); err != nil {
+			return err
 		}
 	}
 	s.Con.Step(ctx, api.StageSwitch, "switch_root to %s (%.1fs in stage 1)", s.Params.Init, time.Since(s.started).Seconds())
-	return s.Sys.SwitchRoot(NewRoot, s.Params.Init)
+	if s.Events != nil {
+		fctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		s.Events.Flush(fctx)
+		cancel()
+	}
+	err := s.Mounter.SwitchRoot(s.NewRoot, s.Params.Init)
+	if err == nil {
+		err = errors.New("switch_root returned")
+	}
+	s.Con.Fail(ctx, api.StageSwitch, "FAILED: %v", err)
+	return permanent{fmt.Errorf("[%s] %w", api.StageSwitch, err)}
 }
 
+// do runs one phase until it succeeds, retrying what may recover, with a
+// rescue shell between attempts when plinth.rescue=1.
+func (s *Stage1) do(ctx context.Context, p phase) error {
+	for attempt := 0; ; attempt++ {
+		err := p.run(ctx)
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if errors.Is(err, ErrDigest) {
+			// The console line the operator (and the tests) look for.
+			s.Con.Fail(ctx, p.name, "REFUSED: %v", err)
+		} else {
+			s.Con.Fail(ctx, p.name, "FAILED: %v", err)
+		}
+		if s.Params.Rescue && s.Rescue != nil {
+			s.Con.Step(ctx, "rescue", "plinth.rescue=1: shell on the console; exit it to retry [%s]", p.name)
+			if rerr := s.Rescue.Shell(ctx); rerr == nil {
+				continue
+			} else {
+				s.Con.Step(ctx, "rescue", "no shell: %v", rerr)
+			}
+		}
+		if IsPermanent(err) || !p.retry || s.Params.Server == "" {
+			return permanent{fmt.Errorf("[%s] %w", p.name, err)}
+		}
+		d := s.Retry.Delay(attempt)
+		s.Con.Step(ctx, p.name, "retrying in %s (attempt %d)", d, attempt+2)
+		if err := sleep(ctx, d); err != nil {
+			return err
+		}
+	}
+}
+
+// readFile reads an absolute initramfs path from s.Files.
 func (s *Stage1) readFile(p string) ([]byte, error) {
 	return fs.ReadFile(s.Files, strings.TrimPrefix(p, "/"))
 }
 
 func (s *Stage1) params(ctx context.Context) error {
-	cmdline, err := s.Sys.Cmdline()
+	cmdline, err := s.Kernel.Cmdline()
 	if err != nil {
-		return err
+		return permanent{fmt.Errorf("read kernel command line: %w", err)}
 	}
-	defaults, _ := s.readFile(CmdlineDefaults)
+	defaults, err := s.readFile(CmdlineDefaults)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return permanent{fmt.Errorf("%s: %w", CmdlineDefaults, err)}
+	}
 	p, err := ParseParams(string(defaults), cmdline)
+	s.Params = p // even when wrong: plinth.rescue still counts
 	if err != nil {
-		return err
+		return permanent{err}
 	}
-	s.Params = p
 	mode := "embedded"
 	if p.Server != "" {
 		mode = "netboot from " + p.Server + " as " + p.Machine
-		s.Events = &HTTPEvents{URL: p.Server + api.PathEvents, Machine: p.Machine, Client: s.Fetch.Client}
-		s.Con.Events = s.Events
+		s.Events = events.NewQueue(&events.Poster{URL: p.Server + api.PathEvents, Machine: p.Machine, Client: s.Fetch.Client}, 64)
+		s.Con.SetEvents(s.Events)
 		s.Fetch.Token = p.Token
 	}
 	s.Con.Step(ctx, api.StageInit, "plinth stage 1 started: %s", mode)
 	return nil
 }
 
+// ReadModuleList parses /etc/plinth/modules: one module file per line,
+// relative to / (a leading / is tolerated), blank lines and # comments
+// skipped, order kept (dependencies first).
+func ReadModuleList(b []byte) ([]string, error) {
+	var out []string
+	for i, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		p := "/" + strings.TrimPrefix(line, "/")
+		if path.Clean(p) != p || !strings.HasSuffix(p, ".ko") && !strings.Contains(path.Base(p), ".ko.") {
+			return nil, fmt.Errorf("%s:%d: %q is not a clean path to a .ko file", ModulesList, i+1, line)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
 func (s *Stage1) modules(ctx context.Context) error {
 	b, err := s.readFile(ModulesList)
 	if errors.Is(err, fs.ErrNotExist) {
+		s.Con.Step(ctx, "modules", "none listed")
 		return nil
 	}
 	if err != nil {
 		return err
 	}
-	var n int
-	for _, line := range strings.Split(string(b), "\n") {
-		line = strings.TrimSpace(line)
-		if line == "" {
-			continue
-		}
-		if err := s.Sys.LoadModule("/" + line); err != nil {
-			return fmt.Errorf("module %s: %w", filepath.Base(line), err)
-		}
-		n++
+	mods, err := ReadModuleList(b)
+	if err != nil {
+		return err
 	}
-	s.Con.Step(ctx, "modules", "%d modules loaded", n)
+	var failed []string
+	for _, m := range mods {
+		// One bad module is worth a line, not a dead machine: the phase
+		// that needs it fails later with its own message.
+		if err := s.Modules.LoadModule(m); err != nil {
+			s.Con.Fail(ctx, "modules", "FAILED %s: %v", m, err)
+			failed = append(failed, filepath.Base(m))
+		}
+	}
+	if len(failed) > 0 {
+		s.Con.Step(ctx, "modules", "%d of %d modules loaded; failed: %s", len(mods)-len(failed), len(mods), strings.Join(failed, ", "))
+		return nil
+	}
+	s.Con.Step(ctx, "modules", "%d modules loaded", len(mods))
 	return nil
 }
 
@@ -137,22 +275,14 @@ func (s *Stage1) network(ctx context.Context) error {
 		return nil
 	}
 	start := time.Now()
-	var err error
-	for attempt := 0; ; attempt++ {
-		if s.Net, err = s.Sys.Network(ctx, s.Params.Iface); err == nil {
-			break
-		}
-		if attempt >= 5 {
-			return err
-		}
-		s.Con.Step(ctx, api.StageNetwork, "retrying: %v", err)
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Duration(attempt+1) * 2 * time.Second):
-		}
+	n, err := s.Net.Up(ctx, s.Params.Iface)
+	if err != nil {
+		return err
 	}
-	s.Con.Step(ctx, api.StageNetwork, "%s %s %s via dhcp (%.1fs)", s.Net.Iface, s.Net.MAC, s.Net.Address, time.Since(start).Seconds())
+	s.NetCfg = n
+	// Events queued so far (init, modules) go out now.
+	s.Events.Open()
+	s.Con.Step(ctx, api.StageNetwork, "%s %s %s via dhcp (%.1fs)", n.Iface, n.MAC, n.Address, time.Since(start).Seconds())
 	return nil
 }
 
@@ -163,96 +293,113 @@ func (s *Stage1) profile(ctx context.Context) error {
 	if s.Params.Server != "" {
 		src = s.Params.Server + api.ProfilePath(s.Params.Machine)
 		b, err = s.Fetch.Get(ctx, src, 4<<20)
-	} else {
-		b, err = s.readFile(EmbeddedConfig)
+	} else if b, err = s.readFile(EmbeddedConfig); err != nil {
+		err = permanent{err}
 	}
 	if err != nil {
 		return fmt.Errorf("profile %s: %w", src, err)
 	}
 	c, err := node.Decode(b)
 	if err != nil {
+		if s.Params.Server == "" {
+			err = permanent{err}
+		}
 		return fmt.Errorf("profile %s: %w", src, err)
 	}
 	s.Config = c
-	s.Con.Step(ctx, api.StageProfile, "machine %s host %s role %q", c.Machine, c.Hostname, c.Role)
+	note := ""
+	if c.Rootfs != "" && s.Params.Rootfs != "" && c.Rootfs != s.Params.Rootfs {
+		note = fmt.Sprintf(" (the profile names rootfs %s; booting %s from the command line)", c.Rootfs, s.Params.Rootfs)
+	}
+	s.Con.Step(ctx, api.StageProfile, "machine %s host %s role %s%s", c.Machine, c.Hostname, roleName(c.Role), note)
 	return nil
+}
+
+func roleName(r string) string {
+	if r == "" {
+		return "none"
+	}
+	return r
 }
 
 func (s *Stage1) fetchRootfs(ctx context.Context) error {
 	want := s.Params.Rootfs
+	start := time.Now()
 	if s.Params.Server == "" {
 		if want == "" {
 			b, err := s.readFile(EmbeddedDigest)
 			if err != nil {
-				return fmt.Errorf("no %s on the command line and no %s: %w", api.ParamRootfs, EmbeddedDigest, err)
+				return permanent{fmt.Errorf("no %s on the command line and no %s: %w", api.ParamRootfs, EmbeddedDigest, err)}
 			}
 			want = strings.TrimSpace(string(b))
+			if err := CheckDigest(want); err != nil {
+				return permanent{fmt.Errorf("%s: %w", EmbeddedDigest, err)}
+			}
 		}
-		start := time.Now()
-		if err := VerifyFile(EmbeddedRootfs, want); err != nil {
-			s.Con.Step(ctx, api.StageRootfs, "REFUSED: %v", err)
+		// Verified before mounting: there is no other copy, so a mismatch
+		// stops boot.
+		if err := VerifyFile(s.Files, strings.TrimPrefix(EmbeddedRootfs, "/"), want); err != nil {
 			return permanent{err}
 		}
 		s.rootfs = EmbeddedRootfs
 		s.Con.Step(ctx, api.StageRootfs, "embedded %s verified (%.1fs)", want, time.Since(start).Seconds())
 		return nil
 	}
-	hexd := strings.TrimPrefix(want, "sha256:")
-	url := s.Params.Server + api.ArtifactPath(hexd)
-	if err := os.MkdirAll(filepath.Dir(DownloadedRootfs), 0o755); err != nil {
-		return err
+	if err := os.MkdirAll(s.RunDir, 0o755); err != nil {
+		return permanent{err}
 	}
-	for attempt := 1; ; attempt++ {
-		start := time.Now()
-		n, err := s.Fetch.Download(ctx, url, DownloadedRootfs, want)
-		if err == nil {
-			s.rootfs = DownloadedRootfs
-			s.Con.Step(ctx, api.StageRootfs, "%s fetched and verified, %d MB in %.1fs", want, n>>20, time.Since(start).Seconds())
-			return nil
-		}
-		if errors.Is(err, ErrDigest) {
-			s.Con.Step(ctx, api.StageRootfs, "REFUSED: %v (attempt %d)", err, attempt)
-		} else {
-			s.Con.Step(ctx, api.StageRootfs, "download failed: %v (attempt %d)", err, attempt)
-		}
-		if attempt >= 5 {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Duration(attempt) * 3 * time.Second):
-		}
+	dst := filepath.Join(s.RunDir, "rootfs.squashfs")
+	url := s.Params.Server + api.ArtifactPath(strings.TrimPrefix(want, "sha256:"))
+	n, err := s.Fetch.Download(ctx, url, dst, want)
+	if err != nil {
+		return err // a digest mismatch is retried too: the file is gone, the server may be fixed
 	}
+	s.rootfs = dst
+	s.Con.Step(ctx, api.StageRootfs, "%s fetched and verified, %d MB in %.1fs", want, n>>20, time.Since(start).Seconds())
+	return nil
 }
 
 func (s *Stage1) mount(ctx context.Context) error {
-	if err := s.Sys.MountRoot(s.rootfs, NewRoot); err != nil {
-		return err
+	if err := s.Mounter.MountRoot(s.rootfs, s.RunDir, s.NewRoot); err != nil {
+		return permanent{err}
 	}
-	s.Con.Step(ctx, api.StageMount, "squashfs read-only at /run/plinth/lower, tmpfs overlay at /")
+	s.Con.Step(ctx, api.StageMount, "squashfs read-only at %s/lower, tmpfs overlay at %s", s.RunDir, s.NewRoot)
 	return nil
 }
 
 func (s *Stage1) configure(ctx context.Context) error {
-	root := role.DirRoot(NewRoot)
-	if err := Render(root, s.Config, s.Net); err != nil {
-		return err
+	root := role.DirRoot(s.NewRoot)
+	if err := Render(root, s.Config, s.NetCfg); err != nil {
+		return permanent{err}
 	}
-	self, err := s.Sys.Self()
+	msg, err := ConfigureRole(ctx, s.Roles, root, s.Config)
 	if err != nil {
-		return fmt.Errorf("agent: %w", err)
+		return permanent{err}
+	}
+	self, err := s.Kernel.Self()
+	if err != nil {
+		return permanent{fmt.Errorf("agent: %w", err)}
 	}
 	if err := InstallAgent(root, self); err != nil {
-		return fmt.Errorf("agent: %w", err)
+		return permanent{fmt.Errorf("agent: %w", err)}
 	}
-	msg, err := ConfigureRole(ctx, root, s.Config)
-	if err != nil {
-		// The image still boots: say loudly that its role was not applied.
-		msg = "WARNING " + err.Error()
-	}
-	s.Con.Step(ctx, api.StageConfig, "hostname %s, %d profile files, agent installed, %s", s.Config.Hostname, len(s.Config.Files), msg)
+	s.Con.Step(ctx, api.StageConfig, "hostname %s, %d profile files, %s, agent installed", s.Config.Hostname, len(s.Config.Files), msg)
 	return nil
+}
+
+// Halt never returns while ctx lives: PID 1 must not exit (the kernel
+// would panic), so it repeats why boot stopped, once a minute, for whoever
+// looks at the console later.
+func (s *Stage1) Halt(ctx context.Context, err error) {
+	for {
+		s.Con.mu.Lock()
+		io.WriteString(s.Con.W, s.Con.last)
+		fmt.Fprintf(s.Con.W, "plinth: [halt] boot stopped: %v\n", err)
+		s.Con.mu.Unlock()
+		if sleep(ctx, time.Minute) != nil {
+			return
+		}
+	}
 }
 
 // permanent marks an error that retrying cannot fix.
