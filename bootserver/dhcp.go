@@ -35,6 +35,14 @@ func newLeases() *leases {
 	return &leases{byMAC: map[string]netip.Addr{}, used: map[netip.Addr]string{}}
 }
 
+// lookup is the address leased to mac, if any.
+func (l *leases) lookup(mac string) (netip.Addr, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	a, ok := l.byMAC[mac]
+	return a, ok
+}
+
 func (l *leases) get(mac string, site *profiles.Site) (netip.Addr, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()

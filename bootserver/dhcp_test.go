@@ -71,7 +71,7 @@ func TestProxyDHCPAnswersOnlyPXEClientsWithoutAnAddress(t *testing.T) {
 }
 
 func FuzzDHCPReply(f *testing.F) {
-	s, _ := fixture(&testing.T{}, "none")
+	s, _ := fixture(f, "none")
 	for _, mods := range [][]dhcpv4.Modifier{nil, pxeBIOS, pxeEFI, ipxe} {
 		f.Add(discover(f, "52:54:00:00:00:01", mods...).ToBytes())
 	}

@@ -120,8 +120,15 @@ func ParseBootQuery(raw string) (BootQuery, error) {
 			}
 			q.MAC = hw.String()
 		case k == "uuid":
+			// It is echoed into the refusal script: only UUID characters.
+			if len(v) > 36 || strings.Trim(strings.ToLower(v), "0123456789abcdef-") != "" {
+				return q, fmt.Errorf("uuid %q is not a UUID", v)
+			}
 			q.UUID = strings.ToLower(v)
 		case k == "arch":
+			if len(v) > 16 || strings.Trim(v, "abcdefghijklmnopqrstuvwxyz0123456789_") != "" {
+				return q, fmt.Errorf("arch %q is not an iPXE build architecture", v)
+			}
 			q.Arch = v
 		case strings.HasPrefix(k, "label."):
 			if q.Labels == nil {
@@ -169,14 +176,7 @@ func (s *Server) bootScript(w http.ResponseWriter, r *http.Request) {
 	snap := s.snap.Load()
 	m, err := snap.site.Match(q.MAC, q.UUID, q.Labels)
 	if errors.Is(err, profiles.ErrUnknownMachine) {
-		name := "unknown-" + strings.ReplaceAll(q.MAC, ":", "")
-		s.state.update(name, func(st *MachineStatus) {
-			st.MAC, st.State, st.LastEvent, st.IP = q.MAC, "unknown", "refused: not in site "+snap.site.Name, remoteIP(r)
-			touch(st)
-		})
-		s.log.Warn("unknown machine refused", "mac", q.MAC, "uuid", q.UUID, "remote", r.RemoteAddr)
-		fmt.Fprintf(w, "#!ipxe\necho plinth: machine %s %s is not in site %s: ask the operator to add it\nsleep 60\nchain %s%s?mac=${mac:hexhyp}&uuid=${uuid}\n",
-			q.MAC, q.UUID, snap.site.Name, s.cfg.PublicURL, api.PathBootScript)
+		s.refuse(w, r, unknownName(q, remoteIP(r)), q, fmt.Sprintf("machine %s %s is not in site %s: ask the operator to add it", q.MAC, q.UUID, snap.site.Name))
 		return
 	}
 	if err != nil {
@@ -199,7 +199,18 @@ func (s *Server) bootScript(w http.ResponseWriter, r *http.Request) {
 	cmdline := strings.TrimSpace(fmt.Sprintf("%s %s=%s %s=%s %s=%s", im.m.Cmdline,
 		api.ParamServer, s.cfg.PublicURL, api.ParamMachine, m.Name, api.ParamRootfs, root))
 	if snap.site.Enrolment == "token" {
-		cmdline += " " + api.ParamToken + "=" + s.tokens.mint(m.Name, remoteIP(r))
+		how, ok := s.verifyAddress(m, remoteIP(r))
+		if !ok {
+			s.refuse(w, r, m.Name, q, fmt.Sprintf("machine %s must boot from its own address (static, leased by this server, or seen on the boot network with MAC %s)", m.Name, q.MAC))
+			return
+		}
+		tok, err := s.tokens.mint(m.Name, remoteIP(r))
+		if err != nil {
+			s.fail(w, r, http.StatusInternalServerError, "boot.ipxe: "+err.Error(), "machine", m.Name)
+			return
+		}
+		cmdline += " " + api.ParamToken + "=" + tok
+		s.log.Info("enrolment token minted", "machine", m.Name, "remote", r.RemoteAddr, "verified_by", how)
 	}
 	url := func(d string) string { return s.cfg.PublicURL + api.ArtifactPath(strings.TrimPrefix(d, "sha256:")) }
 	fmt.Fprintf(w, "#!ipxe\necho plinth: %s is %s, image %s\nkernel %s initrd=initramfs %s\ninitrd --name initramfs %s\nboot\n",
@@ -210,6 +221,41 @@ func (s *Server) bootScript(w http.ResponseWriter, r *http.Request) {
 	})
 	s.log.Info("boot script", "machine", m.Name, "mac", q.MAC, "image", m.Image, "digest", root)
 }
+
+// refuse answers a machine that may not boot with a script that says why
+// on its console and asks again later, and lists it for the operator.
+func (s *Server) refuse(w http.ResponseWriter, r *http.Request, name string, q BootQuery, why string) {
+	s.state.update(name, func(st *MachineStatus) {
+		if st.Known {
+			// Anyone can claim a known machine's MAC: note the attempt
+			// without letting it rewrite what the machine itself reported.
+			st.LastEvent = "refused a boot script to " + remoteIP(r) + ": " + why
+			return
+		}
+		st.MAC, st.State, st.LastEvent, st.IP = q.MAC, stateUnknown, "refused: "+why, remoteIP(r)
+		touch(st)
+	})
+	s.metrics.refused.Inc()
+	s.log.Warn("boot refused", "machine", name, "mac", q.MAC, "uuid", q.UUID, "remote", r.RemoteAddr, "reason", why)
+	fmt.Fprintf(w, "#!ipxe\necho plinth: %s\nsleep %d\nchain %s%s?mac=${mac:hexhyp}&uuid=${uuid}&arch=${buildarch}\n",
+		why, int(refuseRetry.Seconds()), s.cfg.PublicURL, api.PathBootScript)
+}
+
+// unknownName is how the status page lists a machine the site refused.
+func unknownName(q BootQuery, ip string) string {
+	switch {
+	case q.MAC != "":
+		return "unknown-" + strings.ReplaceAll(q.MAC, ":", "")
+	case q.UUID != "":
+		return "unknown-" + q.UUID
+	}
+	return "unknown-" + ip
+}
+
+// refuseRetry is how long a refused machine waits before asking again:
+// long enough not to flood the log, short enough for an operator adding
+// the machine to see it boot.
+const refuseRetry = 60 * time.Second
 
 func (snap *snapshot) known(m *profiles.Machine) bool { return snap.site.Machine(m.Name) != nil }
 
@@ -323,7 +369,7 @@ func (s *Server) event(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, http.StatusBadRequest, err.Error())
 		return
 	}
-	if _, ok := s.state.get(e.Machine); !ok {
+	if st, ok := s.state.get(e.Machine); !ok || st.State == stateUnknown {
 		s.fail(w, r, http.StatusNotFound, "event: no machine "+e.Machine, "machine", e.Machine)
 		return
 	}

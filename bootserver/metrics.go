@@ -13,9 +13,11 @@ type metrics struct {
 	reloads  *prometheus.CounterVec
 	images   prometheus.Gauge
 	dhcp     *prometheus.CounterVec
+	refused  prometheus.Counter
 }
 
-func newMetrics() *metrics {
+// newMetrics registers the server's metrics; fleet feeds the machines-by-state gauge.
+func newMetrics(fleet *stateTable) *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plinth_http_requests_total",
@@ -30,8 +32,32 @@ func newMetrics() *metrics {
 			Help: "Images served."}),
 		dhcp: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plinth_dhcp_replies_total",
 			Help: "DHCP replies sent, by message type."}, []string{"type"}),
+		refused: prometheus.NewCounter(prometheus.CounterOpts{Name: "plinth_boot_refused_total",
+			Help: "Boot scripts refused: unknown machines, or a known MAC asked from an address not its own."}),
 	}
-	m.reg.MustRegister(m.requests, m.bytes, m.events, m.reloads, m.images, m.dhcp,
+	m.reg.MustRegister(m.requests, m.bytes, m.events, m.reloads, m.images, m.dhcp, m.refused, fleetCollector{fleet},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+var machinesDesc = prometheus.NewDesc("plinth_machines", "Machines by boot state (their last stage; \"waiting\" before any contact).", []string{"state"}, nil)
+
+// fleetCollector counts machines by state when scraped, so the gauge can
+// never drift from the state table.
+type fleetCollector struct{ t *stateTable }
+
+func (c fleetCollector) Describe(ch chan<- *prometheus.Desc) { ch <- machinesDesc }
+
+func (c fleetCollector) Collect(ch chan<- prometheus.Metric) {
+	n := map[string]int{}
+	for _, st := range c.t.list() {
+		state := st.State
+		if state == "" {
+			state = "waiting"
+		}
+		n[state]++
+	}
+	for state, v := range n {
+		ch <- prometheus.MustNewConstMetric(machinesDesc, prometheus.GaugeValue, float64(v), state)
+	}
 }

@@ -2,8 +2,6 @@ package bootserver
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -46,7 +44,10 @@ type Server struct {
 	tokens  *tokens
 	metrics *metrics
 	leases  *leases
-	reloadM sync.Mutex
+	// neighbour finds the MAC behind an address on the boot network; a
+	// field so tests need no ARP table.
+	neighbour func(netip.Addr) (string, bool)
+	reloadM   sync.Mutex
 }
 
 // New loads the site and the artifacts; a bad site is an error here, never
@@ -69,7 +70,8 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Log, state: newStateTable(), tokens: newTokens(), metrics: newMetrics(), leases: newLeases()}
+	state := newStateTable()
+	s := &Server{cfg: cfg, log: cfg.Log, state: state, tokens: newTokens(), metrics: newMetrics(state), leases: newLeases(), neighbour: procNeighbour}
 	s.snap.Store(snap)
 	s.seed(snap)
 	return s, nil
@@ -165,49 +167,4 @@ func (s *Server) Run(ctx context.Context) error {
 			}
 		}
 	}
-}
-
-// tokens are single-use enrolment tokens: minted into a machine's boot
-// script, bound to the address that fetched it, valid for a short time.
-type tokens struct {
-	mu sync.Mutex
-	m  map[string]tokenInfo
-}
-
-type tokenInfo struct {
-	machine string
-	ip      string
-	expires time.Time
-}
-
-const tokenTTL = 15 * time.Minute
-
-func newTokens() *tokens { return &tokens{m: map[string]tokenInfo{}} }
-
-func (t *tokens) mint(machine, ip string) string {
-	b := make([]byte, 16)
-	_, _ = rand.Read(b)
-	tok := hex.EncodeToString(b)
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	now := time.Now()
-	for k, v := range t.m {
-		if now.After(v.expires) {
-			delete(t.m, k)
-		}
-	}
-	t.m[tok] = tokenInfo{machine: machine, ip: ip, expires: now.Add(tokenTTL)}
-	return tok
-}
-
-// use consumes a token if it was minted for machine and ip and is fresh.
-func (t *tokens) use(tok, machine, ip string) bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	v, ok := t.m[tok]
-	if !ok || v.machine != machine || v.ip != ip || time.Now().After(v.expires) {
-		return false
-	}
-	delete(t.m, tok)
-	return true
 }

@@ -3,6 +3,7 @@ package bootserver
 import (
 	"bytes"
 	"encoding/json"
+	"flag"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -41,7 +42,7 @@ address = "10.77.0.12/24"
 `
 
 // fixture writes a site and one built image with real digests.
-func fixture(t *testing.T, enrolment string) (*Server, map[string]string) {
+func fixture(t testing.TB, enrolment string) (*Server, map[string]string) {
 	t.Helper()
 	dir := t.TempDir()
 	site := filepath.Join(dir, "site")
@@ -202,39 +203,6 @@ func TestProfileAndEventsUpdateTheFleet(t *testing.T) {
 	}
 }
 
-func TestEnrolmentTokenIsSingleUseAndBoundToTheBootingAddress(t *testing.T) {
-	s, _ := fixture(t, "token")
-	h := s.Handler()
-	script := get(t, h, "/boot.ipxe?mac=52:54:00:00:00:01").Body.String()
-	i := strings.Index(script, "plinth.token=")
-	if i < 0 {
-		t.Fatalf("no token in %s", script)
-	}
-	tok := strings.Fields(script[i+len("plinth.token="):])[0]
-	// Guessing the MAC is not enough: without the token, no profile.
-	if w := get(t, h, api.ProfilePath("node-1")); w.Code != http.StatusForbidden {
-		t.Errorf("no token: %d", w.Code)
-	}
-	// The token from another address does not work either.
-	r := httptest.NewRequest(http.MethodGet, api.ProfilePath("node-1"), nil)
-	r.RemoteAddr = "10.77.0.66:1"
-	r.Header.Set(api.HeaderToken, tok)
-	w := httptest.NewRecorder()
-	h.ServeHTTP(w, r)
-	if w.Code != http.StatusForbidden {
-		t.Errorf("token from another address: %d", w.Code)
-	}
-	if w := get(t, h, api.ProfilePath("node-2"), api.HeaderToken, tok); w.Code != http.StatusForbidden {
-		t.Errorf("node-1's token for node-2: %d", w.Code)
-	}
-	if w := get(t, h, api.ProfilePath("node-1"), api.HeaderToken, tok); w.Code != 200 {
-		t.Errorf("the machine's own token: %d", w.Code)
-	}
-	if w := get(t, h, api.ProfilePath("node-1"), api.HeaderToken, tok); w.Code != http.StatusForbidden {
-		t.Errorf("a used token worked again: %d", w.Code)
-	}
-}
-
 func TestReloadRejectsBrokenSiteAndKeepsServing(t *testing.T) {
 	s, _ := fixture(t, "none")
 	os.WriteFile(filepath.Join(s.cfg.SiteDir, "site.toml"), []byte("[site]\nname = 3\n"), 0o644)
@@ -268,4 +236,40 @@ func FuzzDecodeEvent(f *testing.F) {
 			t.Fatalf("accepted %+v", e)
 		}
 	})
+}
+
+var update = flag.Bool("update", false, "rewrite the golden files under testdata/")
+
+// TestBootScriptsMatchGoldenFiles pins every script iPXE can get: the chain
+// that adds the machine's identity, a known machine's boot, and the refusal
+// an unknown machine retries from.
+func TestBootScriptsMatchGoldenFiles(t *testing.T) {
+	s, _ := fixture(t, "none")
+	for _, tc := range []struct{ golden, query string }{
+		{"chain.ipxe", ""},
+		{"node-1.ipxe", "?mac=52-54-00-00-00-01&uuid=&arch=x86_64"},
+		{"node-2.ipxe", "?mac=52:54:00:00:00:02&label.rack=r1"},
+		{"unknown.ipxe", "?mac=52:54:00:99:99:99&uuid=4c4c4544-0000-0000-0000-000000000000"},
+	} {
+		w := get(t, s.Handler(), api.PathBootScript+tc.query)
+		if w.Code != http.StatusOK {
+			t.Fatalf("%s: %d %s", tc.golden, w.Code, w.Body)
+		}
+		p := filepath.Join("testdata", tc.golden)
+		if *update {
+			if err := os.MkdirAll("testdata", 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(p, w.Body.Bytes(), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		want, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatalf("%v (run go test -update)", err)
+		}
+		if got := w.Body.String(); got != string(want) {
+			t.Errorf("%s differs from %s:\n%s", tc.golden, p, got)
+		}
+	}
 }

@@ -16,7 +16,7 @@ type MachineStatus struct {
 	Role      string            `json:"role,omitempty"`
 	Image     string            `json:"image,omitempty"`
 	Rootfs    string            `json:"rootfs,omitempty"`
-	State     string            `json:"state"` // last stage, "unknown" for refused machines, "" before any contact
+	State     string            `json:"state"` // last stage, stateUnknown for refused machines, "" before any contact
 	LastEvent string            `json:"last_event,omitempty"`
 	IP        string            `json:"ip,omitempty"`
 	FirstSeen time.Time         `json:"first_seen,omitempty"`
@@ -89,6 +89,9 @@ func (t *stateTable) subscribe() (chan MachineStatus, func()) {
 		t.mu.Unlock()
 	}
 }
+
+// stateUnknown is the state of a machine the site refused.
+const stateUnknown = "unknown"
 
 // knownStages are the stages an event may carry.
 var knownStages = map[string]bool{

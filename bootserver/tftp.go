@@ -2,6 +2,7 @@ package bootserver
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 
@@ -39,6 +40,17 @@ func (s *Server) serveTFTP() (func(), error) {
 		}
 		s.log.Info("tftp", "file", name, "remote", w.Addr().String())
 	}))
-	go func() { _ = srv.ListenAndServe() }()
-	return func() { srv.Close() }, nil
+	// Bind here rather than in ListenAndServe's goroutine: a port in use is
+	// an error now, and the server answers as soon as this returns.
+	ua, err := net.ResolveUDPAddr("udp", s.cfg.TFTPListen)
+	if err != nil {
+		return nil, fmt.Errorf("tftp %s: %w", s.cfg.TFTPListen, err)
+	}
+	conn, err := net.ListenUDP("udp", ua)
+	if err != nil {
+		return nil, fmt.Errorf("tftp %s: %w", s.cfg.TFTPListen, err)
+	}
+	go func() { _ = srv.Serve(conn) }()
+	s.log.Info("tftp", "listen", conn.LocalAddr().String(), "dir", s.cfg.IPXEDir)
+	return func() { srv.Close(); conn.Close() }, nil
 }

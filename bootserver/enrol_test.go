@@ -1,0 +1,131 @@
+package bootserver
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/plinth-dev/plinth/bootserver/api"
+)
+
+// getFrom is a GET from a given address.
+func getFrom(h http.Handler, remote, path string, hdr ...string) *httptest.ResponseRecorder {
+	r := httptest.NewRequest(http.MethodGet, path, nil)
+	r.RemoteAddr = remote + ":40000"
+	for i := 0; i+1 < len(hdr); i += 2 {
+		r.Header.Set(hdr[i], hdr[i+1])
+	}
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	return w
+}
+
+func tokenIn(script string) string {
+	i := strings.Index(script, api.ParamToken+"=")
+	if i < 0 {
+		return ""
+	}
+	return strings.Fields(script[i+len(api.ParamToken)+1:])[0]
+}
+
+func TestEnrolmentTokenIsMintedOnlyToTheMachinesOwnAddress(t *testing.T) {
+	for _, tc := range []struct {
+		name, mac, remote string
+		lease             bool   // node's MAC leased an address by our DHCP first
+		neighbour         string // MAC the ARP table shows behind remote
+		wantToken         bool
+	}{
+		{"leased address", "52:54:00:00:00:01", "10.77.0.100", true, "", true},
+		{"another address than the lease", "52:54:00:00:00:01", "10.77.0.66", true, "", false},
+		{"static address", "52:54:00:00:00:02", "10.77.0.12", false, "", true},
+		{"static machine from elsewhere", "52:54:00:00:00:02", "10.77.0.100", false, "52:54:00:00:00:02", false},
+		{"seen on the wire with its MAC", "52:54:00:00:00:01", "10.77.0.50", false, "52:54:00:00:00:01", true},
+		{"wire shows another MAC", "52:54:00:00:00:01", "10.77.0.50", false, "52:54:00:00:00:66", false},
+		{"nothing ties MAC and address", "52:54:00:00:00:01", "10.77.0.50", false, "", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, _ := fixture(t, "token")
+			s.neighbour = func(ip netip.Addr) (string, bool) {
+				if tc.neighbour != "" && ip == netip.MustParseAddr(tc.remote) {
+					return tc.neighbour, true
+				}
+				return "", false
+			}
+			if tc.lease {
+				if _, err := s.DHCPReply(discover(t, tc.mac), "server"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			w := getFrom(s.Handler(), tc.remote, "/boot.ipxe?mac="+tc.mac)
+			tok := tokenIn(w.Body.String())
+			if w.Code != http.StatusOK || (tok != "") != tc.wantToken {
+				t.Fatalf("%d, token %q, want token %v:\n%s", w.Code, tok, tc.wantToken, w.Body)
+			}
+			if !tc.wantToken && !strings.Contains(w.Body.String(), "must boot from its own address") {
+				t.Errorf("the refusal does not say why:\n%s", w.Body)
+			}
+		})
+	}
+}
+
+func TestEnrolmentTokenOpensOnlyItsMachinesProfileOnceFromItsAddress(t *testing.T) {
+	s, _ := fixture(t, "token")
+	h := s.Handler()
+	if _, err := s.DHCPReply(discover(t, "52:54:00:00:00:01"), "server"); err != nil {
+		t.Fatal(err)
+	}
+	tok := tokenIn(getFrom(h, "10.77.0.100", "/boot.ipxe?mac=52:54:00:00:00:01").Body.String())
+	if tok == "" {
+		t.Fatal("no token for the machine at its leased address")
+	}
+	for _, tc := range []struct {
+		name, remote, machine, token string
+		want                         int
+	}{
+		{"no token", "10.77.0.100", "node-1", "", http.StatusForbidden},
+		{"guessed token", "10.77.0.100", "node-1", strings.Repeat("0", 32), http.StatusForbidden},
+		{"token from another address", "10.77.0.66", "node-1", tok, http.StatusForbidden},
+		{"token for another machine", "10.77.0.100", "node-2", tok, http.StatusForbidden},
+		{"the machine's own", "10.77.0.100", "node-1", tok, http.StatusOK},
+		{"used again", "10.77.0.100", "node-1", tok, http.StatusForbidden},
+	} {
+		if w := getFrom(h, tc.remote, api.ProfilePath(tc.machine), api.HeaderToken, tc.token); w.Code != tc.want {
+			t.Errorf("%s: %d, want %d", tc.name, w.Code, tc.want)
+		}
+	}
+}
+
+func TestRefusedBootOfAKnownMachineKeepsItsReportedState(t *testing.T) {
+	s, _ := fixture(t, "token")
+	s.state.update("node-1", func(st *MachineStatus) { st.State, st.IP = api.StageReady, "10.77.0.100" })
+	getFrom(s.Handler(), "10.77.0.66", "/boot.ipxe?mac=52:54:00:00:00:01")
+	st, _ := s.state.get("node-1")
+	if st.State != api.StageReady || st.IP != "10.77.0.100" || !strings.Contains(st.LastEvent, "refused a boot script to 10.77.0.66") {
+		t.Errorf("after a refused claim: %+v", st)
+	}
+}
+
+func TestARPLookupFindsOnlyCompleteEntries(t *testing.T) {
+	const table = `IP address       HW type     Flags       HW address            Mask     Device
+10.77.0.11       0x1         0x2         52:54:00:00:00:0b     *        br0
+10.77.0.12       0x1         0x0         00:00:00:00:00:00     *        br0
+10.77.0.13       0x1         0x6         52:54:00:00:00:0D     *        br0
+garbage
+`
+	for _, tc := range []struct {
+		ip, mac string
+		ok      bool
+	}{
+		{"10.77.0.11", "52:54:00:00:00:0b", true},
+		{"10.77.0.12", "", false}, // incomplete: nobody answered ARP
+		{"10.77.0.13", "52:54:00:00:00:0d", true},
+		{"10.77.0.14", "", false},
+	} {
+		mac, ok := arpLookup(strings.NewReader(table), netip.MustParseAddr(tc.ip))
+		if mac != tc.mac || ok != tc.ok {
+			t.Errorf("%s: %q %v, want %q %v", tc.ip, mac, ok, tc.mac, tc.ok)
+		}
+	}
+}

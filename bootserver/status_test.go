@@ -1,0 +1,173 @@
+package bootserver
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/plinth-dev/plinth/bootserver/api"
+)
+
+// TestStatusPageUpdatesLiveInABrowser opens the status page in headless
+// Chromium, posts an event once the page's Server-Sent Events feed is
+// connected, and reads the row back from the live DOM: the row can only
+// change through the page's script, since the server rendered the page
+// before the event existed. Chromium is driven over --remote-debugging-pipe
+// (DevTools protocol, NUL-separated JSON on fds 3 and 4), because
+// --dump-dom --virtual-time-budget never returns while an event stream is
+// open.
+func TestStatusPageUpdatesLiveInABrowser(t *testing.T) {
+	chromium, err := exec.LookPath("chromium")
+	if err != nil {
+		t.Skip("chromium is not installed: apt-get install -y chromium (make deps does)")
+	}
+	s, _ := fixture(t, "none")
+	ts := httptest.NewServer(s.Handler())
+	defer ts.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	b := startBrowser(t, ctx, chromium)
+	target, err := b.call("", "Target.createTarget", map[string]any{"url": ts.URL + "/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	attached, err := b.call("", "Target.attachToTarget", map[string]any{"targetId": target["targetId"], "flatten": true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	session, _ := attached["sessionId"].(string)
+	eval := func(expr string) string {
+		t.Helper()
+		res, err := b.call(session, "Runtime.evaluate", map[string]any{"expression": expr, "returnByValue": true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, _ := res["result"].(map[string]any)["value"].(string)
+		return v
+	}
+
+	waitUntil(t, ctx, "the page subscribes to the event stream", func() bool { return subscribers(s) > 0 })
+	const row = `(document.getElementById("m-node-1") || {dataset: {}}).dataset.state + "|" + ((document.getElementById("m-node-1") || {}).textContent || "")`
+	if got := eval(row); strings.HasPrefix(got, "ready|") {
+		t.Fatalf("node-1 is ready before any event: %q", got)
+	}
+	ev, _ := json.Marshal(api.Event{Machine: "node-1", Stage: api.StageReady, Message: "posted while the page was open"})
+	resp, err := http.Post(ts.URL+api.PathEvents, "application/json", bytes.NewReader(ev))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("event: %s", resp.Status)
+	}
+	waitUntil(t, ctx, "the page shows node-1 ready", func() bool {
+		got := eval(row)
+		return strings.HasPrefix(got, "ready|") && strings.Contains(got, "posted while the page was open")
+	})
+	if n := eval(`document.getElementById("machines").dataset.updates || ""`); n == "" || n == "0" {
+		t.Errorf("the page counted no updates: %q", n)
+	}
+}
+
+func subscribers(s *Server) int {
+	s.state.mu.Lock()
+	defer s.state.mu.Unlock()
+	return len(s.state.subs)
+}
+
+func waitUntil(t *testing.T, ctx context.Context, what string, ok func() bool) {
+	t.Helper()
+	for !ok() {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("waiting until %s: %v", what, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// browser is a headless Chromium spoken to over its DevTools pipe.
+type browser struct {
+	w  io.Writer
+	r  *bufio.Reader
+	id int
+}
+
+func startBrowser(t *testing.T, ctx context.Context, chromium string) *browser {
+	t.Helper()
+	toChrome, ourEnd, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fromChrome, chromeEnd, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.CommandContext(ctx, chromium, "--headless", "--no-sandbox", "--disable-gpu",
+		"--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+		"--user-data-dir="+t.TempDir(), "--remote-debugging-pipe", "about:blank")
+	cmd.ExtraFiles = []*os.File{toChrome, chromeEnd} // fds 3 and 4
+	// Chromium forks renderers that write into the profile: kill the whole
+	// group, so nothing outlives the test or races the temp dir's removal.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	toChrome.Close()
+	chromeEnd.Close()
+	t.Cleanup(func() {
+		ourEnd.Close()
+		_ = cmd.Cancel()
+		_ = cmd.Wait()
+		fromChrome.Close()
+	})
+	return &browser{w: ourEnd, r: bufio.NewReader(fromChrome)}
+}
+
+// call sends one DevTools command and returns its result, skipping the
+// events Chromium sends meanwhile.
+func (b *browser) call(session, method string, params any) (map[string]any, error) {
+	b.id++
+	msg := map[string]any{"id": b.id, "method": method, "params": params}
+	if session != "" {
+		msg["sessionId"] = session
+	}
+	out, _ := json.Marshal(msg)
+	if _, err := b.w.Write(append(out, 0)); err != nil {
+		return nil, fmt.Errorf("%s: %w", method, err)
+	}
+	for {
+		line, err := b.r.ReadBytes(0)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", method, err)
+		}
+		var reply struct {
+			ID     int             `json:"id"`
+			Result map[string]any  `json:"result"`
+			Error  json.RawMessage `json:"error"`
+		}
+		if err := json.Unmarshal(line[:len(line)-1], &reply); err != nil {
+			return nil, fmt.Errorf("%s: %w", method, err)
+		}
+		if reply.ID != b.id {
+			continue
+		}
+		if reply.Error != nil {
+			return nil, fmt.Errorf("%s: %s", method, reply.Error)
+		}
+		return reply.Result, nil
+	}
+}
