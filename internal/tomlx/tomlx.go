@@ -1,12 +1,14 @@
 // Package tomlx decodes TOML strictly and reports every problem of a file at
 // once, each as `file:line:col: field: what is wrong`.
 //
-// BurntSushi/toml stops at the first type mismatch and gives unknown keys no
-// position, so decoding happens in two steps: the library parses the document
+// BurntSushi/toml stops at the first type mismatch, gives a mismatch only a
+// line in its text and gives unknown keys (MetaData.Undecoded) no position at
+// all. So decoding happens in two steps: the library parses the document
 // into a generic tree (syntax errors carry its position), then a small
 // reflective walk fills the destination struct field by field, collecting a
-// Problem for every unknown key, wrong type or missing required field, with
-// the position found by Locate in the source text.
+// Problem for every unknown key, wrong type or missing required field, at
+// the position Locate finds in the source text. Callers add their semantic
+// problems to the same Report by key path.
 package tomlx
 
 import (
@@ -16,6 +18,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/BurntSushi/toml"
 )
@@ -23,11 +26,12 @@ import (
 // Problem is one thing wrong with a file.
 type Problem struct {
 	File      string
-	Line, Col int
-	Field     string // key path, e.g. layer[1].source
+	Line, Col int    // 0 when the problem has no place in the file
+	Field     string // key path, e.g. layer[1].source; "" for a syntax error
 	Msg       string
 }
 
+// String formats p as file:line:col: field: msg.
 func (p Problem) String() string {
 	loc := p.File
 	if p.Line > 0 {
@@ -44,7 +48,12 @@ func (p Problem) String() string {
 type Report struct {
 	Problems []Problem
 	locs     map[string]map[string]Pos // file → key path → position
+	syntax   bool
 }
+
+// Syntax reports whether a file of the report could not be parsed at all; its
+// decoded value is then empty and not worth checking further.
+func (r *Report) Syntax() bool { return r.syntax }
 
 // Error lists every problem, one per line, sorted by file and position.
 func (r *Report) Error() string {
@@ -95,6 +104,7 @@ func (r *Report) Merge(o *Report) {
 		return
 	}
 	r.Problems = append(r.Problems, o.Problems...)
+	r.syntax = r.syntax || o.syntax
 	for f, l := range o.locs {
 		if r.locs == nil {
 			r.locs = map[string]map[string]Pos{}
@@ -103,17 +113,22 @@ func (r *Report) Merge(o *Report) {
 	}
 }
 
-// Position returns where field is written in file, if known.
+// Position returns where field, or failing that its nearest ancestor, is
+// written in file; the start of the file for a key of a file the report
+// decoded that has none of them, and the zero Pos for a file it did not.
 func (r *Report) Position(file, field string) Pos { return r.lookup(file, field) }
 
 func (r *Report) lookup(file, field string) Pos {
-	locs := r.locs[file]
+	locs, ok := r.locs[file]
+	if !ok {
+		return Pos{}
+	}
 	for f := field; f != ""; f = parent(f) {
 		if p, ok := locs[f]; ok {
 			return p
 		}
 	}
-	return Pos{}
+	return Pos{1, 1}
 }
 
 // parent drops the last element of a key path: a.b[2].c → a.b[2] → a.b → a.
@@ -144,6 +159,7 @@ func Decode(file string, data []byte, v any) *Report {
 		} else {
 			r.Problems = append(r.Problems, Problem{File: file, Msg: "syntax: " + err.Error()})
 		}
+		r.syntax = true
 		return r
 	}
 	d := decoder{file: file, r: r}
@@ -180,6 +196,8 @@ func typeName(x any) string {
 		return "an array of tables"
 	case []any:
 		return "an array"
+	case time.Time:
+		return "a date-time"
 	}
 	return fmt.Sprintf("%T", x)
 }
