@@ -64,7 +64,7 @@ func TestParseParamsKeepsRescueWhenTheRestIsWrong(t *testing.T) {
 
 func TestCheckDigest(t *testing.T) {
 	for d, ok := range map[string]bool{
-		digestA:                           true,
+		digestA:                             true,
 		"sha256:" + strings.Repeat("A", 64): false,
 		"sha256:" + strings.Repeat("a", 63): false,
 		strings.Repeat("a", 64):             false,
