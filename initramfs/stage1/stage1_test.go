@@ -29,7 +29,7 @@ type fakeMachine struct {
 	mountedSrc string
 	switched   string
 	shells     int
-	stopShells int    // after this many rescue shells, call cancel
+	stopShells int // after this many rescue shells, call cancel
 	cancel     func()
 }
 
