@@ -188,8 +188,8 @@ func (s *Server) DHCPReply(req *dhcpv4.DHCPv4, mode string) (*dhcpv4.DHCPv4, err
 	return resp, nil
 }
 
-// serveDHCP answers DHCP on the configured interface.
-func (s *Server) serveDHCP(mode string) (func(), error) {
+// serveDHCP answers DHCP on iface.
+func (s *Server) serveDHCP(mode, iface string) (func(), error) {
 	if !s.cfg.ServerIP.Is4() {
 		return nil, fmt.Errorf("dhcp %s mode needs the server's IPv4 address (--server-ip)", mode)
 	}
@@ -213,11 +213,30 @@ func (s *Server) serveDHCP(mode string) (func(), error) {
 		s.metrics.dhcp.WithLabelValues(resp.MessageType().String()).Inc()
 		s.log.Info("dhcp", "mac", req.ClientHWAddr.String(), "type", resp.MessageType().String(), "ip", resp.YourIPAddr.String(), "bootfile", resp.BootFileName)
 	}
-	srv, err := server4.NewServer(s.cfg.DHCPInterface, &net.UDPAddr{IP: net.IPv4zero, Port: dhcpv4.ServerPort}, handler)
-	if err != nil {
-		return nil, fmt.Errorf("dhcp on %s: %w", s.cfg.DHCPInterface, err)
+	ports := []int{dhcpv4.ServerPort}
+	if mode == "proxy" {
+		// PXE firmware that took our boot file from a proxy offer may ask
+		// again, unicast, on the PXE port before it boots.
+		ports = append(ports, pxePort)
 	}
-	go func() { _ = srv.Serve() }()
-	s.log.Info("dhcp", "mode", mode, "interface", s.cfg.DHCPInterface)
-	return func() { srv.Close() }, nil
+	var servers []*server4.Server
+	stop := func() {
+		for _, srv := range servers {
+			srv.Close()
+		}
+	}
+	for _, port := range ports {
+		srv, err := server4.NewServer(iface, &net.UDPAddr{IP: net.IPv4zero, Port: port}, handler)
+		if err != nil {
+			stop()
+			return nil, fmt.Errorf("dhcp on %s port %d: %w", iface, port, err)
+		}
+		servers = append(servers, srv)
+		go func() { _ = srv.Serve() }()
+	}
+	s.log.Info("dhcp", "mode", mode, "interface", iface, "ports", ports)
+	return stop, nil
 }
+
+// pxePort is where PXE clients send their boot server requests (PXE 2.1).
+const pxePort = 4011

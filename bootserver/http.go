@@ -383,6 +383,7 @@ func (s *Server) event(w http.ResponseWriter, r *http.Request) {
 		touch(st)
 	})
 	s.log.Info("event", "machine", e.Machine, "stage", e.Stage, "message", e.Message)
+	s.notifyMasters()
 	w.WriteHeader(http.StatusNoContent)
 }
 

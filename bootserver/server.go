@@ -33,6 +33,8 @@ type Config struct {
 	IPXEDir       string // undionly.kpxe and ipxe.efi; default /usr/lib/ipxe
 	Poll          time.Duration
 	Log           *slog.Logger
+	// Masters, if set, follows the ready masters (for the API name's DNS).
+	Masters MasterSink
 }
 
 // Server is a boot server.
@@ -48,6 +50,10 @@ type Server struct {
 	// field so tests need no ARP table.
 	neighbour func(netip.Addr) (string, bool)
 	reloadM   sync.Mutex
+
+	mastersM    sync.Mutex
+	masters     []netip.Addr // as last sent to cfg.Masters
+	mastersSent bool
 }
 
 // New loads the site and the artifacts; a bad site is an error here, never
@@ -108,6 +114,7 @@ func (s *Server) Reload() error {
 	if old == nil || old.key != snap.key {
 		s.metrics.reloads.WithLabelValues("applied").Inc()
 		s.seed(snap)
+		s.notifyMasters() // the API name may have changed
 		s.log.Info("reloaded", "site", snap.site.Name, "machines", len(snap.site.Machines), "images", len(snap.images))
 	}
 	return nil
@@ -116,19 +123,39 @@ func (s *Server) Reload() error {
 // Handler is the HTTP side, for tests and embedding.
 func (s *Server) Handler() http.Handler { return s.routes() }
 
-// Run serves until ctx is cancelled, then shuts down gracefully.
+// Run listens on the configured address and serves until ctx is cancelled.
 func (s *Server) Run(ctx context.Context) error {
 	ln, err := net.Listen("tcp", s.cfg.Listen)
 	if err != nil {
-		return err
+		return fmt.Errorf("serve: %w", err)
 	}
-	hs := &http.Server{Handler: s.routes(), ReadHeaderTimeout: 10 * time.Second}
-	errc := make(chan error, 4)
+	return s.Serve(ctx, ln)
+}
+
+// Serve serves HTTP on ln, and DHCP and TFTP as configured, reloading on
+// SIGHUP and on changes on disk, until ctx is cancelled; then it stops
+// taking requests and waits for downloads in flight (up to shutdownGrace).
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	// Event streams never end by themselves: cancel them at shutdown, or
+	// Shutdown would wait for every open status page.
+	streams, endStreams := context.WithCancel(context.Background())
+	defer endStreams()
+	hs := &http.Server{
+		Handler:           s.routes(),
+		ReadHeaderTimeout: 10 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return streams },
+	}
+	hs.RegisterOnShutdown(endStreams)
+	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
-	s.log.Info("serving", "http", ln.Addr().String(), "public", s.cfg.PublicURL, "site", s.snap.Load().site.Name)
 	snap := s.snap.Load()
-	if mode := snap.site.DHCP.Mode; mode != "off" && s.cfg.DHCPInterface != "" {
-		stop, err := s.serveDHCP(mode)
+	s.log.Info("serving", "http", ln.Addr().String(), "public", s.cfg.PublicURL, "site", snap.site.Name)
+	iface := s.cfg.DHCPInterface
+	if iface == "" {
+		iface = snap.site.DHCP.Interface
+	}
+	if mode := snap.site.DHCP.Mode; mode != "off" && mode != "" && iface != "" {
+		stop, err := s.serveDHCP(mode, iface)
 		if err != nil {
 			hs.Close()
 			return err
@@ -148,23 +175,36 @@ func (s *Server) Run(ctx context.Context) error {
 	defer signal.Stop(hup)
 	tick := time.NewTicker(s.cfg.Poll)
 	defer tick.Stop()
+	seen := fingerprint(s.cfg.SiteDir, s.cfg.ArtifactsDir)
 	for {
 		select {
 		case <-ctx.Done():
-			sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
 			s.log.Info("shutting down")
-			return hs.Shutdown(sctx)
+			sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+			defer cancel()
+			if err := hs.Shutdown(sctx); err != nil {
+				return fmt.Errorf("serve: shutdown: %w", err)
+			}
+			return nil
 		case err := <-errc:
-			return err
+			return fmt.Errorf("serve: %w", err)
 		case <-hup:
+			seen = fingerprint(s.cfg.SiteDir, s.cfg.ArtifactsDir)
 			if err := s.Reload(); err != nil {
 				s.log.Error("SIGHUP", "err", err)
 			}
 		case <-tick.C:
+			fp := fingerprint(s.cfg.SiteDir, s.cfg.ArtifactsDir)
+			if fp == seen {
+				continue
+			}
+			seen = fp
 			if err := s.Reload(); err != nil {
-				s.log.Warn("watch", "err", err)
+				s.log.Error("watch", "err", err)
 			}
 		}
 	}
 }
+
+// shutdownGrace is how long a stopping server waits for downloads in flight.
+const shutdownGrace = 10 * time.Second

