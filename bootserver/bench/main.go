@@ -19,6 +19,7 @@ import (
 	"regexp"
 	"runtime"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/plinth-dev/plinth/bootserver"
@@ -45,30 +46,25 @@ func run(dur time.Duration, sizeMB int) error {
 		return err
 	}
 	img := filepath.Join(dir, "artifacts", "bench")
-	os.MkdirAll(img, 0o755)
-	art := filepath.Join(img, manifest.Rootfs)
-	f, _ := os.Create(art)
-	buf := make([]byte, 1<<20)
-	for i := 0; i < sizeMB; i++ {
-		rand.Read(buf)
-		f.Write(buf)
+	if err := writeImage(img, sizeMB); err != nil {
+		return err
 	}
-	f.Close()
-	m := &manifest.Manifest{Schema: manifest.Schema, Name: "bench", Cmdline: "console=ttyS0"}
-	for _, n := range []string{manifest.KernelFile, manifest.Initramfs} {
-		os.WriteFile(filepath.Join(img, n), []byte(n), 0o644)
+	m, err := manifest.Read(img)
+	if err != nil {
+		return err
 	}
-	for _, n := range []string{manifest.KernelFile, manifest.Initramfs, manifest.Rootfs} {
-		d, sz, _ := manifest.FileDigest(filepath.Join(img, n))
-		m.Files = append(m.Files, manifest.File{Name: n, SHA256: d, Size: sz})
-	}
-	b, _ := m.Encode()
-	os.WriteFile(filepath.Join(img, manifest.FileName), b, 0o644)
 	site := filepath.Join(dir, "site")
-	os.MkdirAll(site, 0o755)
-	os.WriteFile(filepath.Join(site, "site.toml"), []byte("[site]\nname = \"bench\"\n[[machine]]\nname = \"m1\"\nmac = \"52:54:00:00:00:01\"\nimage = \"bench\"\n"), 0o644)
+	if err := os.MkdirAll(site, 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(site, "site.toml"), []byte("[site]\nname = \"bench\"\n[[machine]]\nname = \"m1\"\nmac = \"52:54:00:00:00:01\"\nimage = \"bench\"\n"), 0o644); err != nil {
+		return err
+	}
 
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
 	plinthURL := "http://" + ln.Addr().String()
 	srv, err := bootserver.New(bootserver.Config{SiteDir: site, ArtifactsDir: filepath.Join(dir, "artifacts"), PublicURL: plinthURL})
 	if err != nil {
@@ -90,12 +86,15 @@ http {
 }
 `, dir, dir, nport, img)), 0o644)
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	ng := exec.CommandContext(ctx, "nginx", "-c", conf, "-p", dir)
 	ng.Stderr = os.Stderr
+	// SIGTERM lets nginx's master take its workers down with it.
+	ng.Cancel = func() error { return ng.Process.Signal(syscall.SIGTERM) }
 	if err := ng.Start(); err != nil {
+		cancel()
 		return fmt.Errorf("nginx (apt-get install nginx-light): %w", err)
 	}
+	defer func() { cancel(); _ = ng.Wait() }()
 	time.Sleep(500 * time.Millisecond)
 	hexd := strings.TrimPrefix(m.File(manifest.Rootfs).SHA256, "sha256:")
 	fmt.Printf("artifact %d MB, wrk %s per run, loopback, %d cores\n", sizeMB, dur, runtime.NumCPU())
@@ -170,8 +169,43 @@ func freePort() int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-func numCPU() int {
-	return len(strings.Split(strings.TrimSpace(readFile("/sys/devices/system/cpu/online")), ",")) + 0
+// writeImage makes an image directory: a random rootfs of sizeMB and a
+// manifest with real digests.
+func writeImage(img string, sizeMB int) error {
+	if err := os.MkdirAll(img, 0o755); err != nil {
+		return err
+	}
+	f, err := os.Create(filepath.Join(img, manifest.Rootfs))
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, 1<<20)
+	for i := 0; i < sizeMB; i++ {
+		rand.Read(buf)
+		if _, err := f.Write(buf); err != nil {
+			f.Close()
+			return err
+		}
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	for _, n := range []string{manifest.KernelFile, manifest.Initramfs} {
+		if err := os.WriteFile(filepath.Join(img, n), []byte(n), 0o644); err != nil {
+			return err
+		}
+	}
+	m := &manifest.Manifest{Schema: manifest.Schema, Name: "bench", Cmdline: "console=ttyS0"}
+	for _, n := range []string{manifest.KernelFile, manifest.Initramfs, manifest.Rootfs} {
+		d, sz, err := manifest.FileDigest(filepath.Join(img, n))
+		if err != nil {
+			return err
+		}
+		m.Files = append(m.Files, manifest.File{Name: n, SHA256: d, Size: sz})
+	}
+	b, err := m.Encode()
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(img, manifest.FileName), b, 0o644)
 }
-
-func readFile(p string) string { b, _ := os.ReadFile(p); return string(b) }
