@@ -207,7 +207,11 @@ func (d *decoder) value(rv reflect.Value, x any, path string) {
 	case reflect.Pointer:
 		nv := reflect.New(rv.Type().Elem())
 		d.value(nv.Elem(), x, path)
-		rv.Set(nv)
+		// A value of the wrong type leaves the pointer nil, so that callers
+		// do not also report the empty fields of a table that is not there.
+		if !d.r.Has(d.file, path) {
+			rv.Set(nv)
+		}
 	case reflect.Struct:
 		m, ok := x.(map[string]any)
 		if !ok {
