@@ -78,9 +78,9 @@ var Roles = []string{"etcd", "master", "minion"}
 var Formats = []string{"netboot", "embedded", "iso", "raw"}
 
 var (
-	nameRE    = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+	nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
 	// Upper case is allowed: Debian ships xt_CHECKSUM, xt_TEE, BusLogic.
-	moduleRE  = regexp.MustCompile(`^[a-zA-Z0-9_-]+$`)
+	moduleRE = regexp.MustCompile(`^[a-zA-Z0-9_-]+$`)
 	// systemd's unit name alphabet; '\\' is its escape (mnt-a\\x2db.mount).
 	serviceRE = regexp.MustCompile(`^[a-zA-Z0-9@._:\\-]+$`)
 )
