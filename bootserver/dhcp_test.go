@@ -88,3 +88,18 @@ func FuzzDHCPReply(f *testing.F) {
 		}
 	})
 }
+
+func TestProxyDHCPAcksThePXERequestOnPort4011(t *testing.T) {
+	s, _ := fixture(t, "none")
+	// What BIOS PXE firmware sends to port 4011 after a proxy offer: a
+	// REQUEST from the address it already has.
+	req := discover(t, "52:54:00:00:00:01", append(pxeBIOS, dhcpv4.WithMessageType(dhcpv4.MessageTypeRequest),
+		dhcpv4.WithClientIP(net.ParseIP("10.77.0.100")))...)
+	resp, err := s.DHCPReply(req, "proxy")
+	if err != nil || resp == nil {
+		t.Fatalf("%v %v", resp, err)
+	}
+	if resp.MessageType() != dhcpv4.MessageTypeAck || resp.BootFileName != BIOSBootFile || !resp.YourIPAddr.IsUnspecified() {
+		t.Errorf("%s file %q yiaddr %s, want an ACK for %s without an address", resp.MessageType(), resp.BootFileName, resp.YourIPAddr, BIOSBootFile)
+	}
+}

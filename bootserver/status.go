@@ -15,10 +15,11 @@ func (s *Server) statusPage(w http.ResponseWriter, r *http.Request) {
 	snap := s.snap.Load()
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
+	fleet := s.state.list()
 	_ = statusTmpl.Execute(w, map[string]any{
 		"Site":     snap.site.Name,
-		"Count":    len(s.state.list()),
-		"Machines": s.state.list(),
+		"Count":    len(fleet),
+		"Machines": fleet,
 		"Images":   len(snap.images),
 	})
 }
