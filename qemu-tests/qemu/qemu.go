@@ -5,7 +5,6 @@
 package qemu
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -24,133 +22,63 @@ import (
 // Binary is the QEMU system emulator used.
 const Binary = "qemu-system-x86_64"
 
+// OVMF is the UEFI firmware from Debian's ovmf package, code and variables
+// in one image, used with Firmware "ovmf".
+const OVMF = "/usr/share/ovmf/OVMF.fd"
+
 // NIC is one network card.
 type NIC struct {
-	MAC    string
-	Netdev string // -netdev argument without id, e.g. "user,bootfile=..." or "tap,ifname=t0,script=no,downscript=no"
+	MAC string
+	// Netdev is QEMU's -netdev argument, e.g. "user,bootfile=http://10.0.2.2:8080/boot.ipxe",
+	// "socket,mcast=230.1.2.3:40000" (see MulticastNetdev), "vde,sock=DIR" or
+	// "tap,ifname=t0,script=no,downscript=no". Without an id= option the
+	// card's netdev is named n<index>.
+	Netdev string
 	Model  string // default virtio-net-pci
 }
 
-// Config describes a machine.
+// Config describes a machine. Zero values get defaults in Start.
 type Config struct {
-	Name      string
-	Memory    int // MiB; default 512
-	CPUs      int // default 1
-	Kernel    string
-	Initrd    string
-	Append    string
-	Firmware  string // "" (SeaBIOS) or "ovmf"
-	Boot      string // -boot order, e.g. "n" for PXE
+	Name   string // default "vm"; names the console log
+	Memory int    // MiB; default 512
+	CPUs   int    // default 1
+	Kernel string // direct kernel boot when set
+	Initrd string
+	Append string
+	// Disks are attached as virtio disks in order; a .qcow2 name is qcow2,
+	// anything else raw.
+	Disks []string
+	CDROM string // an ISO on the IDE CD-ROM
+	// Firmware is "" or "bios" (SeaBIOS) or "ovmf" (UEFI).
+	Firmware  string
+	Boot      string // -boot order, e.g. "n" for PXE, "d" for the CD-ROM
 	NICs      []NIC
 	ExtraArgs []string
 	LogDir    string // the console is also written to LogDir/<name>.console.log
-	// Wrap runs QEMU through another command (e.g. "ip netns exec NS").
+	// Wrap runs QEMU through another command that execs it in place
+	// (e.g. "ip netns exec NS"), so the process QEMU runs as is still ours.
 	Wrap []string
 }
 
 // VM is a running machine.
 type VM struct {
-	cfg     Config
-	cmd     *exec.Cmd
-	start   time.Time
+	cfg   Config
+	cmd   *exec.Cmd
+	start time.Time
+
 	mu      sync.Mutex
-	console bytes.Buffer
-	cursor  int // where the next Expect starts reading
-	changed chan struct{}
-	done    chan struct{}
+	console []byte
+	chunks  []chunk // when each part of console arrived, for match times
+	cursor  int     // where the next Expect starts reading
+	marks   []Mark
+	changed chan struct{} // poked on each write and on exit
+
+	done    chan struct{} // closed when QEMU has exited and its output is read
 	waitErr error
-	matched time.Duration
 }
 
-var (
-	accelOnce sync.Once
-	accel     string
-)
-
-// Accel returns "kvm" when a KVM probe finishes in time, else "tcg".
-// KVM hangs on some hosts, so the probe has a hard deadline.
-func Accel(ctx context.Context) string {
-	accelOnce.Do(func() {
-		accel = "tcg"
-		if os.Getenv("PLINTH_QEMU_ACCEL") != "" {
-			accel = os.Getenv("PLINTH_QEMU_ACCEL")
-			return
-		}
-		if _, err := os.Stat("/dev/kvm"); err != nil {
-			return
-		}
-		pctx, cancel := context.WithTimeout(ctx, 8*time.Second)
-		defer cancel()
-		// A machine with no devices that quits at once: it only works if
-		// KVM can create and run a VM.
-		cmd := exec.CommandContext(pctx, Binary, "-accel", "kvm", "-machine", "none", "-nodefaults", "-display", "none", "-monitor", "none", "-S", "-no-user-config", "-qmp", "stdio")
-		cmd.Stdin = strings.NewReader(`{"execute":"qmp_capabilities"}` + "\n" + `{"execute":"quit"}` + "\n")
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-		cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-		if out, err := cmd.CombinedOutput(); err == nil && !bytes.Contains(out, []byte("error")) {
-			accel = "kvm"
-		}
-	})
-	return accel
-}
-
-// Available explains what is missing to run machines here.
-func Available() error {
-	if _, err := exec.LookPath(Binary); err != nil {
-		return fmt.Errorf("%s not found: make deps installs qemu-system-x86", Binary)
-	}
-	return nil
-}
-
-// args builds QEMU's command line.
-func (c Config) args(ctx context.Context) []string {
-	a := []string{"-name", c.Name, "-nographic", "-no-reboot", "-nodefaults", "-no-user-config",
-		"-serial", "stdio", "-monitor", "none", "-m", fmt.Sprint(c.Memory), "-smp", fmt.Sprint(c.CPUs)}
-	if Accel(ctx) == "kvm" {
-		a = append(a, "-accel", "kvm", "-cpu", "host")
-	} else {
-		a = append(a, "-accel", "tcg", "-cpu", "max")
-	}
-	if c.Firmware == "ovmf" {
-		a = append(a, "-bios", "/usr/share/ovmf/OVMF.fd")
-	}
-	if c.Kernel != "" {
-		a = append(a, "-kernel", c.Kernel)
-	}
-	if c.Initrd != "" {
-		a = append(a, "-initrd", c.Initrd)
-	}
-	if c.Append != "" {
-		a = append(a, "-append", c.Append)
-	}
-	if c.Boot != "" {
-		a = append(a, "-boot", c.Boot)
-	}
-	for i, n := range c.NICs {
-		model := n.Model
-		if model == "" {
-			model = "virtio-net-pci"
-		}
-		id := fmt.Sprintf("n%d", i)
-		a = append(a, "-netdev", n.Netdev+",id="+id)
-		dev := model + ",netdev=" + id
-		if n.MAC != "" {
-			dev += ",mac=" + n.MAC
-		}
-		if c.Boot == "n" {
-			dev += fmt.Sprintf(",bootindex=%d", i+1)
-		}
-		a = append(a, "-device", dev)
-	}
-	return append(a, c.ExtraArgs...)
-}
-
-// Start boots a machine. With a testing.TB it is killed when the test ends
-// and its console is logged on failure.
-func Start(ctx context.Context, t testing.TB, c Config) (*VM, error) {
-	if err := Available(); err != nil {
-		return nil, err
-	}
+// withDefaults fills in a Config's zero values.
+func (c Config) withDefaults() Config {
 	if c.Memory == 0 {
 		c.Memory = 512
 	}
@@ -160,42 +88,139 @@ func Start(ctx context.Context, t testing.TB, c Config) (*VM, error) {
 	if c.Name == "" {
 		c.Name = "vm"
 	}
+	return c
+}
+
+// args builds QEMU's command line for the given accelerator.
+func (c Config) args(accel string) ([]string, error) {
+	a := []string{"-name", c.Name, "-nographic", "-display", "none", "-no-reboot",
+		"-nodefaults", "-no-user-config", "-serial", "stdio", "-monitor", "none",
+		"-m", fmt.Sprint(c.Memory), "-smp", fmt.Sprint(c.CPUs)}
+	if accel == "kvm" {
+		a = append(a, "-accel", "kvm", "-cpu", "host")
+	} else {
+		a = append(a, "-accel", "tcg", "-cpu", "max")
+	}
+	switch c.Firmware {
+	case "", "bios":
+	case "ovmf":
+		if _, err := os.Stat(OVMF); err != nil {
+			return nil, fmt.Errorf("firmware ovmf: %w (apt-get install ovmf)", err)
+		}
+		a = append(a, "-bios", OVMF)
+	default:
+		return nil, fmt.Errorf("firmware %q: want bios or ovmf", c.Firmware)
+	}
+	for _, kv := range [][2]string{{"-kernel", c.Kernel}, {"-initrd", c.Initrd}, {"-append", c.Append}, {"-boot", c.Boot}} {
+		if kv[1] != "" {
+			a = append(a, kv[0], kv[1])
+		}
+	}
+	for _, d := range c.Disks {
+		if strings.Contains(d, ",") {
+			// QEMU would read the rest as options of -drive.
+			return nil, fmt.Errorf("disk %q: a comma in the path", d)
+		}
+		format := "raw"
+		if strings.HasSuffix(d, ".qcow2") {
+			format = "qcow2"
+		}
+		a = append(a, "-drive", "file="+d+",format="+format+",if=virtio")
+	}
+	if c.CDROM != "" {
+		if strings.Contains(c.CDROM, ",") {
+			return nil, fmt.Errorf("cdrom %q: a comma in the path", c.CDROM)
+		}
+		a = append(a, "-drive", "file="+c.CDROM+",media=cdrom,readonly=on,if=ide,index=2")
+	}
+	for i, n := range c.NICs {
+		model := n.Model
+		if model == "" {
+			model = "virtio-net-pci"
+		}
+		netdev, id := netdevWithID(n.Netdev, fmt.Sprintf("n%d", i))
+		a = append(a, "-netdev", netdev)
+		dev := model + ",netdev=" + id
+		if n.MAC != "" {
+			dev += ",mac=" + n.MAC
+		}
+		if c.Boot == "n" {
+			// Without a bootindex only the first card's ROM is tried.
+			dev += fmt.Sprintf(",bootindex=%d", i+1)
+		}
+		a = append(a, "-device", dev)
+	}
+	return append(a, c.ExtraArgs...), nil
+}
+
+// netdevWithID returns the -netdev argument with an id and that id: the
+// caller's id= when it has one, otherwise def appended.
+func netdevWithID(netdev, def string) (string, string) {
+	for _, opt := range strings.Split(netdev, ",") {
+		if id, ok := strings.CutPrefix(opt, "id="); ok {
+			return netdev, id
+		}
+	}
+	return netdev + ",id=" + def, def
+}
+
+// Start boots a machine. The machine is killed when ctx is done and, with a
+// testing.TB, when the test ends (its console tail is logged if the test
+// failed). t may be nil for callers outside tests, which must Close.
+func Start(ctx context.Context, t testing.TB, c Config) (*VM, error) {
+	if _, err := exec.LookPath(Binary); err != nil {
+		return nil, fmt.Errorf("start qemu: %w (apt-get install qemu-system-x86)", err)
+	}
+	c = c.withDefaults()
+	args, err := c.args(Accel(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("start %s: %w", c.Name, err)
+	}
 	argv := append(append([]string{}, c.Wrap...), Binary)
-	argv = append(argv, c.args(ctx)...)
+	argv = append(argv, args...)
 	v := &VM{cfg: c, changed: make(chan struct{}, 1), done: make(chan struct{})}
 	v.cmd = exec.Command(argv[0], argv[1:]...)
-	// Pdeathsig: a test that dies (a panic on timeout) takes its machines with it.
+	// Its own process group so Close can kill QEMU and anything Wrap left
+	// around it; Pdeathsig so a test binary that dies (a panic on timeout)
+	// takes its machines with it.
 	v.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	var sinks []io.Writer = []io.Writer{writerFunc(v.write)}
+	var out io.Writer = writerFunc(v.write)
+	var logFile *os.File
 	if c.LogDir != "" {
 		if err := os.MkdirAll(c.LogDir, 0o755); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("start %s: %w", c.Name, err)
 		}
-		f, err := os.Create(filepath.Join(c.LogDir, c.Name+".console.log"))
+		logFile, err = os.Create(filepath.Join(c.LogDir, c.Name+".console.log"))
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("start %s: %w", c.Name, err)
 		}
-		sinks = append(sinks, f)
-		defer func() {
-			go func() { <-v.done; f.Close() }()
-		}()
+		out = io.MultiWriter(out, logFile)
 	}
-	out := io.MultiWriter(sinks...)
+	// One writer for both: exec then calls it from one goroutine at a time.
 	v.cmd.Stdout, v.cmd.Stderr = out, out
 	if err := v.cmd.Start(); err != nil {
-		return nil, err
+		if logFile != nil {
+			logFile.Close()
+		}
+		return nil, fmt.Errorf("start %s: %w", c.Name, err)
 	}
 	v.start = time.Now()
 	go func() {
-		v.waitErr = v.cmd.Wait()
+		// Wait returns once QEMU exited and all its output was copied.
+		err := v.cmd.Wait()
+		if logFile != nil {
+			logFile.Close()
+		}
+		v.mu.Lock()
+		v.waitErr = err
+		v.mu.Unlock()
 		close(v.done)
-		v.signal()
 	}()
 	if t != nil {
 		t.Cleanup(func() {
 			v.Close()
 			if t.Failed() {
-				t.Logf("console of %s (last lines):\n%s", c.Name, v.tail(60))
+				t.Logf("console of %s (last lines):\n%s", c.Name, v.Tail(60))
 			}
 		})
 	}
@@ -209,112 +234,62 @@ func Start(ctx context.Context, t testing.TB, c Config) (*VM, error) {
 	return v, nil
 }
 
-type writerFunc func([]byte) (int, error)
+// Name is the machine's name from its Config.
+func (v *VM) Name() string { return v.cfg.Name }
 
-func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
+// Pid is QEMU's process id (also its process group id).
+func (v *VM) Pid() int { return v.cmd.Process.Pid }
 
-func (v *VM) write(b []byte) (int, error) {
-	v.mu.Lock()
-	v.console.Write(b)
-	v.mu.Unlock()
-	v.signal()
-	return len(b), nil
-}
+// Args is QEMU's command line, for logs.
+func (v *VM) Args() []string { return append([]string(nil), v.cmd.Args...) }
 
-func (v *VM) signal() {
+// Exited reports whether QEMU has exited.
+func (v *VM) Exited() bool {
 	select {
-	case v.changed <- struct{}{}:
+	case <-v.done:
+		return true
 	default:
+		return false
 	}
 }
 
-// Console returns everything the machine printed so far.
-func (v *VM) Console() string {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	return v.console.String()
-}
-
-func (v *VM) tail(n int) string {
-	lines := strings.Split(strings.TrimRight(v.Console(), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
-
-// ErrExited is returned by Expect when QEMU stopped before the match.
-var ErrExited = errors.New("qemu exited")
-
-// Expect waits until the console, from after the previous match, matches
-// re, and returns the submatches. On timeout or exit the error carries the
-// console's last lines.
-func (v *VM) Expect(ctx context.Context, re *regexp.Regexp) ([]string, error) {
-	for {
-		v.mu.Lock()
-		text := v.console.String()[v.cursor:]
-		if loc := re.FindStringSubmatchIndex(text); loc != nil {
-			m := make([]string, len(loc)/2)
-			for i := range m {
-				if loc[2*i] >= 0 {
-					m[i] = text[loc[2*i]:loc[2*i+1]]
-				}
-			}
-			v.cursor += loc[1]
-			v.matched = time.Since(v.start)
-			v.mu.Unlock()
-			return m, nil
-		}
-		v.mu.Unlock()
-		select {
-		case <-v.changed:
-		case <-v.done:
-			// Drain what was printed last, then give up.
-			v.mu.Lock()
-			text := v.console.String()[v.cursor:]
-			v.mu.Unlock()
-			if re.MatchString(text) {
-				continue
-			}
-			return nil, fmt.Errorf("%s: waiting for %q: %w (%v) after %.0fs; console:\n%s", v.cfg.Name, re, ErrExited, v.waitErr, time.Since(v.start).Seconds(), v.tail(40))
-		case <-ctx.Done():
-			return nil, fmt.Errorf("%s: waiting for %q: %w after %.0fs; console:\n%s", v.cfg.Name, re, ctx.Err(), time.Since(v.start).Seconds(), v.tail(40))
-		}
-	}
-}
-
-// Since is the time from QEMU's start to the last match.
-func (v *VM) Since() time.Duration {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	return v.matched
-}
-
-// Wait waits for QEMU to exit.
+// Wait waits for QEMU to exit and returns how it exited: nil after the guest
+// powered off (-no-reboot turns a reboot into an exit too).
 func (v *VM) Wait(ctx context.Context) error {
 	select {
 	case <-v.done:
-		return v.waitErr
+		return v.exitErr()
 	case <-ctx.Done():
-		return ctx.Err()
+		return fmt.Errorf("wait for %s to exit: %w after %s", v.cfg.Name, ctx.Err(), time.Since(v.start).Round(time.Millisecond))
 	}
 }
 
-// Close kills QEMU (its whole process group) and waits for it.
-func (v *VM) Close() {
-	select {
-	case <-v.done:
-		return
-	default:
+func (v *VM) exitErr() error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.waitErr != nil {
+		return fmt.Errorf("qemu %s: %w", v.cfg.Name, v.waitErr)
 	}
-	if v.cmd.Process != nil {
-		_ = syscall.Kill(-v.cmd.Process.Pid, syscall.SIGKILL)
-	}
-	select {
-	case <-v.done:
-	case <-time.After(10 * time.Second):
-	}
+	return nil
 }
 
-// Pid is QEMU's process id.
-func (v *VM) Pid() int { return v.cmd.Process.Pid }
+// ErrCloseTimeout is returned by Close when QEMU survived SIGKILL for
+// closeGrace (a process stuck in the kernel, as with a hung KVM).
+var ErrCloseTimeout = errors.New("qemu still running after SIGKILL")
+
+const closeGrace = 10 * time.Second
+
+// Close kills QEMU's whole process group and waits for it to be reaped. It
+// is safe to call more than once and after QEMU exited.
+func (v *VM) Close() error {
+	if v.Exited() {
+		return nil
+	}
+	_ = syscall.Kill(-v.cmd.Process.Pid, syscall.SIGKILL)
+	select {
+	case <-v.done:
+		return nil
+	case <-time.After(closeGrace):
+		return fmt.Errorf("close %s (pid %d): %w", v.cfg.Name, v.cmd.Process.Pid, ErrCloseTimeout)
+	}
+}
