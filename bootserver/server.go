@@ -50,6 +50,10 @@ type Server struct {
 	// field so tests need no ARP table.
 	neighbour func(netip.Addr) (string, bool)
 	reloadM   sync.Mutex
+	// loaded fingerprints the files as they were just before New loaded
+	// them, so the watcher sees any change made after that, even one made
+	// before Serve starts watching.
+	loaded string
 
 	mastersM    sync.Mutex
 	masters     []netip.Addr // as last sent to cfg.Masters
@@ -72,12 +76,13 @@ func New(cfg Config) (*Server, error) {
 	if cfg.PublicURL == "" {
 		return nil, errors.New("serve: a public URL is needed (how machines reach this server)")
 	}
+	loaded := fingerprint(cfg.SiteDir, cfg.ArtifactsDir)
 	snap, err := load(cfg.SiteDir, cfg.ArtifactsDir)
 	if err != nil {
 		return nil, err
 	}
 	state := newStateTable()
-	s := &Server{cfg: cfg, log: cfg.Log, state: state, tokens: newTokens(), metrics: newMetrics(state), leases: newLeases(), neighbour: procNeighbour}
+	s := &Server{cfg: cfg, log: cfg.Log, state: state, tokens: newTokens(), metrics: newMetrics(state), leases: newLeases(), neighbour: procNeighbour, loaded: loaded}
 	s.snap.Store(snap)
 	s.seed(snap)
 	return s, nil
@@ -175,7 +180,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	defer signal.Stop(hup)
 	tick := time.NewTicker(s.cfg.Poll)
 	defer tick.Stop()
-	seen := fingerprint(s.cfg.SiteDir, s.cfg.ArtifactsDir)
+	seen := s.loaded
 	for {
 		select {
 		case <-ctx.Done():
