@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -132,6 +133,8 @@ func (r *Report) lookup(file, field string) Pos {
 }
 
 // parent drops the last element of a key path: a.b[2].c → a.b[2] → a.b → a.
+// A quoted element holding a '.' is cut there; only the fallback position
+// of a problem suffers.
 func parent(f string) string {
 	if strings.HasSuffix(f, "]") {
 		if i := strings.LastIndex(f, "["); i >= 0 {
@@ -172,7 +175,12 @@ type decoder struct {
 	r    *Report
 }
 
+// join appends key to a key path, quoting it the way TOML would when it is
+// not a bare key, so that paths stay readable and unambiguous: a."b c".
 func join(prefix, key string) string {
+	if key == "" || strings.IndexFunc(key, func(r rune) bool { return r > 0x7f || !bare(byte(r)) }) >= 0 {
+		key = strconv.Quote(key)
+	}
 	if prefix == "" {
 		return key
 	}

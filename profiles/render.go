@@ -1,0 +1,74 @@
+package profiles
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/plinth-dev/plinth/profiles/node"
+)
+
+// Render builds the document machine m receives at boot; it reads the site
+// and m and changes neither. bootServer is the URL machines reach the boot
+// server at ("" in embedded images, which have none).
+//
+// A machine with a static address gets the site's [network] dns unless it
+// names its own resolvers. The etcd members are the site's machines of role
+// etcd, sorted by name, at their static address, or at their host name
+// (qualified by the site's domain) when they take theirs from DHCP.
+func (s *Site) Render(m *Machine, bootServer string) (*node.Config, error) {
+	if m == nil {
+		return nil, errors.New("render: no machine")
+	}
+	c := &node.Config{
+		Machine:  m.Name,
+		Hostname: m.Hostname,
+		Domain:   s.Domain,
+		Role:     m.Role,
+		Image:    m.Image,
+	}
+	if m.Address != "" || len(m.DNS) > 0 {
+		dns := m.DNS
+		if len(dns) == 0 && m.Address != "" {
+			dns = s.Network.DNS
+		}
+		c.Network = &node.Network{Address: m.Address, Gateway: m.Gateway, DNS: slices.Clone(dns)}
+	}
+	cl := &node.Cluster{
+		Name:       s.Name,
+		Domain:     s.Domain,
+		APIName:    s.APIName,
+		Flannel:    s.Network.Flannel,
+		Backend:    s.Network.Backend,
+		BootServer: bootServer,
+		Kubernetes: s.Kubernetes,
+	}
+	for _, e := range s.Machines {
+		if e.Role != "etcd" {
+			continue
+		}
+		addr := e.Hostname
+		if s.Domain != "" {
+			addr += "." + s.Domain
+		}
+		if e.Address != "" {
+			p, err := netip.ParsePrefix(e.Address)
+			if err != nil {
+				return nil, fmt.Errorf("render %s: etcd member %s: address: %w", m.Name, e.Name, err)
+			}
+			addr = p.Addr().String()
+		}
+		cl.EtcdMembers = append(cl.EtcdMembers, node.Member{Name: e.Name, Address: addr})
+	}
+	slices.SortFunc(cl.EtcdMembers, func(a, b node.Member) int { return strings.Compare(a.Name, b.Name) })
+	if s.Proxy != (Proxy{}) {
+		cl.Proxy = &node.Proxy{HTTP: s.Proxy.HTTP, HTTPS: s.Proxy.HTTPS, NoProxy: s.Proxy.NoProxy}
+	}
+	c.Cluster = cl
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("render %s: %w", m.Name, err)
+	}
+	return c, nil
+}
