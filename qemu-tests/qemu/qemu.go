@@ -198,13 +198,14 @@ func Start(ctx context.Context, t testing.TB, c Config) (*VM, error) {
 	}
 	// One writer for both: exec then calls it from one goroutine at a time.
 	v.cmd.Stdout, v.cmd.Stderr = out, out
+	// Set before Start: the output goroutines read it from the first byte.
+	v.start = time.Now()
 	if err := v.cmd.Start(); err != nil {
 		if logFile != nil {
 			logFile.Close()
 		}
 		return nil, fmt.Errorf("start %s: %w", c.Name, err)
 	}
-	v.start = time.Now()
 	go func() {
 		// Wait returns once QEMU exited and all its output was copied.
 		err := v.cmd.Wait()
