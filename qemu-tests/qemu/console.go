@@ -73,7 +73,9 @@ func (v *VM) Tail(n int) string {
 // match (from the start for the first), matches re, moves past the match and
 // returns the submatches. Use it for a sequence of events that must happen
 // in order. It fails when ctx is done or QEMU exits first; the error says
-// how long it waited and ends with the console's last 40 lines.
+// how long it waited and ends with the console's last 40 lines. Call
+// Expect and ExpectFromStart from one goroutine per VM: they share one
+// wake-up signal.
 func (v *VM) Expect(ctx context.Context, re *regexp.Regexp) ([]string, error) {
 	return v.expect(ctx, re, false)
 }
