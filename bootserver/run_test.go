@@ -46,12 +46,12 @@ func TestServeWatchesTheSiteAndStopsWithAStatusPageOpen(t *testing.T) {
 	siteFile := filepath.Join(s.cfg.SiteDir, "site.toml")
 	good, _ := os.ReadFile(siteFile)
 	added := string(good) + "[[machine]]\nname = \"node-3\"\nmac = \"52:54:00:00:00:03\"\nimage = \"img\"\n"
-	if err := os.WriteFile(siteFile, []byte(added), 0o644); err != nil {
+	if err := replaceFile(siteFile, added); err != nil {
 		t.Fatal(err)
 	}
 	waitUntil(t, wait, "the watcher loads node-3", func() bool { _, ok := s.state.get("node-3"); return ok })
 
-	if err := os.WriteFile(siteFile, []byte(added+"[bogus]\n"), 0o644); err != nil {
+	if err := replaceFile(siteFile, added+"[bogus]\n"); err != nil {
 		t.Fatal(err)
 	}
 	rejected := s.metrics.reloads.WithLabelValues("rejected")
@@ -82,4 +82,14 @@ func TestServeWatchesTheSiteAndStopsWithAStatusPageOpen(t *testing.T) {
 	if _, err := http.Get(base + "/"); err == nil || !strings.Contains(err.Error(), "refused") {
 		t.Errorf("still serving after shutdown: %v", err)
 	}
+}
+
+// replaceFile swaps a file's content in with a rename, as editors and
+// deployment tools do, so the watcher never reads half a file.
+func replaceFile(path, content string) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }
