@@ -64,6 +64,11 @@ func validateOne(path string, verbose bool) (string, error) {
 		}
 		return fmt.Sprintf("site %q (directory %s)", site.Name, filepath.Dir(path)), nil
 	}
+	// ValidateFile also checks what the spec points at on disk (local
+	// sources, the kernel tree, the CA, the carried site and machine).
+	if err := images.ValidateFile(path); err != nil {
+		return "", err
+	}
 	s, err := images.Load(path)
 	if err != nil {
 		return "", err
