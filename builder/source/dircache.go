@@ -14,59 +14,42 @@ import (
 	"github.com/plinth-dev/plinth/builder/ocitar"
 )
 
-// dirImage makes a one-layer image of a tree. With a cache, the layer is
-// kept in an OCI layout under a key made from every entry's name, type,
-// mode, owner, size, mtime and link target, so an unchanged tree is not
-// tarred, compressed and hashed again: a layout names its blobs by digest.
+// dirImage makes a one-layer image of a tree.
 func (r *Resolver) dirImage(dir string) (v1.Image, error) {
-	if r.CacheDir == "" {
-		l, err := ocitar.LayerFromDir(dir, "", r.Epoch)
-		if err != nil {
-			return nil, err
-		}
-		return ocitar.ImageFromLayers(r.Epoch, l)
-	}
-	key, err := statKey("dir", dir, r.Epoch.Unix())
-	if err != nil {
-		return nil, fmt.Errorf("dir:%s: %w", dir, err)
-	}
-	lay := filepath.Join(r.CacheDir, "dirs")
-	if img, err := FromLayout(lay, key); err == nil {
-		return img, nil
-	}
-	l, err := ocitar.LayerFromDir(dir, r.tmpDir(), r.Epoch)
-	if err != nil {
-		return nil, err
-	}
-	img, err := ocitar.ImageFromLayers(r.Epoch, l)
-	if err != nil {
-		return nil, err
-	}
-	if err := ocitar.WriteLayout(lay, key, img); err != nil {
-		return nil, fmt.Errorf("cache dir:%s: %w", dir, err)
-	}
-	return FromLayout(lay, key)
+	return r.cachedLayer("dir", dir, "dirs", func(tmp string) (v1.Layer, error) {
+		return ocitar.LayerFromDir(dir, tmp, r.Epoch)
+	})
 }
 
 // tarImage makes a one-layer image of a tar file, cached like a tree's so
 // that a plain tar is not compressed again to learn its digest on every build.
 func (r *Resolver) tarImage(p string) (v1.Image, error) {
+	return r.cachedLayer("tar", p, "tars", func(string) (v1.Layer, error) {
+		return ocitar.LayerFromTar(p)
+	})
+}
+
+// cachedLayer makes a one-layer image with mk. With a cache, the image is
+// kept in an OCI layout under a key made from every entry's name, type,
+// mode, owner, size, mtime and link target, so unchanged input is not
+// tarred, compressed and hashed again: a layout names its blobs by digest.
+func (r *Resolver) cachedLayer(kind, path, subdir string, mk func(tmp string) (v1.Layer, error)) (v1.Image, error) {
 	if r.CacheDir == "" {
-		l, err := ocitar.LayerFromTar(p)
+		l, err := mk("")
 		if err != nil {
 			return nil, err
 		}
 		return ocitar.ImageFromLayers(r.Epoch, l)
 	}
-	key, err := statKey("tar", p, r.Epoch.Unix())
+	key, err := statKey(kind, path, r.Epoch.Unix())
 	if err != nil {
-		return nil, fmt.Errorf("tar:%s: %w", p, err)
+		return nil, fmt.Errorf("%s:%s: %w", kind, path, err)
 	}
-	lay := filepath.Join(r.CacheDir, "tars")
+	lay := filepath.Join(r.CacheDir, subdir)
 	if img, err := FromLayout(lay, key); err == nil {
 		return img, nil
 	}
-	l, err := ocitar.LayerFromTar(p)
+	l, err := mk(r.tmpDir())
 	if err != nil {
 		return nil, err
 	}
@@ -75,7 +58,7 @@ func (r *Resolver) tarImage(p string) (v1.Image, error) {
 		return nil, err
 	}
 	if err := ocitar.WriteLayout(lay, key, img); err != nil {
-		return nil, fmt.Errorf("cache tar:%s: %w", p, err)
+		return nil, fmt.Errorf("cache %s:%s: %w", kind, path, err)
 	}
 	return FromLayout(lay, key)
 }
