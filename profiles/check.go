@@ -71,6 +71,11 @@ func (s *Site) checkNetwork(rep *tomlx.Report, f, fp string) {
 			rep.Addf(f, "network.flannel", "%q: want a network prefix such as 10.244.0.0/16", n.Flannel)
 		}
 	}
+	if p, err := netip.ParsePrefix(n.Services); err != nil || p.Masked() != p || !p.Addr().Is4() {
+		rep.Addf(f, "network.services", "%q: want an IPv4 network prefix such as 10.96.0.0/12", n.Services)
+	} else if fl, err := netip.ParsePrefix(n.Flannel); err == nil && fl.Masked() == fl && fl.Overlaps(p) {
+		rep.Addf(f, "network.services", "%s overlaps the flannel network %s", n.Services, n.Flannel)
+	}
 	if n.Backend != "vxlan" && n.Backend != "host-gw" {
 		rep.Addf(f, "network.backend", "%q: want vxlan or host-gw", n.Backend)
 	}

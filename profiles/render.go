@@ -10,6 +10,9 @@ import (
 	"github.com/plinth-dev/plinth/profiles/node"
 )
 
+// APIPort is the port kube-apiserver serves on.
+const APIPort = 6443
+
 // Render builds the document machine m receives at boot; it reads the site
 // and m and changes neither. bootServer is the URL machines reach the boot
 // server at ("" in embedded images, which have none).
@@ -44,6 +47,10 @@ func (s *Site) Render(m *Machine, bootServer string) (*node.Config, error) {
 		Backend:    s.Network.Backend,
 		BootServer: bootServer,
 		Kubernetes: s.Kubernetes,
+	}
+	if m.Role == "master" || m.Role == "minion" {
+		cl.ServiceCIDR = s.Network.Services
+		cl.APIPort = APIPort
 	}
 	for _, e := range s.Machines {
 		if e.Role != "etcd" {

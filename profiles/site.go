@@ -47,6 +47,8 @@ type Network struct {
 	Flannel string   `toml:"flannel"` // pod network CIDR
 	Backend string   `toml:"backend"` // vxlan | host-gw
 	DNS     []string `toml:"dns"`     // resolvers of machines with a static address and none of their own
+	// Services is the Kubernetes service CIDR (default 10.96.0.0/12).
+	Services string `toml:"services"`
 }
 
 // Proxy is the [proxy] table: the site's HTTP proxy for image pulls.
@@ -184,6 +186,9 @@ func (s *Site) applyDefaults() {
 	}
 	if s.Network.Backend == "" {
 		s.Network.Backend = "vxlan"
+	}
+	if s.Network.Services == "" {
+		s.Network.Services = "10.96.0.0/12"
 	}
 	if s.Default.Action == "" {
 		s.Default.Action = "refuse"

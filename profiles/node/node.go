@@ -49,6 +49,11 @@ type Cluster struct {
 	BootServer string `json:"boot_server,omitempty"`
 	// Kubernetes is the version of the Kubernetes binaries in the images.
 	Kubernetes string `json:"kubernetes,omitempty"`
+	// ServiceCIDR is the Kubernetes service network; its first address is
+	// the API's service IP (a SAN of every master's certificate).
+	ServiceCIDR string `json:"service_cidr,omitempty"`
+	// APIPort is the port kube-apiserver serves on every master (6443).
+	APIPort int `json:"api_port,omitempty"`
 }
 
 // Member is one etcd member: name and peer address.
@@ -71,12 +76,48 @@ type File struct {
 	Content string `json:"content"`
 }
 
-// TLS is the machine's certificate material.
+// TLS is the machine's certificate material, issued by the boot server's
+// site CA for this machine only. All of it is PEM.
 type TLS struct {
-	CA   string `json:"ca"`
+	// CA is the site CA's certificate: every service trusts it, for
+	// servers and for clients.
+	CA string `json:"ca"`
+	// Cert and Key are the machine's own certificate, good for both
+	// server and client auth: CN is the host name; SANs are the host name,
+	// its FQDN, the machine's address(es), localhost and 127.0.0.1, and on
+	// masters also the site's API name, kubernetes,
+	// kubernetes.default(.svc(.cluster.local)) and the service CIDR's first
+	// address. etcd uses it for peers and clients, flanneld and
+	// kube-apiserver as etcd clients, kube-apiserver and kubelet to serve.
+	Cert string `json:"cert"`
+	Key  string `json:"key"`
+	// Identities are client certificates for Kubernetes users, by
+	// purpose: IdentityAdmin on masters (controller-manager, scheduler,
+	// kube-apiserver to kubelets); IdentityKubelet and IdentityKubeProxy
+	// on minions.
+	Identities map[string]KeyPair `json:"identities,omitempty"`
+	// ServiceAccountKey (masters only) is the private key every master
+	// signs and checks service account tokens with; the same for all.
+	ServiceAccountKey string `json:"service_account_key,omitempty"`
+}
+
+// KeyPair is a certificate and its private key, PEM.
+type KeyPair struct {
 	Cert string `json:"cert"`
 	Key  string `json:"key"`
 }
+
+// Kubernetes identities a machine's TLS carries (see TLS.Identities), with
+// the subject each certificate has.
+const (
+	// IdentityAdmin: CN "plinth:admin", O "system:masters".
+	IdentityAdmin = "admin"
+	// IdentityKubelet: CN "system:node:<hostname>", O "system:nodes".
+	IdentityKubelet = "kubelet"
+	// IdentityKubeProxy: CN "system:kube-proxy" (bound to
+	// system:node-proxier by Kubernetes' default RBAC).
+	IdentityKubeProxy = "kube-proxy"
+)
 
 // Decode parses and validates a Config.
 func Decode(b []byte) (*Config, error) {
