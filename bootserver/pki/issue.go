@@ -1,0 +1,188 @@
+package pki
+
+import (
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/plinth-dev/plinth/profiles/node"
+)
+
+// Validity is how long an issued certificate is good for. A machine gets
+// new ones at every boot.
+const Validity = 365 * 24 * time.Hour
+
+// backdate covers clocks that run behind the boot server's: a machine
+// fresh from firmware may not have NTP yet.
+const backdate = 10 * time.Minute
+
+// Request is one certificate to issue.
+type Request struct {
+	CommonName   string
+	Organization []string
+	DNSNames     []string
+	IPs          []netip.Addr
+	Server       bool // server auth
+	Client       bool // client auth
+}
+
+// Issue makes a new key and a certificate for it signed by the CA.
+func (ca *CA) Issue(r Request) (node.KeyPair, error) {
+	if r.CommonName == "" {
+		return node.KeyPair{}, errors.New("issue: no common name")
+	}
+	if !r.Server && !r.Client {
+		return node.KeyPair{}, fmt.Errorf("issue %s: neither server nor client auth", r.CommonName)
+	}
+	key, err := newKey()
+	if err != nil {
+		return node.KeyPair{}, err
+	}
+	sn, err := serial()
+	if err != nil {
+		return node.KeyPair{}, err
+	}
+	now := ca.now()
+	notAfter := now.Add(Validity)
+	if notAfter.After(ca.cert.NotAfter) {
+		notAfter = ca.cert.NotAfter
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: sn,
+		Subject:      pkix.Name{CommonName: r.CommonName, Organization: r.Organization},
+		NotBefore:    now.Add(-backdate),
+		NotAfter:     notAfter,
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		DNSNames:     r.DNSNames,
+	}
+	for _, a := range r.IPs {
+		tmpl.IPAddresses = append(tmpl.IPAddresses, net.IP(a.Unmap().AsSlice()))
+	}
+	if r.Server {
+		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageServerAuth)
+	}
+	if r.Client {
+		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageClientAuth)
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		return node.KeyPair{}, fmt.Errorf("issue %s: %w", r.CommonName, err)
+	}
+	keyPEM, err := encodeKey(key)
+	if err != nil {
+		return node.KeyPair{}, err
+	}
+	return node.KeyPair{Cert: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})), Key: keyPEM}, nil
+}
+
+// AdminCN and AdminOrg are the subject of the admin identity: the
+// system:masters group is cluster-admin in Kubernetes' default RBAC.
+const (
+	AdminCN  = "plinth:admin"
+	AdminOrg = "system:masters"
+)
+
+// Admin issues a client certificate for the cluster's administrator.
+func (ca *CA) Admin() (node.KeyPair, error) {
+	return ca.Issue(Request{CommonName: AdminCN, Organization: []string{AdminOrg}, Client: true})
+}
+
+// ForMachine issues the TLS material of the machine c describes, as
+// node.TLS documents it: its own server+client certificate, the
+// Kubernetes identities of its role, and on masters the service account
+// key. addr is the machine's address (its static one, else the one it
+// asked from); invalid when unknown. Machines without a role get nil.
+func (ca *CA) ForMachine(c *node.Config, addr netip.Addr) (*node.TLS, error) {
+	switch c.Role {
+	case "etcd", "master", "minion":
+	default:
+		return nil, nil
+	}
+	host := c.Hostname
+	dns := []string{host}
+	if c.Domain != "" {
+		dns = append(dns, host+"."+c.Domain)
+	}
+	dns = append(dns, "localhost")
+	ips := []netip.Addr{}
+	if addr.IsValid() {
+		ips = append(ips, addr.Unmap())
+	}
+	ips = append(ips, netip.AddrFrom4([4]byte{127, 0, 0, 1}))
+	if c.Role == "master" {
+		cl := c.Cluster
+		if cl == nil {
+			return nil, fmt.Errorf("tls %s: a master needs the cluster settings", c.Machine)
+		}
+		if cl.APIName != "" {
+			dns = append(dns, cl.APIName)
+		}
+		dns = append(dns, "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local")
+		if cl.ServiceCIDR != "" {
+			p, err := netip.ParsePrefix(cl.ServiceCIDR)
+			if err != nil {
+				return nil, fmt.Errorf("tls %s: service CIDR: %w", c.Machine, err)
+			}
+			ips = append(ips, p.Masked().Addr().Next())
+		}
+	}
+	t := &node.TLS{CA: ca.certPEM}
+	kp, err := ca.Issue(Request{CommonName: host, DNSNames: dedup(dns), IPs: dedupAddrs(ips), Server: true, Client: true})
+	if err != nil {
+		return nil, err
+	}
+	t.Cert, t.Key = kp.Cert, kp.Key
+	add := func(name string, r Request) error {
+		kp, err := ca.Issue(r)
+		if err != nil {
+			return err
+		}
+		if t.Identities == nil {
+			t.Identities = map[string]node.KeyPair{}
+		}
+		t.Identities[name] = kp
+		return nil
+	}
+	switch c.Role {
+	case "master":
+		if err := add(node.IdentityAdmin, Request{CommonName: AdminCN, Organization: []string{AdminOrg}, Client: true}); err != nil {
+			return nil, err
+		}
+		t.ServiceAccountKey = ca.saPEM
+	case "minion":
+		if err := add(node.IdentityKubelet, Request{CommonName: "system:node:" + host, Organization: []string{"system:nodes"}, Client: true}); err != nil {
+			return nil, err
+		}
+		if err := add(node.IdentityKubeProxy, Request{CommonName: "system:kube-proxy", Client: true}); err != nil {
+			return nil, err
+		}
+	}
+	return t, nil
+}
+
+func dedup(xs []string) []string {
+	var out []string
+	for _, x := range xs {
+		if !slices.Contains(out, x) {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+func dedupAddrs(xs []netip.Addr) []netip.Addr {
+	var out []netip.Addr
+	for _, x := range xs {
+		if !slices.Contains(out, x) {
+			out = append(out, x)
+		}
+	}
+	return out
+}
