@@ -71,7 +71,7 @@ func inputs(t *testing.T, dir string) Options {
 	writeTree(t, filepath.Join(art, "base"), map[string]string{"notes.txt": "mine"})
 	writeTree(t, filepath.Join(dir, "mirror"), map[string]string{
 		"oci-layout": `{"imageLayoutVersion":"1.0.0"}`, "index.json": "{}",
-		"blobs/sha256/" + strings.Repeat("a", 64):                                  "blob",
+		"blobs/sha256/" + strings.Repeat("a", 64):                                    "blob",
 		"goproxy/github.com/some/really/long/module/path/that/goes/on/@v/v1.0.0.zip": strings.Repeat("z", 300),
 	})
 	writeTree(t, filepath.Join(dir, "site"), map[string]string{"site.toml": "[site]\nname = \"x\"\n"})

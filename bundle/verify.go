@@ -68,7 +68,7 @@ func scan(ctx context.Context, file string, sink func(name string) (io.WriteClos
 		return fail(fmt.Errorf("%s: %w", ManifestName, err))
 	}
 	var errs []error
-	got := map[string]string{}         // name → actual digest
+	got := map[string]string{}          // name → actual digest
 	imgManifests := map[string][]byte{} // artifacts/<n>/manifest.json → content
 	for {
 		if err := ctx.Err(); err != nil {
