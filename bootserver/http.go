@@ -329,10 +329,15 @@ func (s *Server) profile(w http.ResponseWriter, r *http.Request) {
 			c.Rootfs = root
 		}
 	}
+	if err := s.issueTLS(c, remoteIP(r)); err != nil {
+		s.fail(w, r, http.StatusInternalServerError, "config: "+err.Error(), "machine", id)
+		return
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	_ = json.NewEncoder(w).Encode(c)
 	s.state.update(id, func(st *MachineStatus) { st.IP = remoteIP(r); touch(st) })
+	s.notifyMasters() // a machine on DHCP may have a new address
 }
 
 // DecodeEvent reads one event document strictly.

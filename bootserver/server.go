@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/plinth-dev/plinth/bootserver/pki"
 )
 
 // Config configures a Server.
@@ -33,8 +35,14 @@ type Config struct {
 	IPXEDir       string // undionly.kpxe and ipxe.efi; default /usr/lib/ipxe
 	Poll          time.Duration
 	Log           *slog.Logger
-	// Masters, if set, follows the ready masters (for the API name's DNS).
+	// Masters, if set, follows the ready masters (for the API name's DNS);
+	// if it is also a HostSink, the machines' addresses too.
 	Masters MasterSink
+	// MasterTTL drops a ready master from Masters when it has posted no
+	// event for that long; 0 keeps it until its next non-ready event.
+	MasterTTL time.Duration
+	// CA, if set, issues each machine's TLS material into its profile.
+	CA *pki.CA
 }
 
 // Server is a boot server.
@@ -57,7 +65,11 @@ type Server struct {
 
 	mastersM    sync.Mutex
 	masters     []netip.Addr // as last sent to cfg.Masters
+	apiName     string
 	mastersSent bool
+	hosts       map[string]netip.Addr // as last sent to a HostSink
+	domain      string
+	hostsSent   bool
 }
 
 // New loads the site and the artifacts; a bad site is an error here, never
@@ -199,6 +211,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 				s.log.Error("SIGHUP", "err", err)
 			}
 		case <-tick.C:
+			s.notifyMasters() // masters whose heartbeat stopped (MasterTTL)
 			fp := fingerprint(s.cfg.SiteDir, s.cfg.ArtifactsDir)
 			if fp == seen {
 				continue

@@ -1,0 +1,166 @@
+package bootserver
+
+import (
+	"bytes"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"log/slog"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/plinth-dev/plinth/bootserver/api"
+	"github.com/plinth-dev/plinth/bootserver/pki"
+	"github.com/plinth-dev/plinth/profiles/node"
+)
+
+// lockedBuffer collects the server's log lines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func withCA(t *testing.T, s *Server) (*pki.CA, *lockedBuffer) {
+	t.Helper()
+	ca, _, err := pki.LoadOrCreate(filepath.Join(t.TempDir(), "state"), "lab", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.cfg.CA = ca
+	logs := &lockedBuffer{}
+	s.log = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	return ca, logs
+}
+
+func profileOf(t *testing.T, s *Server, machine, from string) *node.Config {
+	t.Helper()
+	w := getFrom(s.Handler(), from, api.ProfilePath(machine))
+	if w.Code != http.StatusOK {
+		t.Fatalf("%s: %d %s", machine, w.Code, w.Body)
+	}
+	if cc := w.Header().Get("Cache-Control"); cc != "no-store" {
+		t.Errorf("profile Cache-Control %q, want no-store", cc)
+	}
+	c, err := node.Decode(w.Body.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func leaf(t *testing.T, s string) *x509.Certificate {
+	t.Helper()
+	b, _ := pem.Decode([]byte(s))
+	if b == nil {
+		t.Fatalf("no PEM in %q", s)
+	}
+	c, err := x509.ParseCertificate(b.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestProfileCarriesCertificatesForThatMachineOnly(t *testing.T) {
+	s, _ := fixture(t, "none")
+	ca, logs := withCA(t, s)
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.Cert())
+
+	// node-2: a master with a static address, asking from it.
+	m := profileOf(t, s, "node-2", "10.77.0.12")
+	if m.TLS == nil || m.TLS.Key == "" || m.TLS.ServiceAccountKey == "" {
+		t.Fatalf("master TLS %+v", m.TLS)
+	}
+	mc := leaf(t, m.TLS.Cert)
+	if _, err := mc.Verify(x509.VerifyOptions{Roots: roots, DNSName: "api.lab.example", KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
+		t.Errorf("master certificate for the API name: %v", err)
+	}
+	for _, h := range []string{"node-2", "node-2.lab.example", "10.77.0.12", "10.96.0.1", "kubernetes.default.svc"} {
+		if err := mc.VerifyHostname(h); err != nil {
+			t.Errorf("master: %v", err)
+		}
+	}
+	if _, ok := m.TLS.Identities[node.IdentityAdmin]; !ok {
+		t.Error("master has no admin identity")
+	}
+
+	// node-1: a minion on DHCP: its certificate names the address it asked from.
+	n := profileOf(t, s, "node-1", "10.77.0.100")
+	nc := leaf(t, n.TLS.Cert)
+	if err := nc.VerifyHostname("10.77.0.100"); err != nil {
+		t.Errorf("minion: %v", err)
+	}
+	if nc.VerifyHostname("api.lab.example") == nil {
+		t.Error("a minion's certificate is good for the API name")
+	}
+	if k := leaf(t, n.TLS.Identities[node.IdentityKubelet].Cert); k.Subject.CommonName != "system:node:node-1" {
+		t.Errorf("kubelet CN %q", k.Subject.CommonName)
+	}
+	if n.TLS.ServiceAccountKey != "" {
+		t.Error("a minion got the service account key")
+	}
+
+	// No key of one machine is in another's response, and none is in
+	// anything else the server shows or logs.
+	secrets := []string{m.TLS.Key, m.TLS.ServiceAccountKey, m.TLS.Identities[node.IdentityAdmin].Key}
+	for _, kp := range n.TLS.Identities {
+		secrets = append(secrets, kp.Key)
+	}
+	secrets = append(secrets, n.TLS.Key)
+	n2 := profileOf(t, s, "node-1", "10.77.0.100")
+	shown := map[string]string{
+		"node-1's profile":  mustJSON(t, n2),
+		"/v1/machines":      getFrom(s.Handler(), "10.77.0.5", api.PathMachines).Body.String(),
+		"status page":       getFrom(s.Handler(), "10.77.0.5", "/").Body.String(),
+		"metrics":           getFrom(s.Handler(), "10.77.0.5", "/metrics").Body.String(),
+		"the server's logs": logs.String(),
+	}
+	for where, text := range shown {
+		for _, k := range secrets {
+			body := strings.Split(strings.TrimSpace(k), "\n")[1] // a line of the key itself
+			if strings.Contains(text, body) {
+				t.Errorf("%s holds a key issued earlier", where)
+			}
+		}
+		if where != "node-1's profile" && strings.Contains(text, "PRIVATE KEY") {
+			t.Errorf("%s shows a private key", where)
+		}
+	}
+	if !strings.Contains(logs.String(), "certificates issued") {
+		t.Errorf("issuing is not logged: %s", logs)
+	}
+}
+
+func TestProfileOfAMachineWithoutARoleHasNoTLS(t *testing.T) {
+	s, _ := fixture(t, "none")
+	withCA(t, s)
+	s.snap.Load().site.Machine("node-1").Role = ""
+	if c := profileOf(t, s, "node-1", "10.77.0.100"); c.TLS != nil {
+		t.Errorf("a machine without a role got TLS: %+v", c.TLS)
+	}
+}
+
+func mustJSON(t *testing.T, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
