@@ -1,0 +1,135 @@
+package disk
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/diskfs/go-diskfs/disk"
+	"github.com/diskfs/go-diskfs/filesystem"
+)
+
+// file is one file to put on a medium: from a path on the host or bytes.
+type file struct {
+	name string // on the medium, slash-separated, relative
+	src  string
+	data []byte
+}
+
+func (f file) size() (int64, error) {
+	if f.src == "" {
+		return int64(len(f.data)), nil
+	}
+	st, err := os.Stat(f.src)
+	if err != nil {
+		return 0, err
+	}
+	return st.Size(), nil
+}
+
+func (f file) open() (io.ReadCloser, error) {
+	if f.src == "" {
+		return io.NopCloser(bytes.NewReader(f.data)), nil
+	}
+	return os.Open(f.src)
+}
+
+// fatTime is the timestamp of every FAT entry: FAT cannot store dates before
+// 1980, so an earlier epoch (the default, 0) is clamped.
+func fatTime(epoch time.Time) time.Time {
+	min := time.Date(1980, 1, 1, 0, 0, 0, 0, time.UTC)
+	if epoch.Before(min) {
+		return min
+	}
+	return epoch.UTC()
+}
+
+var envMu sync.Mutex
+
+// writeFAT makes a FAT file system of type fstype on partition part of d
+// (0: the whole image) and copies files into it, directories first, every
+// entry stamped with the epoch.
+func writeFAT(ctx context.Context, d *disk.Disk, part int, fstype filesystem.Type, label string, files []file, epoch time.Time) error {
+	// go-diskfs stamps new entries (the label, "." and "..", which Chtimes
+	// cannot reach) with SOURCE_DATE_EPOCH from the environment, or the wall
+	// clock. Set it to the build's epoch while writing; a lock keeps two
+	// writers in one process from restoring each other's value.
+	envMu.Lock()
+	defer envMu.Unlock()
+	old, had := os.LookupEnv("SOURCE_DATE_EPOCH")
+	os.Setenv("SOURCE_DATE_EPOCH", strconv.FormatInt(fatTime(epoch).Unix(), 10))
+	defer func() {
+		if had {
+			os.Setenv("SOURCE_DATE_EPOCH", old)
+		} else {
+			os.Unsetenv("SOURCE_DATE_EPOCH")
+		}
+	}()
+	fs, err := d.CreateFilesystem(disk.FilesystemSpec{Partition: part, FSType: fstype, VolumeLabel: label, Reproducible: true})
+	if err != nil {
+		return fmt.Errorf("mkfs %v: %w", fstype, err)
+	}
+	var dirs []string
+	for _, f := range files {
+		for dir := path.Dir(f.name); dir != "."; dir = path.Dir(dir) {
+			if !slices.Contains(dirs, dir) {
+				dirs = append(dirs, dir)
+			}
+		}
+	}
+	slices.Sort(dirs) // parents before children
+	for _, dir := range dirs {
+		if err := fs.Mkdir("/" + dir); err != nil {
+			return fmt.Errorf("mkdir %s: %w", dir, err)
+		}
+	}
+	for _, f := range files {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := copyInto(fs, f); err != nil {
+			return fmt.Errorf("%s: %w", f.name, err)
+		}
+	}
+	t := fatTime(epoch)
+	for _, name := range append(dirs, names(files)...) {
+		if err := fs.Chtimes("/"+name, t, t, t); err != nil {
+			return fmt.Errorf("chtimes %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+func copyInto(fs filesystem.FileSystem, f file) error {
+	in, err := f.open()
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := fs.OpenFile("/"+f.name, os.O_CREATE|os.O_RDWR)
+	if err != nil {
+		return err
+	}
+	// Large writes: go-diskfs grows the cluster chain per Write call.
+	buf := make([]byte, 4<<20)
+	if _, err := io.CopyBuffer(struct{ io.Writer }{out}, in, buf); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
+
+func names(files []file) []string {
+	out := make([]string, len(files))
+	for i, f := range files {
+		out[i] = f.name
+	}
+	return out
+}
