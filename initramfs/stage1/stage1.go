@@ -92,6 +92,7 @@ type Stage1 struct {
 	Events *events.Queue // set once the boot server is known
 
 	rootfs  string
+	medium  string // where the boot medium is mounted (medium.go)
 	started time.Time
 }
 
@@ -293,6 +294,8 @@ func (s *Stage1) profile(ctx context.Context) error {
 	if s.Params.Server != "" {
 		src = s.Params.Server + api.ProfilePath(s.Params.Machine)
 		b, err = s.Fetch.Get(ctx, src, 4<<20)
+	} else if s.onMedium() {
+		src, b, err = s.mediumConfig(ctx)
 	} else if b, err = s.readFile(EmbeddedConfig); err != nil {
 		err = permanent{err}
 	}
@@ -325,6 +328,9 @@ func roleName(r string) string {
 func (s *Stage1) fetchRootfs(ctx context.Context) error {
 	want := s.Params.Rootfs
 	start := time.Now()
+	if s.onMedium() {
+		return s.mediumRootfs(ctx)
+	}
 	if s.Params.Server == "" {
 		if want == "" {
 			b, err := s.readFile(EmbeddedDigest)
