@@ -193,6 +193,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	tick := time.NewTicker(s.cfg.Poll)
 	defer tick.Stop()
 	seen := s.loaded
+	s.notifyMasters() // the site's names, before any machine reports
 	for {
 		select {
 		case <-ctx.Done():

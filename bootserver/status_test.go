@@ -63,7 +63,8 @@ func TestStatusPageUpdatesLiveInABrowser(t *testing.T) {
 	if got := eval(row); strings.HasPrefix(got, "ready|") {
 		t.Fatalf("node-1 is ready before any event: %q", got)
 	}
-	ev, _ := json.Marshal(api.Event{Machine: "node-1", Stage: api.StageReady, Message: "posted while the page was open"})
+	ev, _ := json.Marshal(api.Event{Machine: "node-1", Stage: api.StageReady, Message: "posted while the page was open",
+		Fields: map[string]string{"kubelet": "active", "listen": "tcp/10250"}})
 	resp, err := http.Post(ts.URL+api.PathEvents, "application/json", bytes.NewReader(ev))
 	if err != nil {
 		t.Fatal(err)
@@ -76,6 +77,9 @@ func TestStatusPageUpdatesLiveInABrowser(t *testing.T) {
 		got := eval(row)
 		return strings.HasPrefix(got, "ready|") && strings.Contains(got, "posted while the page was open")
 	})
+	if got := eval(row); !strings.Contains(got, "kubelet: active") || !strings.Contains(got, "listening tcp/10250") {
+		t.Errorf("the row does not show the services the agent reported: %q", got)
+	}
 	if n := eval(`document.getElementById("machines").dataset.updates || ""`); n == "" || n == "0" {
 		t.Errorf("the page counted no updates: %q", n)
 	}
@@ -169,5 +173,31 @@ func (b *browser) call(session, method string, params any) (map[string]any, erro
 			return nil, fmt.Errorf("%s: %s", method, reply.Error)
 		}
 		return reply.Result, nil
+	}
+}
+
+func TestStatusPageAndMachinesShowEachServiceState(t *testing.T) {
+	s, _ := fixture(t, "none")
+	h := s.Handler()
+	ev, _ := json.Marshal(api.Event{Machine: "node-2", Stage: api.StageError, Message: "flanneld is failed",
+		Fields: map[string]string{"etcd": "active", "flanneld": "failed", "listen": "tcp/2379 tcp/2380", "unexpected": "tcp/22"}})
+	r := httptest.NewRequest(http.MethodPost, api.PathEvents, bytes.NewReader(ev))
+	r.RemoteAddr = "10.77.0.12:999"
+	h.ServeHTTP(httptest.NewRecorder(), r)
+	page := getFrom(h, "10.77.0.5", "/").Body.String()
+	for _, want := range []string{`data-state="active">etcd: active`, `data-state="failed">flanneld: failed`,
+		`listening tcp/2379 tcp/2380`, `class="ports unexpected">unexpected tcp/22`} {
+		if !strings.Contains(page, want) {
+			t.Errorf("status page lacks %q", want)
+		}
+	}
+	var list []MachineStatus
+	if err := json.Unmarshal(getFrom(h, "10.77.0.5", api.PathMachines).Body.Bytes(), &list); err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range list {
+		if st.Name == "node-2" && (st.Fields["flanneld"] != "failed" || st.Fields["listen"] != "tcp/2379 tcp/2380") {
+			t.Errorf("/v1/machines node-2 fields %v", st.Fields)
+		}
 	}
 }

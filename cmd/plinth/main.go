@@ -77,6 +77,7 @@ Typical use:
 		newInspectCmd(g),
 		newPackCmd(g),
 		newServeCmd(g),
+		newCredentialsCmd(g),
 		newQemuCmd(g),
 	)
 	return root

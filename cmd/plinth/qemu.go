@@ -104,7 +104,7 @@ func qemuUp(ctx context.Context, g *globals, siteDir, artifacts, logDir string, 
 	defer serveLog.Close()
 	server := "http://" + l.Server + ":8080"
 	if err := l.Start(ctx, serveLog, self, "serve", "--site", siteDir, "--artifacts", artifacts,
-		"--listen", l.Server+":8080", "--server-ip", l.Server, "--dhcp-interface", "br0"); err != nil {
+		"--listen", l.Server+":8080", "--server-ip", l.Server, "--dhcp-interface", "br0", "--dns", l.Server+":53"); err != nil {
 		return err
 	}
 	var booted []string

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -13,7 +14,7 @@ import (
 
 func newServeCmd(g *globals) *cobra.Command {
 	var c bootserver.Config
-	var serverIP string
+	var serverIP, stateDir, dnsFlag string
 	cmd := &cobra.Command{
 		Use:   "serve --site DIR --artifacts DIR [--listen ADDR]",
 		Short: "Netboot machines: DHCP/TFTP for PXE, iPXE scripts, artifacts and profiles over HTTP",
@@ -48,11 +49,15 @@ and the running one kept.`,
 				c.PublicURL = "http://" + net.JoinHostPort(host, port)
 			}
 			c.Log = g.log
+			dns, err := siteServices(&c, stateDir, dnsFlag, g.log)
+			if err != nil {
+				return err
+			}
 			s, err := bootserver.New(c)
 			if err != nil {
 				return err
 			}
-			return s.Run(cmd.Context())
+			return runAll(cmd.Context(), s.Run, dns)
 		},
 	}
 	f := cmd.Flags()
@@ -64,6 +69,9 @@ and the running one kept.`,
 	f.StringVar(&serverIP, "server-ip", "", "this server's IPv4 address on the boot network")
 	f.StringVar(&c.TFTPListen, "tftp", "", "TFTP listen address for legacy PXE, e.g. :69 (off when empty)")
 	f.StringVar(&c.IPXEDir, "ipxe-dir", "/usr/lib/ipxe", "where Debian's ipxe package keeps undionly.kpxe and ipxe.efi")
+	f.StringVar(&stateDir, "state", "", "where the site CA lives, outside the site (default $XDG_STATE_HOME/plinth/SITE-NAME)")
+	f.StringVar(&dnsFlag, "dns", "auto", "site DNS (API name, host names) on ADDR[:53]; auto: on at SERVER-IP:53 with --server-ip and an api_name or [dhcp] mode server; off")
+	f.DurationVar(&c.MasterTTL, "master-ttl", 90*time.Second, "drop a ready master from the API name after this long without an event (its agent re-reports every 30 s); 0: only on a non-ready event")
 	return cmd
 }
 

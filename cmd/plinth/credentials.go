@@ -1,0 +1,163 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"github.com/spf13/cobra"
+
+	"github.com/plinth-dev/plinth/bootserver"
+	"github.com/plinth-dev/plinth/bootserver/pki"
+	"github.com/plinth-dev/plinth/bootserver/sitedns"
+	"github.com/plinth-dev/plinth/profiles"
+)
+
+func newCredentialsCmd(g *globals) *cobra.Command {
+	var siteDir, stateDir, out, server string
+	cmd := &cobra.Command{
+		Use:   "credentials --site DIR [--state DIR] --out DIR",
+		Short: "Write an operator's admin credentials for a site: CA, admin certificate and key, kubeconfig",
+		Long: `Issue an admin client certificate (CN plinth:admin, O system:masters) from the
+site CA that plinth serve keeps in its state directory, and write into --out:
+ca.pem, admin.pem, admin-key.pem and kubeconfig (server https://API_NAME:6443,
+certificates embedded). Use them with kubectl --kubeconfig OUT/kubeconfig and
+etcdctl --cacert OUT/ca.pem --cert OUT/admin.pem --key OUT/admin-key.pem.
+The CA must exist: plinth serve creates it on its first start.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if siteDir == "" || out == "" {
+				return errors.New("--site and --out are required")
+			}
+			site, err := profiles.LoadSite(siteDir)
+			if err != nil {
+				return err
+			}
+			ca, err := openCA(site, siteDir, stateDir, false, g.log)
+			if err != nil {
+				return err
+			}
+			if server == "" {
+				if site.APIName == "" {
+					return fmt.Errorf("%s: the site has no [site] api_name: give --server https://HOST:PORT", siteDir)
+				}
+				server = "https://" + net.JoinHostPort(site.APIName, strconv.Itoa(profiles.APIPort))
+			}
+			paths, err := ca.WriteCredentials(out, site.Name, server)
+			if err != nil {
+				return err
+			}
+			for _, p := range paths {
+				fmt.Fprintln(cmd.OutOrStdout(), p)
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&siteDir, "site", "", "site profile directory")
+	f.StringVar(&stateDir, "state", "", "the boot server's state directory (default $XDG_STATE_HOME/plinth/SITE-NAME)")
+	f.StringVar(&out, "out", "", "directory to write the credentials into (created 0700)")
+	f.StringVar(&server, "server", "", "API server URL in the kubeconfig (default https://API_NAME:6443)")
+	return cmd
+}
+
+// openCA opens the site CA in stateDir (default: the site's state
+// directory), which must lie outside the site; create makes it on first use.
+func openCA(site *profiles.Site, siteDir, stateDir string, create bool, log *slog.Logger) (*pki.CA, error) {
+	if stateDir == "" {
+		d, err := pki.DefaultStateDir(site.Name)
+		if err != nil {
+			return nil, err
+		}
+		stateDir = d
+	}
+	if err := pki.CheckOutside(stateDir, siteDir); err != nil {
+		return nil, err
+	}
+	if create {
+		ca, _, err := pki.LoadOrCreate(stateDir, site.Name, log)
+		return ca, err
+	}
+	if _, err := os.Stat(filepath.Join(stateDir, pki.CertFile)); errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("no site CA in %s: plinth serve creates it on its first start (or give --state)", stateDir)
+	}
+	return pki.Load(stateDir)
+}
+
+// siteServices gives the boot server its CA and, when DNS is on, a site DNS
+// server as its master sink; it returns the DNS server's run function (nil
+// when off). dnsFlag is "auto" (on at SERVER-IP:53 when the server's IP is
+// known and the site has an api_name or is the DHCP server), "off", or an
+// address.
+func siteServices(c *bootserver.Config, stateDir, dnsFlag string, log *slog.Logger) (func(context.Context) error, error) {
+	site, err := profiles.LoadSite(c.SiteDir)
+	if err != nil {
+		return nil, err
+	}
+	if c.CA, err = openCA(site, c.SiteDir, stateDir, true, log); err != nil {
+		return nil, err
+	}
+	addr := dnsFlag
+	switch dnsFlag {
+	case "off", "":
+		return nil, nil
+	case "auto":
+		if !c.ServerIP.IsValid() || (site.APIName == "" && site.DHCP.Mode != "server") {
+			log.Info("DNS off: --dns auto needs --server-ip and a site with api_name or [dhcp] mode server; give --dns ADDR to serve it")
+			return nil, nil
+		}
+		addr = net.JoinHostPort(c.ServerIP.String(), "53")
+	default:
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			addr = net.JoinHostPort(addr, "53")
+		}
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("--dns %q: %w", dnsFlag, err)
+	}
+	self, _ := netip.ParseAddr(host)
+	ups, err := sitedns.Upstreams("/etc/resolv.conf", self)
+	if err != nil {
+		return nil, err
+	}
+	pc, ln, err := sitedns.Listen(addr) // now, so a taken port fails at start
+	if err != nil {
+		return nil, fmt.Errorf("--dns %s: %w", addr, err)
+	}
+	d := sitedns.New(sitedns.Config{Upstreams: ups, Log: log})
+	c.Masters = d
+	return func(ctx context.Context) error { return d.Serve(ctx, pc, ln) }, nil
+}
+
+// runAll runs fs until ctx is cancelled or one of them returns; then it
+// stops the others and returns the first error.
+func runAll(ctx context.Context, fs ...func(context.Context) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, len(fs))
+	n := 0
+	for _, f := range fs {
+		if f == nil {
+			continue
+		}
+		n++
+		go func() { errc <- f(ctx) }()
+	}
+	var first error
+	for i := 0; i < n; i++ {
+		err := <-errc
+		cancel()
+		if first == nil {
+			first = err
+		}
+	}
+	return first
+}
