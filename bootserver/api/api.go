@@ -33,16 +33,17 @@ func ProfilePath(machine string) string { return "/v1/machines/" + machine + "/c
 
 // Boot stages, in order; events carry one.
 const (
-	StageKernel  = "kernel"  // iPXE fetched kernel/initramfs
-	StageInit    = "init"    // /init started
-	StageNetwork = "network" // boot NIC configured
-	StageProfile = "profile" // profile fetched
-	StageRootfs  = "rootfs"  // rootfs fetched and verified
-	StageMount   = "mount"   // overlay mounted
-	StageConfig  = "config"  // first-boot configuration written
-	StageSwitch  = "switch"  // switch_root to the image's init
-	StageReady   = "ready"   // agent: services up
-	StageError   = "error"   // something failed; Message says what
+	StageKernel   = "kernel"   // iPXE fetched kernel/initramfs
+	StageInit     = "init"     // /init started
+	StageNetwork  = "network"  // boot NIC configured
+	StageProfile  = "profile"  // profile fetched
+	StageRootfs   = "rootfs"   // rootfs fetched and verified
+	StageMount    = "mount"    // overlay mounted
+	StageConfig   = "config"   // first-boot configuration written
+	StageSwitch   = "switch"   // switch_root to the image's init
+	StageServices = "services" // agent: waiting for the role's services
+	StageReady    = "ready"    // agent: services up
+	StageError    = "error"    // something failed; Message says what
 )
 
 // Event is posted by /init and the agent to PathEvents.

@@ -14,11 +14,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/plinth-dev/plinth/bootserver/api"
+	"github.com/plinth-dev/plinth/initramfs/firstboot"
 	"github.com/plinth-dev/plinth/initramfs/role"
 	"github.com/plinth-dev/plinth/initramfs/stage1/events"
 	"github.com/plinth-dev/plinth/profiles/node"
@@ -32,6 +34,9 @@ type System interface {
 	ProbeWrite(dir string) error
 	// ServiceState is `systemctl is-active NAME`'s answer.
 	ServiceState(ctx context.Context, name string) string
+	// Get fetches url (https with the given CA and client certificate
+	// files, or plain http) and returns the body of a 200 answer.
+	Get(ctx context.Context, url, ca, cert, key string) (string, error)
 }
 
 // Report is what the agent found.
@@ -40,6 +45,9 @@ type Report struct {
 	Role     string
 	Problems []string
 	Services map[string]string // unit → state
+	// Listen are the ports listened on beyond loopback ("tcp/2379"), and
+	// Unexpected those of them the role does not account for.
+	Listen, Unexpected []string
 }
 
 // Ready reports whether nothing is wrong.
@@ -97,7 +105,34 @@ func Check(ctx context.Context, sys System) (*Report, *node.Config) {
 			r.Problems = append(r.Problems, s+" is "+state)
 		}
 	}
+	if len(r.Problems) == 0 && cfg != nil {
+		r.Problems = append(r.Problems, probeRole(ctx, sys, cfg)...)
+	}
+	r.Listen, err = Listening(sys)
+	if err != nil {
+		r.Problems = append(r.Problems, err.Error())
+	}
+	allowed := role.ListenPorts(r.Role, cfg)
+	for _, l := range r.Listen {
+		if !slices.Contains(allowed, l) {
+			r.Unexpected = append(r.Unexpected, l)
+		}
+	}
 	return r, cfg
+}
+
+// fields are the report as an event's fields: each service's state, the
+// ports listened on and any the role does not account for.
+func (r *Report) fields() map[string]string {
+	f := map[string]string{}
+	for k, v := range r.Services {
+		f[k] = v
+	}
+	f["listen"] = strings.Join(r.Listen, " ")
+	if len(r.Unexpected) > 0 {
+		f["unexpected"] = strings.Join(r.Unexpected, " ")
+	}
+	return f
 }
 
 // readServices reads role.ServicesPath; none is fine (role "none").
@@ -114,35 +149,99 @@ func readServices(sys System) ([]string, error) {
 	return s, nil
 }
 
-// Run checks the machine, prints the line to out and posts the report to
-// the boot server named by the profile, if any. It returns the process's
-// exit status: 1 when not ready, so systemd shows the unit failed.
+// Run checks the machine once, prints the line to out and posts the
+// report to the boot server named by the profile, if any. It returns the
+// process's exit status: 1 when not ready.
 func Run(ctx context.Context, sys System, out io.Writer, client events.Poster) int {
 	r, cfg := Check(ctx, sys)
 	fmt.Fprintln(out, r.Line())
-	if cfg != nil && cfg.Cluster != nil && cfg.Cluster.BootServer != "" {
-		stage := api.StageReady
-		if !r.Ready() {
-			stage = api.StageError
-		}
-		p := client
-		p.URL = strings.TrimRight(cfg.Cluster.BootServer, "/") + api.PathEvents
-		p.Machine = cfg.Machine
-		if err := p.Send(ctx, api.Event{Stage: stage, Message: r.Line(), Time: time.Now().UTC(), Fields: r.Services}); err != nil {
-			fmt.Fprintf(out, "plinth-agent: report to %s: %v\n", cfg.Cluster.BootServer, err)
-		}
-	}
+	post(ctx, out, client, cfg, stageOf(r), r.Line(), r.fields())
 	if !r.Ready() {
 		return 1
 	}
 	return 0
 }
 
-// Main runs the agent on this machine.
+func stageOf(r *Report) string {
+	if r.Ready() {
+		return api.StageReady
+	}
+	return api.StageError
+}
+
+// post sends one event to the profile's boot server, if it names one.
+func post(ctx context.Context, out io.Writer, client events.Poster, cfg *node.Config, stage, msg string, fields map[string]string) {
+	if cfg == nil || cfg.Cluster == nil || cfg.Cluster.BootServer == "" {
+		return
+	}
+	p := client
+	p.URL = strings.TrimRight(cfg.Cluster.BootServer, "/") + api.PathEvents
+	p.Machine = cfg.Machine
+	if err := p.Send(ctx, api.Event{Stage: stage, Message: msg, Time: time.Now().UTC(), Fields: fields}); err != nil {
+		fmt.Fprintf(out, "plinth-agent: report to %s: %v\n", cfg.Cluster.BootServer, err)
+	}
+}
+
+// WatchOptions pace Watch.
+type WatchOptions struct {
+	// Wait is how long the role's services get to come up before the
+	// machine is reported not ready (it may still become ready later).
+	Wait time.Duration
+	// Every is the pause between checks.
+	Every time.Duration
+	// Heartbeat is how often an unchanged state is reported again, so
+	// the boot server can tell a machine that went away.
+	Heartbeat time.Duration
+}
+
+// Watch checks the machine until ctx ends. While the role's services come
+// up it prints (and posts, stage "services") what it waits for, each time
+// that changes; then it prints the ready (or, after opts.Wait, NOT READY)
+// line, posts it, and from then on reports every change at once and the
+// unchanged state every opts.Heartbeat.
+func Watch(ctx context.Context, sys System, out io.Writer, client events.Poster, opts WatchOptions) {
+	deadline := time.Now().Add(opts.Wait)
+	var last, waiting string
+	var lastPost time.Time
+	settled := false
+	for {
+		r, cfg := Check(ctx, sys)
+		line := r.Line()
+		switch {
+		case !settled && !r.Ready() && time.Now().Before(deadline):
+			w := fmt.Sprintf("plinth-agent: waiting host=%s role=%s: %s", r.Host, r.Role, strings.Join(r.Problems, "; "))
+			if w != waiting {
+				fmt.Fprintln(out, w)
+				post(ctx, out, client, cfg, api.StageServices, w, r.fields())
+				waiting = w
+			}
+		default:
+			settled = true
+			if line != last || time.Since(lastPost) >= opts.Heartbeat {
+				if line != last {
+					fmt.Fprintln(out, line)
+				}
+				post(ctx, out, client, cfg, stageOf(r), line, r.fields())
+				last, lastPost = line, time.Now()
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(opts.Every):
+		}
+	}
+}
+
+// Main runs the agent on this machine: plinth-agent [STEP ARGS...], where
+// a step is one of package firstboot's, run by the roles' units.
 func Main() int {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	return Run(ctx, OS{}, os.Stdout, events.Poster{Timeout: 10 * time.Second})
+	if len(os.Args) > 1 {
+		return firstboot.Main(os.Args[1], os.Args[2:], os.Stderr)
+	}
+	Watch(context.Background(), OS{}, os.Stdout, events.Poster{Timeout: 10 * time.Second},
+		WatchOptions{Wait: 15 * time.Minute, Every: 5 * time.Second, Heartbeat: 30 * time.Second})
+	return 0
 }
 
 // OS is the real machine.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io/fs"
 	"net/http"
 	"net/http/httptest"
@@ -111,6 +112,7 @@ type fakeSystem struct {
 	host     string
 	readOnly bool
 	states   map[string]string
+	urls     map[string]string // URL → body of a 200 answer
 }
 
 func (f *fakeSystem) ReadFile(p string) ([]byte, error) {
@@ -133,12 +135,31 @@ func (f *fakeSystem) ServiceState(_ context.Context, name string) string {
 	return "inactive"
 }
 
+func (f *fakeSystem) Get(_ context.Context, url, _, _, _ string) (string, error) {
+	if b, ok := f.urls[url]; ok {
+		return b, nil
+	}
+	return "", fmt.Errorf("dial %s: connection refused", url)
+}
+
+// procNetTCP lists etcd's two sockets, sshd on loopback only, a connected
+// client and something on 10.77.0.11:8080.
+const procNetTCP = `  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:094B 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0000000000000000 100 0 0 10 0
+   1: 00000000:094C 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2 1 0000000000000000 100 0 0 10 0
+   2: 0100007F:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 3 1 0000000000000000 100 0 0 10 0
+   3: 0B004D0A:094B 0C004D0A:9C40 01 00000000:00000000 00:00000000 00000000     0        0 4 1 0000000000000000 100 0 0 10 0
+   4: 0B004D0A:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 5 1 0000000000000000 100 0 0 10 0
+`
+
 func machine(t *testing.T, server string) *fakeSystem {
 	cfg := `{"machine":"etcd-1","hostname":"etcd-one","role":"etcd","cluster":{"name":"lab","boot_server":"` + server + `"}}`
 	return &fakeSystem{
-		host:   "etcd-one",
-		files:  map[string]string{role.ConfigPath: cfg, "/proc/self/mountinfo": bootedMountinfo(t), role.ServicesPath: "etcd.service\n"},
+		host: "etcd-one",
+		files: map[string]string{role.ConfigPath: cfg, "/proc/self/mountinfo": bootedMountinfo(t), role.ServicesPath: "etcd.service\n",
+			"/proc/net/tcp": procNetTCP, "/proc/net/udp": "header\n"},
 		states: map[string]string{"etcd.service": "active"},
+		urls:   map[string]string{"https://127.0.0.1:2379/health": `{"health":"true","reason":""}`},
 	}
 }
 
@@ -170,7 +191,8 @@ func TestRunReportsReadyOnTheConsoleAndToTheServer(t *testing.T) {
 		t.Errorf("console %q", got)
 	}
 	ev := events()
-	if len(ev) != 1 || ev[0].Stage != api.StageReady || ev[0].Machine != "etcd-1" || ev[0].Fields["etcd.service"] != "active" {
+	if len(ev) != 1 || ev[0].Stage != api.StageReady || ev[0].Machine != "etcd-1" || ev[0].Fields["etcd.service"] != "active" ||
+		ev[0].Fields["listen"] != "tcp/2379 tcp/2380 tcp/8080" || ev[0].Fields["unexpected"] != "tcp/8080" {
 		t.Errorf("events %+v", ev)
 	}
 }
@@ -183,6 +205,8 @@ func TestRunSaysWhyItIsNotReady(t *testing.T) {
 		want   string
 	}{
 		{"service down", func(f *fakeSystem) { f.states["etcd.service"] = "failed" }, "etcd.service is failed"},
+		{"unit up, etcd not serving", func(f *fakeSystem) { delete(f.urls, "https://127.0.0.1:2379/health") }, "etcd not serving: dial https://127.0.0.1:2379/health"},
+		{"etcd unhealthy", func(f *fakeSystem) { f.urls["https://127.0.0.1:2379/health"] = `{"health":"false"}` }, `etcd not healthy`},
 		{"wrong host name", func(f *fakeSystem) { f.host = "localhost" }, `host name is "localhost", the profile says "etcd-one"`},
 		{"root not writable", func(f *fakeSystem) { f.readOnly = true }, "/ is not writable"},
 		{"no profile", func(f *fakeSystem) { delete(f.files, role.ConfigPath) }, "no profile"},

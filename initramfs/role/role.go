@@ -48,7 +48,7 @@ func NewRegistry(cs ...Configurator) Registry {
 }
 
 // Builtin returns the configurators of this build.
-func Builtin() Registry { return NewRegistry(None{}) }
+func Builtin() Registry { return NewRegistry(None{}, Etcd{}, Master{}, Minion{}) }
 
 // Lookup returns the configurator of a role; the empty role is "none".
 func (r Registry) Lookup(name string) (Configurator, error) {

@@ -40,9 +40,9 @@ func TestRegistryMapsTheEmptyRoleToNoneAndNamesWhatItHas(t *testing.T) {
 			t.Errorf("Lookup(%q) = %v, %v", name, c, err)
 		}
 	}
-	_, err := r.Lookup("etcd")
-	if err == nil || !strings.Contains(err.Error(), `role "etcd"`) || !strings.Contains(err.Error(), "[none]") {
-		t.Errorf("Lookup(etcd) err = %v", err)
+	_, err := r.Lookup("storage")
+	if err == nil || !strings.Contains(err.Error(), `role "storage"`) || !strings.Contains(err.Error(), "[etcd master minion none]") {
+		t.Errorf("Lookup(storage) err = %v", err)
 	}
 }
 

@@ -31,13 +31,8 @@ func WriteUnit(root Root, u Unit) error {
 			return fmt.Errorf("unit %s: WantedBy: %w", u.Name, err)
 		}
 	}
-	for _, o := range u.Options {
-		if strings.ContainsAny(o.Section+o.Name+o.Value, "\n\r\x00") {
-			return fmt.Errorf("unit %s: [%s] %s: value has a line break", u.Name, o.Section, o.Name)
-		}
-		if o.Section == "" || o.Name == "" || strings.ContainsAny(o.Section+o.Name, "[]= ") {
-			return fmt.Errorf("unit %s: bad section or key [%s] %s", u.Name, o.Section, o.Name)
-		}
+	if err := checkOptions(u.Name, u.Options); err != nil {
+		return err
 	}
 	b, err := io.ReadAll(unit.Serialize(u.Options))
 	if err != nil {
@@ -49,6 +44,19 @@ func WriteUnit(root Root, u Unit) error {
 	}
 	if u.WantedBy != "" {
 		return root.Symlink(p, UnitDir+"/"+u.WantedBy+".wants/"+u.Name)
+	}
+	return nil
+}
+
+// checkOptions refuses values that would inject directives.
+func checkOptions(name string, opts []*unit.UnitOption) error {
+	for _, o := range opts {
+		if strings.ContainsAny(o.Section+o.Name+o.Value, "\n\r\x00") {
+			return fmt.Errorf("unit %s: [%s] %s: value has a line break", name, o.Section, o.Name)
+		}
+		if o.Section == "" || o.Name == "" || strings.ContainsAny(o.Section+o.Name, "[]= ") {
+			return fmt.Errorf("unit %s: bad section or key [%s] %s", name, o.Section, o.Name)
+		}
 	}
 	return nil
 }

@@ -173,11 +173,14 @@ func InstallAgent(root role.Root, self []byte) error {
 		Options: []*unit.UnitOption{
 			unit.NewUnitOption("Unit", "Description", "plinth readiness agent"),
 			// After the target it is wanted by: it reports on a booted
-			// machine, and the target does not wait for it.
+			// machine, and the target does not wait for it. It keeps
+			// running: it waits for the role's services, then reports
+			// changes and a heartbeat.
 			unit.NewUnitOption("Unit", "After", "multi-user.target"),
-			unit.NewUnitOption("Service", "Type", "oneshot"),
-			unit.NewUnitOption("Service", "RemainAfterExit", "yes"),
+			unit.NewUnitOption("Service", "Type", "exec"),
 			unit.NewUnitOption("Service", "ExecStart", AgentLink),
+			unit.NewUnitOption("Service", "Restart", "always"),
+			unit.NewUnitOption("Service", "RestartSec", "10"),
 			unit.NewUnitOption("Service", "StandardOutput", "journal+console"),
 			unit.NewUnitOption("Service", "StandardError", "journal+console"),
 			unit.NewUnitOption("Install", "WantedBy", "multi-user.target"),

@@ -161,8 +161,8 @@ func TestConfigureRole(t *testing.T) {
 	if _, err := ConfigureRole(ctx, role.NewRegistry(failingRole{}), role.DirRoot(t.TempDir()), cfg); err == nil || !strings.Contains(err.Error(), "role etcd: no etcd members") {
 		t.Errorf("failing configurator: %v", err)
 	}
-	msg, err = ConfigureRole(ctx, role.Builtin(), role.DirRoot(t.TempDir()), cfg)
-	if err != nil || !strings.HasPrefix(msg, `WARNING role "etcd": no configurator`) {
+	msg, err = ConfigureRole(ctx, role.Builtin(), role.DirRoot(t.TempDir()), &node.Config{Hostname: "s1", Role: "storage"})
+	if err != nil || !strings.HasPrefix(msg, `WARNING role "storage": no configurator`) {
 		t.Errorf("unknown role: %q, %v", msg, err)
 	}
 }

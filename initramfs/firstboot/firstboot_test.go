@@ -1,0 +1,185 @@
+package firstboot
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/plinth-dev/plinth/profiles/node"
+)
+
+func TestSplitSubnetGivesDockerTheLowerHalfAndPodsTheUpper(t *testing.T) {
+	sn, err := ParseSubnetEnv("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.5.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := SplitSubnet(sn)
+	if s.Docker.String() != "10.244.5.1/25" || s.Pods.String() != "10.244.5.128/25" || s.PodGateway.String() != "10.244.5.129" || s.MTU != 1450 {
+		t.Errorf("split %+v", s)
+	}
+	var d map[string]any
+	if err := json.Unmarshal([]byte(s.DockerJSON()), &d); err != nil || d["bip"] != "10.244.5.1/25" || d["mtu"] != 1450.0 || d["ip-masq"] != false {
+		t.Errorf("docker.json %s (%v)", s.DockerJSON(), err)
+	}
+	c := s.CNIConflist()
+	for _, want := range []string{`"subnet": "10.244.5.128/25"`, `"gateway": "10.244.5.129"`, `"bridge": "cni0"`, `"mtu": 1450`} {
+		if !strings.Contains(c, want) {
+			t.Errorf("conflist lacks %s:\n%s", want, c)
+		}
+	}
+}
+
+func TestParseSubnetEnvRefusesWhatItCannotSplit(t *testing.T) {
+	for in, want := range map[string]string{
+		"FLANNEL_MTU=1450\n":                             "no IPv4 FLANNEL_SUBNET",
+		"FLANNEL_SUBNET=10.244.5.1/30\nFLANNEL_MTU=1450": "too small",
+		"FLANNEL_SUBNET=10.244.5.1/24\nFLANNEL_MTU=12":   "FLANNEL_MTU 12",
+		"FLANNEL_SUBNET=banana\n":                        "FLANNEL_SUBNET",
+	} {
+		if _, err := ParseSubnetEnv(in); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want %q", in, err, want)
+		}
+	}
+}
+
+// fakeEtcd is the JSON gateway of a running cluster, enough for Join.
+type fakeEtcd struct {
+	mu      sync.Mutex
+	members []Member
+	calls   []string
+	next    int
+}
+
+func (f *fakeEtcd) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, r.URL.Path)
+	var req map[string]any
+	json.NewDecoder(r.Body).Decode(&req)
+	switch r.URL.Path {
+	case "/v3/cluster/member/list":
+	case "/v3/cluster/member/add":
+		f.next++
+		urls := []string{}
+		for _, u := range req["peerURLs"].([]any) {
+			urls = append(urls, u.(string))
+		}
+		f.members = append(f.members, Member{ID: "9" + string(rune('0'+f.next)), PeerURLs: urls})
+	case "/v3/cluster/member/remove":
+		for i, m := range f.members {
+			if m.ID == req["ID"] {
+				f.members = append(f.members[:i], f.members[i+1:]...)
+				break
+			}
+		}
+	default:
+		http.NotFound(w, r)
+		return
+	}
+	json.NewEncoder(w).Encode(memberList{Members: f.members})
+}
+
+func joinConfig(self string, peers map[string]string) *node.Config {
+	c := &node.Config{Machine: self, Hostname: self, Cluster: &node.Cluster{Name: "lab"}}
+	for _, n := range []string{"etcd-1", "etcd-2", "etcd-3", "etcd-4"} {
+		if a, ok := peers[n]; ok {
+			c.Cluster.EtcdMembers = append(c.Cluster.EtcdMembers, node.Member{Name: n, Address: a})
+		}
+	}
+	return c
+}
+
+func TestJoinFoundsTheClusterWhenNoMemberAnswers(t *testing.T) {
+	e := &Etcd{Client: http.DefaultClient}
+	cfg := joinConfig("etcd-1", map[string]string{"etcd-1": "10.0.0.1", "etcd-2": "127.0.0.1:1", "etcd-3": "127.0.0.1:2"})
+	// Addresses with a port are not etcd members' addresses; ClientURL
+	// adds :2379, so nothing answers there.
+	p, err := e.Join(context.Background(), cfg)
+	if err != nil || p.State != "new" || p.Initial != "etcd-1=https://10.0.0.1:2380,etcd-2=https://127.0.0.1:1:2380,etcd-3=https://127.0.0.1:2:2380" {
+		t.Errorf("plan %+v, %v", p, err)
+	}
+	if !strings.Contains(p.Env(), "ETCD_INITIAL_CLUSTER_STATE=new\n") {
+		t.Errorf("env %q", p.Env())
+	}
+}
+
+// gateway serves f where the other members' client URLs point: Join's
+// member URLs are https://ADDR:2379, so every request goes to the test
+// server instead.
+func gateway(t *testing.T, f *fakeEtcd) *Etcd {
+	srv := httptest.NewTLSServer(f)
+	t.Cleanup(srv.Close)
+	c := srv.Client()
+	c.Transport = rewrite{addr: strings.TrimPrefix(srv.URL, "https://"), rt: c.Transport}
+	return &Etcd{Client: c}
+}
+
+// rewrite sends every request to the test server.
+type rewrite struct {
+	addr string
+	rt   http.RoundTripper
+}
+
+func (r rewrite) RoundTrip(req *http.Request) (*http.Response, error) {
+	req = req.Clone(req.Context())
+	req.URL.Host = r.addr
+	return r.rt.RoundTrip(req)
+}
+
+func TestJoinAddsAMemberNewToTheProfile(t *testing.T) {
+	f := &fakeEtcd{members: []Member{
+		{ID: "1", Name: "etcd-1", PeerURLs: []string{"https://10.0.0.1:2380"}, ClientURLs: []string{"https://10.0.0.1:2379"}},
+		{ID: "2", Name: "etcd-2", PeerURLs: []string{"https://10.0.0.2:2380"}, ClientURLs: []string{"https://10.0.0.2:2379"}},
+		{ID: "3", Name: "etcd-3", PeerURLs: []string{"https://10.0.0.3:2380"}, ClientURLs: []string{"https://10.0.0.3:2379"}},
+	}}
+	e := gateway(t, f)
+	cfg := joinConfig("etcd-4", map[string]string{"etcd-1": "10.0.0.1", "etcd-2": "10.0.0.2", "etcd-3": "10.0.0.3", "etcd-4": "10.0.0.4"})
+	p, err := e.Join(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "etcd-1=https://10.0.0.1:2380,etcd-2=https://10.0.0.2:2380,etcd-3=https://10.0.0.3:2380,etcd-4=https://10.0.0.4:2380"
+	if p.State != "existing" || p.Initial != want || !strings.Contains(p.Why, "added") {
+		t.Errorf("plan %+v", p)
+	}
+	if len(f.members) != 4 || strings.Join(f.calls, " ") != "/v3/cluster/member/list /v3/cluster/member/add" {
+		t.Errorf("members %v calls %v", f.members, f.calls)
+	}
+}
+
+func TestJoinStartsAFoundingMemberThatNeverRan(t *testing.T) {
+	f := &fakeEtcd{members: []Member{
+		{ID: "1", Name: "etcd-1", PeerURLs: []string{"https://10.0.0.1:2380"}, ClientURLs: []string{"https://10.0.0.1:2379"}},
+		{ID: "2", Name: "etcd-2", PeerURLs: []string{"https://10.0.0.2:2380"}, ClientURLs: []string{"https://10.0.0.2:2379"}},
+		{ID: "3", Name: "etcd-3", PeerURLs: []string{"https://10.0.0.3:2380"}},
+	}}
+	e := gateway(t, f)
+	p, err := e.Join(context.Background(), joinConfig("etcd-3", map[string]string{"etcd-1": "10.0.0.1", "etcd-2": "10.0.0.2", "etcd-3": "10.0.0.3"}))
+	if err != nil || p.State != "existing" || len(f.calls) != 1 || len(f.members) != 3 {
+		t.Errorf("plan %+v %v, calls %v", p, err, f.calls)
+	}
+}
+
+func TestJoinReplacesARebootedMember(t *testing.T) {
+	f := &fakeEtcd{members: []Member{
+		{ID: "1", Name: "etcd-1", PeerURLs: []string{"https://10.0.0.1:2380"}, ClientURLs: []string{"https://10.0.0.1:2379"}},
+		{ID: "2", Name: "etcd-2", PeerURLs: []string{"https://10.0.0.2:2380"}, ClientURLs: []string{"https://10.0.0.2:2379"}},
+	}}
+	e := gateway(t, f)
+	p, err := e.Join(context.Background(), joinConfig("etcd-2", map[string]string{"etcd-1": "10.0.0.1", "etcd-2": "10.0.0.2"}))
+	if err != nil || p.State != "existing" || p.Initial != "etcd-1=https://10.0.0.1:2380,etcd-2=https://10.0.0.2:2380" {
+		t.Errorf("plan %+v %v", p, err)
+	}
+	if strings.Join(f.calls, " ") != "/v3/cluster/member/list /v3/cluster/member/remove /v3/cluster/member/add" {
+		t.Errorf("calls %v", f.calls)
+	}
+	for _, m := range f.members {
+		if m.ID == "2" {
+			t.Errorf("the old member is still there: %v", f.members)
+		}
+	}
+}

@@ -1,0 +1,185 @@
+package firstboot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+
+	"github.com/plinth-dev/plinth/initramfs/role"
+	"github.com/plinth-dev/plinth/profiles/node"
+)
+
+// Steps are the subcommands of plinth-agent this package provides.
+var Steps = map[string]func(ctx context.Context, log *slog.Logger, args []string) error{
+	"etcd-join":      etcdJoin,
+	"flannel-config": flannelConfig,
+	"flannel-net":    flannelNet,
+	"import-images":  importImages,
+}
+
+// retry runs f until it succeeds or ctx ends, pausing between tries.
+func retry(ctx context.Context, log *slog.Logger, what string, every time.Duration, f func() error) error {
+	for i := 1; ; i++ {
+		err := f()
+		if err == nil {
+			return nil
+		}
+		log.Info("not yet", "step", what, "try", i, "err", err)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: %w (last error: %v)", what, ctx.Err(), err)
+		case <-time.After(every):
+		}
+	}
+}
+
+func loadConfig() (*node.Config, error) {
+	b, err := os.ReadFile(role.ConfigPath)
+	if err != nil {
+		return nil, err
+	}
+	return node.Decode(b)
+}
+
+func nodeEtcd() (*Etcd, error) {
+	c, err := TLSClient(role.CAFile, role.NodeCert, role.NodeKey)
+	if err != nil {
+		return nil, err
+	}
+	return &Etcd{Client: c}, nil
+}
+
+// writeAtomic writes a file by rename, so a reader never sees half of it.
+func writeAtomic(path, data string, mode os.FileMode) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(data), mode); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+func etcdJoin(ctx context.Context, log *slog.Logger, _ []string) error {
+	cfg, err := loadConfig()
+	if err != nil {
+		return err
+	}
+	e, err := nodeEtcd()
+	if err != nil {
+		return err
+	}
+	var plan JoinPlan
+	err = retry(ctx, log, "etcd-join", 5*time.Second, func() error {
+		plan, err = e.Join(ctx, cfg)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	log.Info("etcd member", "state", plan.State, "initial_cluster", plan.Initial, "why", plan.Why)
+	return writeAtomic(role.EtcdEnvFile, plan.Env(), 0o644)
+}
+
+func flannelConfig(ctx context.Context, log *slog.Logger, _ []string) error {
+	cfg, err := loadConfig()
+	if err != nil {
+		return err
+	}
+	want, err := FlannelNetConfig(cfg.Cluster)
+	if err != nil {
+		return err
+	}
+	e, err := nodeEtcd()
+	if err != nil {
+		return err
+	}
+	key := role.FlannelPrefix + "/config"
+	return retry(ctx, log, "flannel-config", 5*time.Second, func() error {
+		have, set, err := e.PutIfAbsent(ctx, EtcdEndpoints(cfg.Cluster), key, want)
+		if err != nil {
+			return err
+		}
+		switch {
+		case set:
+			log.Info("flannel network config written", "key", key, "value", want)
+		case have != want:
+			log.Warn("flannel network config in etcd differs from the site's; flanneld uses etcd's", "key", key, "etcd", have, "site", want)
+		default:
+			log.Info("flannel network config already in etcd", "key", key)
+		}
+		return nil
+	})
+}
+
+func flannelNet(ctx context.Context, log *slog.Logger, _ []string) error {
+	var sn Subnet
+	err := retry(ctx, log, "flannel-net", 2*time.Second, func() error {
+		b, err := os.ReadFile(role.FlannelSubnetFile)
+		if err != nil {
+			return err
+		}
+		sn, err = ParseSubnetEnv(string(b))
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	s := SplitSubnet(sn)
+	if err := writeAtomic(role.DockerConfig, s.DockerJSON(), 0o644); err != nil {
+		return err
+	}
+	if err := writeAtomic(role.CNIConfig, s.CNIConflist(), 0o644); err != nil {
+		return err
+	}
+	log.Info("node subnet split", "flannel", sn.Subnet, "docker", s.Docker, "pods", s.Pods, "mtu", s.MTU)
+	return nil
+}
+
+func importImages(ctx context.Context, log *slog.Logger, args []string) error {
+	if len(args) != 1 {
+		return errors.New("usage: plinth-agent import-images DIR")
+	}
+	tars, err := filepath.Glob(filepath.Join(args[0], "*.tar"))
+	if err != nil {
+		return err
+	}
+	for _, t := range tars {
+		err := retry(ctx, log, "import "+filepath.Base(t), 2*time.Second, func() error {
+			out, err := exec.CommandContext(ctx, "ctr", "-n", "k8s.io", "images", "import", t).CombinedOutput()
+			if err != nil {
+				return fmt.Errorf("ctr images import %s: %v: %s", t, err, out)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		log.Info("image imported", "file", t)
+	}
+	return nil
+}
+
+// Main runs one step; it is plinth-agent's entry for them.
+func Main(name string, args []string, stderr io.Writer) int {
+	f, ok := Steps[name]
+	if !ok {
+		fmt.Fprintf(stderr, "plinth-agent: no step %q\n", name)
+		return 2
+	}
+	log := slog.New(slog.NewTextHandler(stderr, nil)).With("step", name)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	if err := f(ctx, log, args); err != nil {
+		log.Error("failed", "err", err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,145 @@
+package role
+
+import (
+	"context"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/plinth-dev/plinth/profiles"
+	"github.com/plinth-dev/plinth/profiles/node"
+)
+
+// labConfig renders a machine of the QEMU lab site as the boot server
+// would, with stand-in PEM strings for the TLS material it issues.
+func labConfig(t *testing.T, machine string) *node.Config {
+	t.Helper()
+	site, err := profiles.LoadSite("../../profiles/examples/qemu-lab")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := site.Machine(machine)
+	if m == nil {
+		t.Fatalf("no machine %s", machine)
+	}
+	cfg, err := site.Render(m, "http://10.77.0.1:8080")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pem := func(what string) string { return "-----BEGIN " + what + "-----\n" + machine + "\n-----END " + what + "-----\n" }
+	cfg.TLS = &node.TLS{CA: pem("CA CERTIFICATE"), Cert: pem("CERTIFICATE"), Key: pem("PRIVATE KEY"), Identities: map[string]node.KeyPair{}}
+	switch cfg.Role {
+	case "master":
+		cfg.TLS.Identities[node.IdentityAdmin] = node.KeyPair{Cert: pem("ADMIN CERTIFICATE"), Key: pem("ADMIN KEY")}
+		cfg.TLS.ServiceAccountKey = pem("SA KEY")
+	case "minion":
+		cfg.TLS.Identities[node.IdentityKubelet] = node.KeyPair{Cert: pem("KUBELET CERTIFICATE"), Key: pem("KUBELET KEY")}
+		cfg.TLS.Identities[node.IdentityKubeProxy] = node.KeyPair{Cert: pem("PROXY CERTIFICATE"), Key: pem("PROXY KEY")}
+	}
+	return cfg
+}
+
+// dump lists a root: every file with its mode and content, every symlink
+// with its target, sorted by path.
+func dump(t *testing.T, dir string) string {
+	t.Helper()
+	var b strings.Builder
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel := "/" + filepath.ToSlash(strings.TrimPrefix(p, dir+"/"))
+		fi, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		if fi.Mode()&fs.ModeSymlink != 0 {
+			target, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(&b, "=== %s -> %s\n", rel, target)
+			return nil
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(&b, "=== %s (%04o)\n%s", rel, fi.Mode().Perm(), data)
+		if len(data) > 0 && data[len(data)-1] != '\n' {
+			b.WriteString("\n")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
+}
+
+// TestRolesRenderTheLabProfile is the renderers' golden test: a profile
+// in, the files and units each role writes out.
+func TestRolesRenderTheLabProfile(t *testing.T) {
+	for _, machine := range []string{"etcd-1", "master-1", "minion-1"} {
+		t.Run(machine, func(t *testing.T) {
+			cfg := labConfig(t, machine)
+			c, err := Builtin().Lookup(cfg.Role)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dir := t.TempDir()
+			if err := c.Configure(context.Background(), DirRoot(dir), cfg); err != nil {
+				t.Fatal(err)
+			}
+			golden(t, "roles/"+machine+".txt", []byte(dump(t, dir)))
+			// Keys are readable by root only.
+			for _, k := range []string{NodeKey, SAKeyFile, IdentityKey(node.IdentityKubelet), IdentityKey(node.IdentityAdmin)} {
+				if fi, err := os.Stat(filepath.Join(dir, k)); err == nil && fi.Mode().Perm() != 0o600 {
+					t.Errorf("%s has mode %o", k, fi.Mode().Perm())
+				}
+			}
+		})
+	}
+}
+
+func TestRolesRefuseAProfileTheyCannotRun(t *testing.T) {
+	for _, tc := range []struct {
+		machine string
+		change  func(*node.Config)
+		want    string
+	}{
+		{"etcd-1", func(c *node.Config) { c.TLS = nil }, "no TLS material"},
+		{"etcd-1", func(c *node.Config) { c.Machine = "etcd-9" }, "machine etcd-9 is not among the site's etcd members"},
+		{"master-1", func(c *node.Config) { c.TLS.ServiceAccountKey = "" }, "no service account key"},
+		{"master-1", func(c *node.Config) { delete(c.TLS.Identities, node.IdentityAdmin) }, `no "admin" client certificate`},
+		{"minion-1", func(c *node.Config) { c.Cluster.APIName = "" }, "no api_name"},
+		{"minion-1", func(c *node.Config) { c.Cluster.EtcdMembers = nil }, "no etcd members"},
+		{"minion-1", func(c *node.Config) { c.Cluster.Proxy = &node.Proxy{HTTP: "http://p:3128 --evil"} }, "cannot be written to a unit"},
+		{"minion-1", func(c *node.Config) { c.Cluster.Flannel = "" }, "no [network] flannel"},
+	} {
+		cfg := labConfig(t, tc.machine)
+		tc.change(cfg)
+		c, _ := Builtin().Lookup(cfg.Role)
+		dir := t.TempDir()
+		err := c.Configure(context.Background(), DirRoot(dir), cfg)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: err = %v, want %q", tc.machine, err, tc.want)
+		}
+	}
+}
+
+func TestListenPortsAreTheRolesServers(t *testing.T) {
+	for role, want := range map[string]string{
+		"etcd":   "tcp/2379 tcp/2380 udp/68",
+		"master": "tcp/6443 udp/68 udp/8472",
+		"minion": "tcp/10250 udp/68 udp/8472",
+		"":       "udp/68",
+	} {
+		if got := strings.Join(ListenPorts(role, nil), " "); got != want {
+			t.Errorf("%q: %s, want %s", role, got, want)
+		}
+	}
+}

@@ -1,0 +1,116 @@
+package role
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/coreos/go-systemd/v22/unit"
+
+	"github.com/plinth-dev/plinth/profiles/node"
+)
+
+// Etcd configures a member of the site's etcd cluster. Whether it founds
+// the cluster or joins a running one is decided at boot, before etcd
+// starts, by `plinth-agent etcd-join` (see package agent): the profile
+// lists every member the site has now, which for a member added later is
+// more than the running cluster has.
+type Etcd struct{}
+
+// Name is "etcd".
+func (Etcd) Name() string { return "etcd" }
+
+// Services are etcd and its join step.
+func (Etcd) Services(*node.Config) []string { return []string{"etcd.service"} }
+
+// Configure writes the plan into root.
+func (e Etcd) Configure(_ context.Context, root Root, cfg *node.Config) error {
+	p, err := e.Plan(cfg)
+	if err != nil {
+		return err
+	}
+	return p.Apply(root)
+}
+
+// EtcdDataDir is etcd's data directory, on its own tmpfs.
+const EtcdDataDir = "/var/lib/etcd"
+
+// Plan renders the etcd member's files and units.
+func (Etcd) Plan(cfg *node.Config) (*Plan, error) {
+	cl, err := needCluster(cfg)
+	if err != nil {
+		return nil, err
+	}
+	var self *node.Member
+	for i, m := range cl.EtcdMembers {
+		if m.Name == cfg.Machine {
+			self = &cl.EtcdMembers[i]
+		}
+	}
+	if self == nil {
+		return nil, fmt.Errorf("machine %s is not among the site's etcd members", cfg.Machine)
+	}
+	p := &Plan{Services: []string{"etcd.service"}}
+	if err := tlsFiles(p, cfg); err != nil {
+		return nil, err
+	}
+	p.file("/etc/plinth/etcdctl.env", 0o644, strings.Join([]string{
+		"# plinth: source this to use etcdctl on this member",
+		"ETCDCTL_ENDPOINTS=" + ClientURL("127.0.0.1"),
+		"ETCDCTL_CACERT=" + CAFile,
+		"ETCDCTL_CERT=" + NodeCert,
+		"ETCDCTL_KEY=" + NodeKey,
+	}, "\n")+"\n")
+	p.unit(tmpfsMount(EtcdDataDir))
+
+	join, err := agentUnit("plinth-etcd-join.service", "plinth: found or join the etcd cluster",
+		[]string{"etcd-join"},
+		opt("Unit", "Wants", "network-online.target"),
+		opt("Unit", "After", "network-online.target"),
+		opt("Unit", "Before", "etcd.service"))
+	if err != nil {
+		return nil, err
+	}
+	p.unit(join)
+
+	cluster := cl.Name
+	if cluster == "" {
+		cluster = "plinth"
+	}
+	exec, err := cmdline("/usr/bin/etcd",
+		"--name="+self.Name,
+		"--data-dir="+EtcdDataDir,
+		"--listen-peer-urls="+PeerURL("0.0.0.0"),
+		"--listen-client-urls="+ClientURL("0.0.0.0"),
+		"--advertise-client-urls="+ClientURL(self.Address),
+		"--initial-advertise-peer-urls="+PeerURL(self.Address),
+		"--initial-cluster-token="+cluster,
+		"--cert-file="+NodeCert, "--key-file="+NodeKey,
+		"--trusted-ca-file="+CAFile, "--client-cert-auth",
+		"--peer-cert-file="+NodeCert, "--peer-key-file="+NodeKey,
+		"--peer-trusted-ca-file="+CAFile, "--peer-client-cert-auth",
+	)
+	if err != nil {
+		return nil, err
+	}
+	p.unit(Unit{
+		Name: "etcd.service",
+		Options: []*unit.UnitOption{
+			opt("Unit", "Description", "etcd member "+self.Name+" of cluster "+cluster),
+			opt("Unit", "Requires", "plinth-etcd-join.service var-lib-etcd.mount"),
+			opt("Unit", "After", "plinth-etcd-join.service var-lib-etcd.mount network-online.target"),
+			opt("Service", "Type", "notify"),
+			// ETCD_INITIAL_CLUSTER and ETCD_INITIAL_CLUSTER_STATE.
+			opt("Service", "EnvironmentFile", EtcdEnvFile),
+			opt("Service", "ExecStart", exec),
+			opt("Service", "Restart", "always"),
+			opt("Service", "RestartSec", "3"),
+			opt("Service", "LimitNOFILE", "65536"),
+			opt("Install", "WantedBy", "multi-user.target"),
+		},
+		WantedBy: "multi-user.target",
+	})
+	return p, nil
+}
+
+var _ Servicer = Etcd{}

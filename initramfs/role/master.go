@@ -1,0 +1,157 @@
+package role
+
+import (
+	"context"
+	"errors"
+	"strconv"
+
+	"github.com/coreos/go-systemd/v22/unit"
+
+	"github.com/plinth-dev/plinth/profiles/node"
+)
+
+// Master configures a Kubernetes control-plane machine: kube-apiserver
+// with the site's etcd as its store, controller-manager and scheduler
+// (leader-elected, so a site may run several masters), and flanneld. Nodes
+// reach the API through the site's API name, which the boot server answers
+// with every ready master.
+type Master struct{}
+
+// Name is "master".
+func (Master) Name() string { return "master" }
+
+// Services are the control plane's units.
+func (Master) Services(*node.Config) []string { return masterServices }
+
+var masterServices = []string{"flanneld.service", "kube-apiserver.service", "kube-controller-manager.service", "kube-scheduler.service"}
+
+// Configure writes the plan into root.
+func (m Master) Configure(_ context.Context, root Root, cfg *node.Config) error {
+	p, err := m.Plan(cfg)
+	if err != nil {
+		return err
+	}
+	return p.Apply(root)
+}
+
+// AdminKubeconfig is the masters' own kubeconfig: the admin identity, the
+// local API server.
+const AdminKubeconfig = KubeDir + "/admin.kubeconfig"
+
+// Plan renders the master's files and units.
+func (Master) Plan(cfg *node.Config) (*Plan, error) {
+	cl, err := needCluster(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if cl.ServiceCIDR == "" {
+		return nil, errors.New("the profile has no service CIDR")
+	}
+	if cl.Flannel == "" {
+		return nil, errors.New("the site has no [network] flannel network")
+	}
+	p := &Plan{Services: masterServices}
+	if err := tlsFiles(p, cfg, node.IdentityAdmin); err != nil {
+		return nil, err
+	}
+	if cfg.TLS.ServiceAccountKey == "" {
+		return nil, errors.New("the profile carries no service account key (masters get one from the boot server)")
+	}
+	p.file(SAKeyFile, 0o600, cfg.TLS.ServiceAccountKey)
+	port := apiPort(cl)
+	p.file(AdminKubeconfig, 0o600, kubeconfig("https://"+hostPort("127.0.0.1", port),
+		IdentityCert(node.IdentityAdmin), IdentityKey(node.IdentityAdmin)))
+	kernelSetup(p)
+	if err := flannel(p, cfg); err != nil {
+		return nil, err
+	}
+	eps, err := etcdEndpoints(cl)
+	if err != nil {
+		return nil, err
+	}
+	api := []string{"/usr/bin/kube-apiserver",
+		"--etcd-servers=" + eps,
+		"--etcd-cafile=" + CAFile, "--etcd-certfile=" + NodeCert, "--etcd-keyfile=" + NodeKey,
+		"--bind-address=0.0.0.0",
+		"--secure-port=" + strconv.Itoa(port),
+		"--tls-cert-file=" + NodeCert, "--tls-private-key-file=" + NodeKey,
+		"--client-ca-file=" + CAFile,
+		"--kubelet-client-certificate=" + IdentityCert(node.IdentityAdmin),
+		"--kubelet-client-key=" + IdentityKey(node.IdentityAdmin),
+		"--kubelet-certificate-authority=" + CAFile,
+		"--kubelet-preferred-address-types=InternalIP,Hostname",
+		"--service-cluster-ip-range=" + cl.ServiceCIDR,
+		"--service-account-key-file=" + SAKeyFile,
+		"--service-account-signing-key-file=" + SAKeyFile,
+		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+		"--authorization-mode=Node,RBAC",
+		"--enable-admission-plugins=NodeRestriction",
+		"--allow-privileged=true",
+		"--profiling=false",
+	}
+	if ip := nodeIP(cfg); ip != "" {
+		api = append(api, "--advertise-address="+ip)
+	}
+	if err := service(p, "kube-apiserver.service", "Kubernetes API server", api,
+		"flanneld.service network-online.target", ""); err != nil {
+		return nil, err
+	}
+	cm := []string{"/usr/bin/kube-controller-manager",
+		"--kubeconfig=" + AdminKubeconfig,
+		"--authentication-kubeconfig=" + AdminKubeconfig,
+		"--authorization-kubeconfig=" + AdminKubeconfig,
+		"--bind-address=127.0.0.1",
+		"--leader-elect=true",
+		"--root-ca-file=" + CAFile,
+		"--service-account-private-key-file=" + SAKeyFile,
+		"--use-service-account-credentials=true",
+		"--service-cluster-ip-range=" + cl.ServiceCIDR,
+		"--cluster-cidr=" + cl.Flannel,
+		"--allocate-node-cidrs=false",
+		"--profiling=false",
+	}
+	if err := service(p, "kube-controller-manager.service", "Kubernetes controller manager", cm,
+		"kube-apiserver.service", ""); err != nil {
+		return nil, err
+	}
+	sched := []string{"/usr/bin/kube-scheduler",
+		"--kubeconfig=" + AdminKubeconfig,
+		"--authentication-kubeconfig=" + AdminKubeconfig,
+		"--authorization-kubeconfig=" + AdminKubeconfig,
+		"--bind-address=127.0.0.1",
+		"--leader-elect=true",
+		"--profiling=false",
+	}
+	if err := service(p, "kube-scheduler.service", "Kubernetes scheduler", sched,
+		"kube-apiserver.service", ""); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// service adds a long-running unit, restarted when it stops, enabled for
+// multi-user.target.
+func service(p *Plan, name, desc string, args []string, after, requires string, extra ...*unit.UnitOption) error {
+	exec, err := cmdline(args...)
+	if err != nil {
+		return err
+	}
+	o := []*unit.UnitOption{opt("Unit", "Description", desc)}
+	if requires != "" {
+		o = append(o, opt("Unit", "Requires", requires))
+	}
+	if after != "" {
+		o = append(o, opt("Unit", "After", after))
+	}
+	o = append(o, extra...)
+	o = append(o,
+		opt("Service", "ExecStart", exec),
+		opt("Service", "Restart", "always"),
+		opt("Service", "RestartSec", "3"),
+		opt("Install", "WantedBy", "multi-user.target"),
+	)
+	p.unit(Unit{Name: name, Options: o, WantedBy: "multi-user.target"})
+	return nil
+}
+
+var _ Servicer = Master{}
