@@ -175,3 +175,45 @@ func TestUpstreamsComeFromResolvConfWithoutThisServer(t *testing.T) {
 		t.Errorf("no resolv.conf: %v, %v; want none and no error", got, err)
 	}
 }
+
+// recorder is a dns.ResponseWriter that keeps the reply.
+type recorder struct {
+	dns.ResponseWriter
+	remote net.Addr
+	msg    *dns.Msg
+}
+
+func (r *recorder) RemoteAddr() net.Addr      { return r.remote }
+func (r *recorder) WriteMsg(m *dns.Msg) error { r.msg = m; return nil }
+func (r *recorder) LocalAddr() net.Addr       { return &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 53} }
+
+// FuzzServeDNS feeds any message a client could send: every one that
+// parses gets exactly one reply with its ID, and nothing panics.
+func FuzzServeDNS(f *testing.F) {
+	for _, name := range []string{"api.lab.example.", "etcd-1.lab.example.", "nobody.lab.example.", "lab.example.", "."} {
+		for _, qt := range []uint16{dns.TypeA, dns.TypeAAAA, dns.TypeANY, dns.TypeSOA} {
+			q := new(dns.Msg)
+			q.SetQuestion(name, qt)
+			q.SetEdns0(4096, false)
+			b, _ := q.Pack()
+			f.Add(b)
+		}
+	}
+	s := New(Config{}) // no upstreams: nothing leaves the process
+	s.Hosts("lab.example", map[string]netip.Addr{"etcd-1": netip.MustParseAddr("10.77.0.11")})
+	s.ReadyMasters("api.lab.example", addrs("10.77.0.21", "10.77.0.22"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		q := new(dns.Msg)
+		if q.Unpack(b) != nil {
+			return
+		}
+		w := &recorder{remote: &net.UDPAddr{IP: net.IPv4(10, 77, 0, 5), Port: 5353}}
+		s.ServeDNS(w, q)
+		if w.msg == nil || w.msg.Id != q.Id || !w.msg.Response {
+			t.Fatalf("reply %v to %v", w.msg, q)
+		}
+		if _, err := w.msg.Pack(); err != nil {
+			t.Fatalf("reply does not pack: %v", err)
+		}
+	})
+}

@@ -1,0 +1,87 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/plinth-dev/plinth/bootserver"
+	"github.com/plinth-dev/plinth/bootserver/pki"
+)
+
+func labSite(t *testing.T) string {
+	t.Helper()
+	site := filepath.Join(t.TempDir(), "site")
+	os.MkdirAll(site, 0o755)
+	os.WriteFile(filepath.Join(site, "site.toml"), []byte("[site]\nname = \"lab\"\ndomain = \"lab.example\"\napi_name = \"api.lab.example\"\n"), 0o644)
+	return site
+}
+
+func run(args ...string) (string, error) {
+	root := newRoot()
+	var out strings.Builder
+	root.SetOut(&out)
+	root.SetArgs(args)
+	err := root.ExecuteContext(context.Background())
+	return out.String(), err
+}
+
+func TestCredentialsNeedTheServersCAAndWriteAKubeconfigForTheAPIName(t *testing.T) {
+	site := labSite(t)
+	state := filepath.Join(t.TempDir(), "state")
+	out := filepath.Join(t.TempDir(), "admin")
+	if _, err := run("credentials", "--site", site, "--state", state, "--out", out); err == nil || !strings.Contains(err.Error(), "no site CA in "+state) {
+		t.Fatalf("before serve ever ran: %v", err)
+	}
+	if _, _, err := pki.LoadOrCreate(state, "lab", nil); err != nil {
+		t.Fatal(err)
+	}
+	printed, err := run("credentials", "--site", site, "--state", state, "--out", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"ca.pem", "admin.pem", "admin-key.pem", "kubeconfig"} {
+		if !strings.Contains(printed, filepath.Join(out, f)) {
+			t.Errorf("output does not list %s: %q", f, printed)
+		}
+	}
+	kc, _ := os.ReadFile(filepath.Join(out, "kubeconfig"))
+	if !strings.Contains(string(kc), `server: "https://api.lab.example:6443"`) {
+		t.Errorf("kubeconfig:\n%s", kc)
+	}
+	if _, err := run("credentials", "--site", site, "--state", filepath.Join(site, "keys"), "--out", out); err == nil || !strings.Contains(err.Error(), "inside the site") {
+		t.Errorf("a state inside the site: %v", err)
+	}
+}
+
+func TestServeDNSIsOnWhereAsked(t *testing.T) {
+	site := labSite(t)
+	log := slog.New(slog.DiscardHandler)
+	for _, tc := range []struct {
+		flag string
+		on   bool
+	}{{"off", false}, {"auto", false} /* no --server-ip */, {"127.0.0.1:0", true}} {
+		c := bootserver.Config{SiteDir: site}
+		dns, err := siteServices(&c, filepath.Join(t.TempDir(), "state"), tc.flag, log)
+		if err != nil {
+			t.Fatalf("--dns %s: %v", tc.flag, err)
+		}
+		if c.CA == nil {
+			t.Errorf("--dns %s: serve has no CA", tc.flag)
+		}
+		if (dns != nil) != tc.on || (c.Masters != nil) != tc.on {
+			t.Errorf("--dns %s: DNS on = %v, want %v", tc.flag, dns != nil, tc.on)
+		}
+		if dns != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+			if err := runAll(ctx, dns); err != nil {
+				t.Errorf("--dns %s: %v", tc.flag, err)
+			}
+			cancel()
+		}
+	}
+}
