@@ -131,18 +131,24 @@ func (s *Server) answer(w dns.ResponseWriter, r *dns.Msg) *dns.Msg {
 	switch {
 	case api != "" && name == api:
 		m.Authoritative = true
-		if n := len(masters); n > 0 && wantsA(q) {
+		var match []netip.Addr
+		for _, a := range masters {
+			if s.wants(q, a) {
+				match = append(match, a)
+			}
+		}
+		if n := len(match); n > 0 {
 			start := int(s.rr.Add(1) % uint64(n))
 			for i := range n {
-				m.Answer = append(m.Answer, s.a(q.Name, masters[(start+i)%n]))
+				m.Answer = append(m.Answer, s.rr1(q.Name, match[(start+i)%n]))
 			}
 		} else if inDomain {
 			m.Ns = append(m.Ns, s.soa(domain))
 		}
 	case isHost:
 		m.Authoritative = true
-		if wantsA(q) && addr.Is4() {
-			m.Answer = append(m.Answer, s.a(q.Name, addr))
+		if s.wants(q, addr) {
+			m.Answer = append(m.Answer, s.rr1(q.Name, addr))
 		} else if inDomain {
 			m.Ns = append(m.Ns, s.soa(domain))
 		}
@@ -165,10 +171,26 @@ func (s *Server) answer(w dns.ResponseWriter, r *dns.Msg) *dns.Msg {
 	return m
 }
 
-func wantsA(q dns.Question) bool { return q.Qtype == dns.TypeA || q.Qtype == dns.TypeANY }
+// wants says whether q asks for addr's family (A or AAAA, or ANY).
+func (s *Server) wants(q dns.Question, addr netip.Addr) bool {
+	switch q.Qtype {
+	case dns.TypeANY:
+		return true
+	case dns.TypeA:
+		return addr.Unmap().Is4()
+	case dns.TypeAAAA:
+		return !addr.Unmap().Is4()
+	}
+	return false
+}
 
-func (s *Server) a(name string, addr netip.Addr) dns.RR {
-	return &dns.A{Hdr: dns.RR_Header{Name: name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: s.cfg.TTL}, A: net.IP(addr.AsSlice())}
+// rr1 is the A or AAAA record of name for addr.
+func (s *Server) rr1(name string, addr netip.Addr) dns.RR {
+	addr = addr.Unmap()
+	if addr.Is4() {
+		return &dns.A{Hdr: dns.RR_Header{Name: name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: s.cfg.TTL}, A: net.IP(addr.AsSlice())}
+	}
+	return &dns.AAAA{Hdr: dns.RR_Header{Name: name, Rrtype: dns.TypeAAAA, Class: dns.ClassINET, Ttl: s.cfg.TTL}, AAAA: net.IP(addr.AsSlice())}
 }
 
 // soa is the site zone's SOA, for negative answers: its minimum (the

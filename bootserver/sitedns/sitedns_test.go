@@ -108,6 +108,13 @@ func TestAPINameAnswersReadyMastersInTurn(t *testing.T) {
 	if r := ask(t, srv, "udp", "api.lab.example", dns.TypeAAAA); r.Rcode != dns.RcodeSuccess || len(r.Answer) != 0 {
 		t.Errorf("AAAA of the API name: %s %v, want NOERROR and no answer", dns.RcodeToString[r.Rcode], r.Answer)
 	}
+	s.ReadyMasters("api.lab.example", addrs("10.77.0.23", "fd00::21"))
+	if r := ask(t, srv, "udp", "api.lab.example", dns.TypeAAAA); len(r.Answer) != 1 || r.Answer[0].(*dns.AAAA).AAAA.String() != "fd00::21" {
+		t.Errorf("AAAA of the API name with an IPv6 master: %v", r.Answer)
+	}
+	if got := addrsOf(ask(t, srv, "udp", "api.lab.example", dns.TypeA)); !slices.Equal(got, []string{"10.77.0.23"}) {
+		t.Errorf("A of the API name with an IPv6 master too: %v", got)
+	}
 }
 
 func TestMachinesResolveByHostNameAndFQDNAndOtherSiteNamesDoNot(t *testing.T) {
