@@ -12,7 +12,7 @@ PLINTH := bin/plinth
 DEB_PKGS := qemu-system-x86 qemu-utils squashfs-tools-ng debootstrap ipxe ovmf \
 	zstd kmod cpio iproute2 chromium
 
-.PHONY: all deps fixtures stack-fixtures plinth images demo test unit qemu-test bench bench-serve clean
+.PHONY: all deps fixtures stack-fixtures plinth images demo test unit qemu-test e2e cluster bench bench-serve clean
 
 all: plinth
 
@@ -62,6 +62,15 @@ unit:
 
 qemu-test:
 	PLINTH_QEMU_TESTS=1 $(GO) test -count=1 -timeout 40m -v ./qemu-tests/ 2>&1 | tee build/qemu-test.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|figure:'; exit $${PIPESTATUS[0]}
+
+## e2e: the whole cluster in QEMU (3 etcd, 1 master, 2 minions, then a 4th etcd member joins); long
+e2e: stack-fixtures
+	@mkdir -p build
+	PLINTH_QEMU_TESTS=1 PLINTH_E2E=1 $(GO) test -count=1 -timeout 60m -v -run 'TestClusterE2E' ./qemu-tests/ 2>&1 | tee build/e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|figure:|boot state|listens on|pod IPs|probe-'; exit $${PIPESTATUS[0]}
+
+## cluster: build the stock images and netboot the QEMU lab site as a cluster (runs until interrupted)
+cluster: images
+	$(PLINTH) qemu up --artifacts artifacts profiles/examples/qemu-lab
 
 ## bench: build and serving benchmarks (prints figures)
 bench: fixtures

@@ -42,7 +42,7 @@ interrupted (or exits with --until-ready). Needs root. Consoles are written to
 	}
 	up.Flags().StringVar(&artifacts, "artifacts", "artifacts", "artifacts directory")
 	up.Flags().StringVar(&logDir, "log-dir", "build/lab", "where VM consoles and the server log go")
-	up.Flags().IntVar(&memory, "memory", 1024, "MiB of RAM per machine")
+	up.Flags().IntVar(&memory, "memory", 0, "MiB of RAM per machine (default: by role, etcd 768, master 2048, minion 1536, others 1024)")
 	up.Flags().BoolVar(&untilReady, "until-ready", false, "stop everything once all machines are ready")
 	up.Flags().DurationVar(&timeout, "timeout", 15*time.Minute, "give up when machines are not ready by then")
 	down := &cobra.Command{
@@ -117,7 +117,14 @@ func qemuUp(ctx context.Context, g *globals, siteDir, artifacts, logDir string, 
 		if err != nil {
 			return err
 		}
-		if _, err := qemu.Start(ctx, nil, qemu.Config{Name: m.Name, Memory: memory, Boot: "n", Wrap: l.Wrap(), LogDir: logDir,
+		mem := memory
+		if mem == 0 {
+			mem = roleMemory[m.Role]
+		}
+		if mem == 0 {
+			mem = 1024
+		}
+		if _, err := qemu.Start(ctx, nil, qemu.Config{Name: m.Name, Memory: mem, Boot: "n", Wrap: l.Wrap(), LogDir: logDir,
 			NICs: []qemu.NIC{{MAC: m.MAC, Netdev: netdev}}}); err != nil {
 			return err
 		}
@@ -173,6 +180,11 @@ func qemuUp(ctx context.Context, g *globals, siteDir, artifacts, logDir string, 
 		}
 	}
 }
+
+// roleMemory is what each role's machine gets, in MiB, unless --memory
+// says otherwise: Kubernetes' control plane and a minion's runtimes need
+// more than an etcd member.
+var roleMemory = map[string]int{"etcd": 768, "master": 2048, "minion": 1536}
 
 func contains(xs []string, x string) bool {
 	for _, y := range xs {

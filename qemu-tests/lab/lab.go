@@ -8,13 +8,16 @@ package lab
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
+	"strings"
 	"time"
 
 	"github.com/plinth-dev/plinth/qemu-tests/netlab"
@@ -74,9 +77,43 @@ func (l *Lab) Get(ctx context.Context, self, url string) ([]byte, error) {
 	return cmd.Output()
 }
 
-// HelperGet is the other side of Get: call it first thing in main (or
-// TestMain); it returns at once when the environment does not ask for it.
+// Resolve looks name up from inside the lab, asking the DNS server at
+// server (host:port) only, by running the helper binary self there. It
+// returns the addresses in the order the server gave them.
+func (l *Lab) Resolve(ctx context.Context, self, name, server string) ([]string, error) {
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", l.nl.Name(), self)
+	cmd.Env = append(os.Environ(), "PLINTH_HELPER_RESOLVE="+name, "PLINTH_HELPER_DNS="+server)
+	out, err := cmd.Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return nil, fmt.Errorf("resolve %s at %s: %v: %s", name, server, err, ee.Stderr)
+		}
+		return nil, err
+	}
+	return strings.Fields(string(out)), nil
+}
+
+// HelperGet is the other side of Get and Resolve: call it first thing in
+// main (or TestMain); it returns at once when the environment does not ask
+// for it.
 func HelperGet() {
+	if name := os.Getenv("PLINTH_HELPER_RESOLVE"); name != "" {
+		server := os.Getenv("PLINTH_HELPER_DNS")
+		r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, network, server)
+		}}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		addrs, err := r.LookupHost(ctx, name)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		fmt.Println(strings.Join(addrs, " "))
+		os.Exit(0)
+	}
 	url := os.Getenv("PLINTH_HELPER_GET")
 	if url == "" {
 		return
