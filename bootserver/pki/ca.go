@@ -69,8 +69,8 @@ func DefaultStateDir(site string) (string, error) {
 	return filepath.Join(base, "plinth", site), nil
 }
 
-// CheckOutside fails when stateDir is siteDir or inside it: sites are kept
-// in git, and the CA's key must never be committed with them.
+// CheckOutside fails when stateDir (or any directory keys go to) is siteDir
+// or inside it: sites are kept in git, and keys must never be committed.
 func CheckOutside(stateDir, siteDir string) error {
 	st, err1 := filepath.Abs(stateDir)
 	si, err2 := filepath.Abs(siteDir)
@@ -86,7 +86,7 @@ func CheckOutside(stateDir, siteDir string) error {
 	}
 	rel, err := filepath.Rel(si, st)
 	if err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
-		return fmt.Errorf("state directory %s is inside the site directory %s: keep keys out of the site (it is meant for git); choose another --state", stateDir, siteDir)
+		return fmt.Errorf("%s is inside the site directory %s: keys stay out of the site, which is meant for git", stateDir, siteDir)
 	}
 	return nil
 }

@@ -44,6 +44,9 @@ The CA must exist: plinth serve creates it on its first start.`,
 			if err != nil {
 				return err
 			}
+			if err := pki.CheckOutside(out, siteDir); err != nil {
+				return fmt.Errorf("--out: %w", err)
+			}
 			if server == "" {
 				if site.APIName == "" {
 					return fmt.Errorf("%s: the site has no [site] api_name: give --server https://HOST:PORT", siteDir)
@@ -79,7 +82,7 @@ func openCA(site *profiles.Site, siteDir, stateDir string, create bool, log *slo
 		stateDir = d
 	}
 	if err := pki.CheckOutside(stateDir, siteDir); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("--state: %w", err)
 	}
 	if create {
 		ca, _, err := pki.LoadOrCreate(stateDir, site.Name, log)
@@ -103,6 +106,9 @@ func siteServices(c *bootserver.Config, stateDir, dnsFlag string, log *slog.Logg
 	}
 	if c.CA, err = openCA(site, c.SiteDir, stateDir, true, log); err != nil {
 		return nil, err
+	}
+	if site.Enrolment != "token" {
+		log.Warn("profiles carry private keys and enrolment is none: any host that can reach this server can read any machine's; set [site] enrolment = \"token\"", "site", site.Name)
 	}
 	addr := dnsFlag
 	switch dnsFlag {

@@ -56,6 +56,9 @@ func TestCredentialsNeedTheServersCAAndWriteAKubeconfigForTheAPIName(t *testing.
 	if _, err := run("credentials", "--site", site, "--state", filepath.Join(site, "keys"), "--out", out); err == nil || !strings.Contains(err.Error(), "inside the site") {
 		t.Errorf("a state inside the site: %v", err)
 	}
+	if _, err := run("credentials", "--site", site, "--state", state, "--out", filepath.Join(site, "admin")); err == nil || !strings.Contains(err.Error(), "inside the site") {
+		t.Errorf("credentials written into the site: %v", err)
+	}
 }
 
 func TestServeDNSIsOnWhereAsked(t *testing.T) {
