@@ -20,6 +20,7 @@ import (
 type buildFlags struct {
 	out, cache, src string
 	offline, rescue bool
+	mirror          string
 }
 
 func newBuildCmd(g *globals) *cobra.Command {
@@ -62,6 +63,12 @@ previous output untouched.`,
 			if err := errors.Join(errs...); err != nil {
 				return err
 			}
+			if f.mirror != "" {
+				f.offline = true
+				if err := useMirror(cmd, f.mirror, cache, specs, g); err != nil {
+					return err
+				}
+			}
 			for _, s := range specs {
 				if s.Kernel != nil && src == "" {
 					return fmt.Errorf("%s: building an initramfs compiles plinth's /init from source: run from the plinth tree or set PLINTH_SRC (or --src)", s.File)
@@ -86,6 +93,7 @@ previous output untouched.`,
 	c.Flags().StringVar(&f.cache, "cache", "", "cache directory (default $PLINTH_CACHE or ~/.cache/plinth)")
 	c.Flags().StringVar(&f.src, "src", "", "plinth source tree for the initramfs programs (default $PLINTH_SRC or found from the working directory)")
 	c.Flags().BoolVar(&f.offline, "offline", false, "never touch the network: every source must be local or cached")
+	c.Flags().StringVar(&f.mirror, "mirror", "", "build offline from this mirror (plinth mirror): sources and the initramfs's Go modules come from it alone")
 	c.Flags().BoolVar(&f.rescue, "rescue", true, "include a rescue shell in the initramfs (enabled at boot only by plinth.rescue=1)")
 	return c
 }

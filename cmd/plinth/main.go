@@ -79,6 +79,9 @@ Typical use:
 		newServeCmd(g),
 		newCredentialsCmd(g),
 		newQemuCmd(g),
+		newMirrorCmd(g),
+		newBundleCmd(g),
+		newVerifyCmd(g),
 	)
 	return root
 }

@@ -15,8 +15,9 @@ import (
 func newServeCmd(g *globals) *cobra.Command {
 	var c bootserver.Config
 	var serverIP, stateDir, dnsFlag string
+	var bundleFile, bundleDir string
 	cmd := &cobra.Command{
-		Use:   "serve --site DIR --artifacts DIR [--listen ADDR]",
+		Use:   "serve --site DIR --artifacts DIR | --bundle FILE [--listen ADDR]",
 		Short: "Netboot machines: DHCP/TFTP for PXE, iPXE scripts, artifacts and profiles over HTTP",
 		Long: `Serve a site's machines from built artifacts. Each machine PXE-boots into iPXE,
 gets a boot script pinned by digest, its kernel, initramfs and root file system,
@@ -27,6 +28,11 @@ any change on disk, reloads the site and artifacts; a broken site is rejected
 and the running one kept.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if bundleFile != "" {
+				if err := serveBundle(cmd, &c, bundleFile, bundleDir, g.log); err != nil {
+					return err
+				}
+			}
 			if c.SiteDir == "" || c.ArtifactsDir == "" {
 				return fmt.Errorf("--site and --artifacts are required")
 			}
@@ -62,6 +68,8 @@ and the running one kept.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&c.SiteDir, "site", "", "site profile directory")
+	f.StringVar(&bundleFile, "bundle", "", "serve a bundle (plinth bundle) instead of --site and --artifacts: verified, then unpacked into --bundle-dir")
+	f.StringVar(&bundleDir, "bundle-dir", "", "where a --bundle is unpacked, swapped in atomically (default $PLINTH_CACHE/bundles)")
 	f.StringVar(&c.ArtifactsDir, "artifacts", "artifacts", "artifacts directory (the builder's --out)")
 	f.StringVar(&c.Listen, "listen", ":8080", "HTTP listen address")
 	f.StringVar(&c.PublicURL, "public-url", "", "URL machines reach this server at (default http://SERVER-IP:PORT)")

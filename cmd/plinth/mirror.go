@@ -1,0 +1,118 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/plinth-dev/plinth/builder/mirror"
+	"github.com/plinth-dev/plinth/builder/source"
+	"github.com/plinth-dev/plinth/images"
+)
+
+func newMirrorCmd(g *globals) *cobra.Command {
+	var to, cache, src string
+	c := &cobra.Command{
+		Use:   "mirror SPEC... --to DIR",
+		Short: "Copy every source of image specs into one OCI layout, for building where there is no network",
+		Long: `Resolve every source of the given image specs (registry references, oci:,
+docker-archive:, dir:, tar:, go: programs and the kernel) and write them into DIR,
+one OCI image layout whose index annotates each image with the source string as
+the spec wrote it (dev.plinth.mirror.source) and its use (layer or kernel).
+go: sources are stored as the layer of the built program; a dir: kernel as the
+kernel and the modules the specs load. Beside the layout: goproxy/, the Go
+modules plinth's initramfs compiles from (a file:// GOPROXY), specs/, the specs
+themselves, and mirror.json. DIR is replaced whole and atomically; the same
+specs and sources give the same bytes.
+
+On the far side:  plinth build --mirror DIR DIR/specs/NAME.toml
+(the plinth source tree and the same Go version are still needed there to
+compile the initramfs; --mirror makes go use only the mirror's modules).`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if to == "" {
+				return errors.New("--to DIR is required")
+			}
+			epoch, err := sourceDateEpoch()
+			if err != nil {
+				return err
+			}
+			cacheD, err := cacheDir(cache)
+			if err != nil {
+				return err
+			}
+			specs, err := loadSpecs(args)
+			if err != nil {
+				return err
+			}
+			srcDir, _ := findSrcDir(src)
+			for _, s := range specs {
+				if s.Kernel != nil && srcDir == "" {
+					return fmt.Errorf("%s: mirroring the Go modules of the initramfs needs the plinth source tree: run from it or set PLINTH_SRC (or --src)", s.File)
+				}
+			}
+			idx, err := mirror.Write(cmd.Context(), specs, to, mirror.Options{CacheDir: cacheD, Epoch: epoch, Log: g.log, SrcDir: srcDir})
+			if err != nil {
+				return err
+			}
+			for _, e := range idx.Sources {
+				fmt.Fprintf(cmd.OutOrStdout(), "%-6s %s %s\n", e.Use, e.Digest, e.Source)
+			}
+			if len(idx.GoModules) > 0 {
+				fmt.Fprintf(cmd.OutOrStdout(), "go     %d modules for the initramfs (%s)\n", len(idx.GoModules), idx.GoVersion)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "mirror written to %s\n", to)
+			return nil
+		},
+	}
+	c.Flags().StringVar(&to, "to", "", "mirror directory (required)")
+	c.Flags().StringVar(&cache, "cache", "", "cache directory (default $PLINTH_CACHE or ~/.cache/plinth)")
+	c.Flags().StringVar(&src, "src", "", "plinth source tree (default $PLINTH_SRC or found from the working directory)")
+	return c
+}
+
+// loadSpecs loads every spec, reporting all broken ones at once.
+func loadSpecs(paths []string) ([]*images.Spec, error) {
+	var specs []*images.Spec
+	var errs []error
+	for _, p := range paths {
+		s, err := images.Load(p)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		specs = append(specs, s)
+	}
+	return specs, errors.Join(errs...)
+}
+
+// useMirror points specs into the mirror at dir for an offline build and
+// makes every go command plinth runs find modules in the mirror only.
+func useMirror(cmd *cobra.Command, dir, cache string, specs []*images.Spec, g *globals) error {
+	m, err := mirror.Open(dir)
+	if err != nil {
+		return err
+	}
+	r := &source.Resolver{CacheDir: filepath.Join(cache, "sources"), Offline: true, Log: g.log}
+	var errs []error
+	for _, s := range specs {
+		if err := m.Rewrite(cmd.Context(), s, r); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	for _, kv := range m.GoEnv() {
+		k, v, _ := strings.Cut(kv, "=")
+		if err := os.Setenv(k, v); err != nil {
+			return err
+		}
+	}
+	g.log.Info("building from mirror", "mirror", m.Dir, "sources", len(m.Index.Sources), "go_modules", len(m.Index.GoModules))
+	return nil
+}

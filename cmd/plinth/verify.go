@@ -1,0 +1,56 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/plinth-dev/plinth/bundle"
+)
+
+func newVerifyCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "verify PATH...",
+		Short: "Check a bundle or artifact directories against their manifests",
+		Long: `Check each PATH against its manifest and report every damaged file with the
+digest expected and the one found. PATH is a bundle (a tar written by plinth
+bundle: every file against plinth-bundle.json, every artifact against its
+image's manifest.json, the whole tar against FILE.sha256 when present), an
+artifact directory (DIR/<name>/ with manifest.json) or an artifacts root.
+Exit status 1 when anything does not match.`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var errs []error
+			for _, p := range args {
+				st, err := os.Stat(p)
+				if err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				if st.IsDir() {
+					dirs, err := bundle.VerifyArtifacts(p)
+					if err != nil {
+						errs = append(errs, err)
+						continue
+					}
+					fmt.Fprintf(cmd.OutOrStdout(), "%s: ok (%d images)\n", p, len(dirs))
+					continue
+				}
+				res, err := bundle.Verify(cmd.Context(), p)
+				if err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				side := "checked against " + p + ".sha256"
+				if !res.Sidecar {
+					side = "no " + p + ".sha256 to check the whole bundle against"
+					g.log.Warn("no FILE.sha256 beside the bundle", "bundle", p)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: ok (%d files, %d images, %s; %s)\n", p, len(res.Manifest.Files), len(res.Manifest.Images), res.Digest, side)
+			}
+			return errors.Join(errs...)
+		},
+	}
+}
