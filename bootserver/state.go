@@ -97,5 +97,5 @@ const stateUnknown = "unknown"
 var knownStages = map[string]bool{
 	api.StageKernel: true, api.StageInit: true, api.StageNetwork: true, api.StageProfile: true,
 	api.StageRootfs: true, api.StageMount: true, api.StageConfig: true, api.StageSwitch: true,
-	api.StageReady: true, api.StageError: true, "modules": true, "retry": true,
+	api.StageServices: true, api.StageReady: true, api.StageError: true, "modules": true, "retry": true,
 }

@@ -201,3 +201,18 @@ func TestStatusPageAndMachinesShowEachServiceState(t *testing.T) {
 		}
 	}
 }
+
+func TestAgentWaitingForServicesIsAcceptedAndShown(t *testing.T) {
+	s, _ := fixture(t, "none")
+	ev, _ := json.Marshal(api.Event{Machine: "node-1", Stage: api.StageServices, Message: "waiting for kubelet",
+		Fields: map[string]string{"kubelet": "activating"}})
+	r := httptest.NewRequest(http.MethodPost, api.PathEvents, bytes.NewReader(ev))
+	w := httptest.NewRecorder()
+	s.Handler().ServeHTTP(w, r)
+	if w.Code != http.StatusNoContent {
+		t.Fatalf("services event: %d %s", w.Code, w.Body)
+	}
+	if page := getFrom(s.Handler(), "10.77.0.5", "/").Body.String(); !strings.Contains(page, `data-state="activating">kubelet: activating`) {
+		t.Error("the status page does not show the service being waited for")
+	}
+}
