@@ -135,6 +135,11 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 		if err := b.initramfs(ctx, ik, rootfs, rootDigest); err != nil {
 			return nil, err
 		}
+		if b.wantsMedium() {
+			if err := b.media(ctx, ik, rootfs, rootDigest); err != nil {
+				return nil, err
+			}
+		}
 	}
 	m := &manifest.Manifest{
 		Schema:          manifest.Schema,

@@ -48,6 +48,8 @@ type initramfsPlan struct {
 	cfg     compose.Config
 	site    *profiles.Site
 	machine *profiles.Machine
+	// mediumMods are the modules of the boot media's initramfs (media.go).
+	mediumMods []kernel.Module
 }
 
 func (b *build) planInitramfs(ctx context.Context) (*initramfsPlan, error) {
@@ -115,7 +117,7 @@ func (b *build) planInitramfs(ctx context.Context) (*initramfsPlan, error) {
 		return nil, fmt.Errorf("initramfs: %w", err)
 	}
 	fmt.Fprintln(h, bb)
-	if b.wants("embedded") {
+	if b.wants("embedded") || b.wantsMedium() {
 		site, err := profiles.LoadSite(b.spec.Output.Site)
 		if err != nil {
 			return nil, err
@@ -126,6 +128,11 @@ func (b *build) planInitramfs(ctx context.Context) (*initramfsPlan, error) {
 		}
 		p.site, p.machine = site, m
 		fmt.Fprintf(h, "embedded %s %s\n", site.Digest(), m.Name)
+	}
+	if b.wantsMedium() {
+		if err := b.planMedium(ctx, p, h); err != nil {
+			return nil, err
+		}
 	}
 	p.key = hex.EncodeToString(h.Sum(nil))
 	return p, nil
@@ -162,16 +169,8 @@ func (b *build) initramfs(ctx context.Context, p *initramfsPlan, rootfs, rootDig
 			return err
 		}
 	}
-	if p.machine != nil {
-		nc, err := p.site.Render(p.machine, "")
-		if err != nil {
-			return err
-		}
-		nc.Rootfs = rootDigest
-		if b.spec.Role != nil && nc.Role == "" {
-			nc.Role = b.spec.Role.Name
-		}
-		cfgJSON, err := json.MarshalIndent(nc, "", "  ")
+	if b.wants("embedded") {
+		cfgJSON, err := b.nodeConfig(p, rootDigest)
 		if err != nil {
 			return err
 		}
@@ -183,6 +182,19 @@ func (b *build) initramfs(ctx context.Context, p *initramfsPlan, rootfs, rootDig
 		}
 	}
 	return nil
+}
+
+// nodeConfig renders the profile an embedded image or a boot medium carries.
+func (b *build) nodeConfig(p *initramfsPlan, rootDigest string) ([]byte, error) {
+	nc, err := p.site.Render(p.machine, "")
+	if err != nil {
+		return nil, err
+	}
+	nc.Rootfs = rootDigest
+	if b.spec.Role != nil && nc.Role == "" {
+		nc.Role = b.spec.Role.Name
+	}
+	return json.MarshalIndent(nc, "", "  ")
 }
 
 // kernelDigest hashes a kernel image and the modules taken from its tree.
