@@ -75,7 +75,7 @@ dns         = ["10.77.0.1"]
 	}
 	defer logf.Close()
 	if err := l.Start(ctx, logf, plinthBin, "serve", "--site", filepath.Join(dir, "site"), "--artifacts", filepath.Dir(art),
-		"--listen", l.Server+":8080", "--server-ip", l.Server, "--dhcp-interface", "br0"); err != nil {
+		"--listen", l.Server+":8080", "--server-ip", l.Server, "--dhcp-interface", "br0", "--state", filepath.Join(dir, "state")); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
