@@ -29,7 +29,9 @@ func labConfig(t *testing.T, machine string) *node.Config {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pem := func(what string) string { return "-----BEGIN " + what + "-----\n" + machine + "\n-----END " + what + "-----\n" }
+	pem := func(what string) string {
+		return "-----BEGIN " + what + "-----\n" + machine + "\n-----END " + what + "-----\n"
+	}
 	cfg.TLS = &node.TLS{CA: pem("CA CERTIFICATE"), Cert: pem("CERTIFICATE"), Key: pem("PRIVATE KEY"), Identities: map[string]node.KeyPair{}}
 	switch cfg.Role {
 	case "master":
