@@ -307,6 +307,9 @@ func agentUnit(name, desc string, args []string, unitOpts ...*unit.UnitOption) (
 	o = append(o,
 		opt("Service", "Type", "oneshot"),
 		opt("Service", "RemainAfterExit", "yes"),
+		// The step retries until what it waits for is there (its own
+		// limit is 15 minutes).
+		opt("Service", "TimeoutStartSec", "infinity"),
 		opt("Service", "ExecStart", cmd),
 		opt("Service", "StandardOutput", "journal+console"),
 		opt("Service", "StandardError", "journal+console"),

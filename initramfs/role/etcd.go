@@ -100,6 +100,9 @@ func (Etcd) Plan(cfg *node.Config) (*Plan, error) {
 			opt("Unit", "Requires", "plinth-etcd-join.service var-lib-etcd.mount"),
 			opt("Unit", "After", "plinth-etcd-join.service var-lib-etcd.mount network-online.target"),
 			opt("Service", "Type", "notify"),
+			// A founding member is ready only once a quorum of the others
+			// booted: wait for them rather than fail the unit.
+			opt("Service", "TimeoutStartSec", "infinity"),
 			// ETCD_INITIAL_CLUSTER and ETCD_INITIAL_CLUSTER_STATE.
 			opt("Service", "EnvironmentFile", EtcdEnvFile),
 			opt("Service", "ExecStart", exec),

@@ -50,6 +50,9 @@ func flannel(p *Plan, cfg *node.Config) error {
 			opt("Unit", "Requires", "plinth-flannel-config.service"),
 			opt("Unit", "After", "plinth-flannel-config.service network-online.target"),
 			opt("Service", "Type", "notify"),
+			// Ready once it holds a lease, which needs etcd: wait for it
+			// rather than fail the units that require this one.
+			opt("Service", "TimeoutStartSec", "infinity"),
 			opt("Service", "ExecStart", exec),
 			opt("Service", "Restart", "always"),
 			opt("Service", "RestartSec", "3"),
