@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/plinth-dev/plinth/bootserver/api"
 	"github.com/plinth-dev/plinth/initramfs/role"
@@ -238,3 +239,90 @@ func TestRunWithoutABootServerOnlyPrints(t *testing.T) {
 }
 
 func eventsPoster() events.Poster { return events.Poster{} }
+
+// flipSystem is a machine whose etcd comes up on the third check.
+type flipSystem struct {
+	*fakeSystem
+	mu     sync.Mutex
+	checks int
+}
+
+func (f *flipSystem) ServiceState(ctx context.Context, name string) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.checks++
+	if f.checks < 3 {
+		return "activating"
+	}
+	return f.fakeSystem.ServiceState(ctx, name)
+}
+
+func TestWatchWaitsForTheServicesThenReportsReadyAndAHeartbeat(t *testing.T) {
+	srv, events := eventServer(t)
+	m := &flipSystem{fakeSystem: machine(t, srv.URL)}
+	var out syncBuffer
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		Watch(ctx, m, &out, eventsPoster(), WatchOptions{Wait: time.Minute, Every: 5 * time.Millisecond, Heartbeat: 30 * time.Millisecond})
+		close(done)
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ready := 0
+		for _, e := range events() {
+			if e.Stage == api.StageReady {
+				ready++
+			}
+		}
+		if ready >= 2 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	want := []string{
+		"plinth-agent: waiting host=etcd-one role=etcd: etcd.service is activating",
+		"plinth-agent: ready host=etcd-one role=etcd root=overlay lower=ro upper=rw",
+	}
+	if strings.Join(lines, "\n") != strings.Join(want, "\n") {
+		t.Errorf("console:\n%s\nwant:\n%s", out.String(), strings.Join(want, "\n"))
+	}
+	ev := events()
+	if len(ev) < 3 || ev[0].Stage != api.StageServices || ev[1].Stage != api.StageReady || ev[2].Stage != api.StageReady {
+		t.Errorf("events: want services, ready, then a ready heartbeat; got %+v", ev)
+	}
+}
+
+func TestWatchGivesUpWaitingAndSaysWhy(t *testing.T) {
+	m := machine(t, "")
+	m.states["etcd.service"] = "failed"
+	var out syncBuffer
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	Watch(ctx, m, &out, eventsPoster(), WatchOptions{Wait: 20 * time.Millisecond, Every: 5 * time.Millisecond, Heartbeat: time.Hour})
+	if !strings.Contains(out.String(), "plinth-agent: NOT READY host=etcd-one role=etcd: etcd.service is failed\n") ||
+		strings.Count(out.String(), "NOT READY") != 1 {
+		t.Errorf("console %q", out.String())
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe to write from Watch and read here.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
