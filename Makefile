@@ -12,7 +12,7 @@ PLINTH := bin/plinth
 DEB_PKGS := qemu-system-x86 qemu-utils squashfs-tools-ng debootstrap ipxe ovmf \
 	zstd kmod cpio iproute2 chromium
 
-.PHONY: all deps fixtures stack-fixtures plinth images demo test unit qemu-test e2e cluster bench bench-serve clean
+.PHONY: all deps fixtures stack-fixtures plinth images demo test unit qemu-test e2e airgap-test cluster bench bench-serve clean
 
 all: plinth
 
@@ -62,6 +62,11 @@ unit:
 
 qemu-test:
 	PLINTH_QEMU_TESTS=1 $(GO) test -count=1 -timeout 40m -v ./qemu-tests/ 2>&1 | tee build/qemu-test.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|figure:'; exit $${PIPESTATUS[0]}
+
+## airgap-test: the air-gap test with the far side also rebuilding offline from the bundle's mirror (+~4 min)
+airgap-test: fixtures
+	@mkdir -p build
+	PLINTH_QEMU_TESTS=1 PLINTH_AIRGAP_BUILD=1 $(GO) test -count=1 -timeout 40m -v -run 'TestAirgap' ./qemu-tests/ 2>&1 | tee build/airgap-test.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|figure:'; exit $${PIPESTATUS[0]}
 
 ## e2e: the whole cluster in QEMU (3 etcd, 1 master, 2 minions, then a 4th etcd member joins); long
 e2e: stack-fixtures

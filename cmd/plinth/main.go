@@ -56,7 +56,10 @@ Typical use:
   plinth validate images/*.toml profiles/examples/qemu-lab   # check specs and a site
   plinth build --out artifacts images/minion.toml            # build artifacts/minion/
   plinth inspect artifacts/minion                            # what is inside
-  plinth serve --site profiles/examples/qemu-lab --artifacts artifacts`,
+  plinth serve --site profiles/examples/qemu-lab --artifacts artifacts
+  plinth mirror --to mirror images/*.toml                     # air-gapped: every source in one OCI layout
+  plinth bundle --out site.tar --artifacts artifacts --mirror mirror --site DIR
+  plinth verify site.tar && plinth serve --bundle site.tar    # on the far side`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {

@@ -11,7 +11,8 @@ import (
 )
 
 func newVerifyCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	var unpack string
+	c := &cobra.Command{
 		Use:   "verify PATH...",
 		Short: "Check a bundle or artifact directories against their manifests",
 		Long: `Check each PATH against its manifest and report every damaged file with the
@@ -19,7 +20,11 @@ digest expected and the one found. PATH is a bundle (a tar written by plinth
 bundle: every file against plinth-bundle.json, every artifact against its
 image's manifest.json, the whole tar against FILE.sha256 when present), an
 artifact directory (DIR/<name>/ with manifest.json) or an artifacts root.
-Exit status 1 when anything does not match.`,
+Exit status 1 when anything does not match.
+
+With --unpack DIR a bundle is unpacked as it is checked into
+DIR/bundle-<digest>/, moved into place only when all of it verified (that is
+where the mirror is found for plinth build --mirror on the far side).`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var errs []error
@@ -38,10 +43,19 @@ Exit status 1 when anything does not match.`,
 					fmt.Fprintf(cmd.OutOrStdout(), "%s: ok (%d images)\n", p, len(dirs))
 					continue
 				}
-				res, err := bundle.Verify(cmd.Context(), p)
+				var res *bundle.Result
+				var into string
+				if unpack != "" {
+					into, res, err = bundle.Unpack(cmd.Context(), p, unpack, nil)
+				} else {
+					res, err = bundle.Verify(cmd.Context(), p)
+				}
 				if err != nil {
 					errs = append(errs, err)
 					continue
+				}
+				if into != "" {
+					fmt.Fprintf(cmd.OutOrStdout(), "%s: unpacked into %s\n", p, into)
 				}
 				side := "checked against " + p + ".sha256"
 				if !res.Sidecar {
@@ -53,4 +67,6 @@ Exit status 1 when anything does not match.`,
 			return errors.Join(errs...)
 		},
 	}
+	c.Flags().StringVar(&unpack, "unpack", "", "also unpack each bundle into DIR/bundle-<digest>/, only once it verified")
+	return c
 }
