@@ -54,8 +54,7 @@ func TestClusterE2E(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Minute)
 	defer cancel()
-	bin := filepath.Join(fixtures, "stack", "bin")
-	need(t, filepath.Join(bin, "etcdctl"), filepath.Join(bin, "kubectl"))
+	etcdctlBin, kubectlBin := stackBinary(t, "etcdctl"), stackBinary(t, "kubectl")
 	dir := t.TempDir()
 	art := filepath.Join(dir, "artifacts")
 	plinth(t, ctx, "build", "--out", art,
@@ -127,11 +126,11 @@ func TestClusterE2E(t *testing.T) {
 	plinth(t, ctx, "credentials", "--site", siteDir, "--state", state, "--out", cred)
 	tlsArgs := []string{"--cacert", filepath.Join(cred, "ca.pem"), "--cert", filepath.Join(cred, "admin.pem"), "--key", filepath.Join(cred, "admin-key.pem")}
 	etcdctl := func(args ...string) (string, error) {
-		return inLab(ctx, l, filepath.Join(bin, "etcdctl"), append(tlsArgs, args...)...)
+		return inLab(ctx, l, etcdctlBin, append(tlsArgs, args...)...)
 	}
 	kubectl := func(args ...string) (string, error) {
 		base := []string{"--kubeconfig", filepath.Join(cred, "kubeconfig"), "--server", "https://10.77.0.21:6443", "--tls-server-name", apiName}
-		return inLab(ctx, l, filepath.Join(bin, "kubectl"), append(base, args...)...)
+		return inLab(ctx, l, kubectlBin, append(base, args...)...)
 	}
 
 	// etcd: every member healthy over TLS.
@@ -146,7 +145,7 @@ func TestClusterE2E(t *testing.T) {
 		t.Fatalf("etcdctl endpoint health: %v\n%s", err, out)
 	}
 	// Plain HTTP or a client without a certificate gets nothing.
-	if out, err := inLab(ctx, l, filepath.Join(bin, "etcdctl"), "--endpoints", "http://10.77.0.11:2379", "--dial-timeout", "3s", "endpoint", "health"); err == nil {
+	if out, err := inLab(ctx, l, etcdctlBin, "--endpoints", "http://10.77.0.11:2379", "--dial-timeout", "3s", "endpoint", "health"); err == nil {
 		t.Errorf("etcd answered plain HTTP:\n%s", out)
 	}
 
@@ -168,7 +167,7 @@ func TestClusterE2E(t *testing.T) {
 	for i, n := range []string{"minion-1", "minion-2"} {
 		pod := fmt.Sprintf(`{"apiVersion":"v1","kind":"Pod","metadata":{"name":"probe-%d"},"spec":{"nodeName":%q,
 "containers":[{"name":"probe","image":"plinth.local/probe:1","imagePullPolicy":"Never"}]}}`, i+1, n)
-		if out, err := kubectlStdin(ctx, l, bin, cred, pod, "apply", "-f", "-"); err != nil {
+		if out, err := kubectlStdin(ctx, l, kubectlBin, cred, pod, "apply", "-f", "-"); err != nil {
 			t.Fatalf("create pod on %s: %v\n%s", n, err, out)
 		}
 	}
@@ -191,7 +190,7 @@ func TestClusterE2E(t *testing.T) {
 		var out string
 		var err error
 		waitFor(t, ctx, pair[0]+" reaching "+pair[1], func() bool {
-			out, err = kubectl("exec", pair[0], "--", "busybox", "wget", "-qO-", "-T", "5", "http://"+podIP[pair[1]]+":8080/")
+			out, err = kubectl("exec", pair[0], "--", "busybox", "wget", "-qO-", "-T", "5", "http://"+podIP[pair[1]]+":8080/cgi-bin/hostname")
 			return err == nil && strings.Contains(out, pair[1])
 		})
 		t.Logf("%s -> %s (%s): %s", pair[0], pair[1], podIP[pair[1]], strings.TrimSpace(out))
@@ -311,13 +310,24 @@ func inLab(ctx context.Context, l *lab.Lab, name string, args ...string) (string
 	return out.String(), err
 }
 
-func kubectlStdin(ctx context.Context, l *lab.Lab, bin, cred, stdin string, args ...string) (string, error) {
-	base := []string{"netns", "exec", l.Name(), filepath.Join(bin, "kubectl"), "--kubeconfig", filepath.Join(cred, "kubeconfig"),
+func kubectlStdin(ctx context.Context, l *lab.Lab, kubectl, cred, stdin string, args ...string) (string, error) {
+	base := []string{"netns", "exec", l.Name(), kubectl, "--kubeconfig", filepath.Join(cred, "kubeconfig"),
 		"--server", "https://10.77.0.21:6443", "--tls-server-name", apiName}
 	cmd := exec.CommandContext(ctx, "ip", append(base, args...)...)
 	cmd.Stdin = strings.NewReader(stdin)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
+}
+
+// stackBinary finds a binary the stack fixtures built
+// ($PLINTH_FIXTURES/bin/<component>-<version>/NAME).
+func stackBinary(t *testing.T, name string) string {
+	t.Helper()
+	m, _ := filepath.Glob(filepath.Join(fixtures, "bin", "*", name))
+	if len(m) == 0 {
+		need(t, filepath.Join(fixtures, "bin", "<component>", name))
+	}
+	return m[len(m)-1]
 }
 
 // rssMiB is a process's resident memory.
