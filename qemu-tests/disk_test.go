@@ -141,3 +141,10 @@ func TestISOBootsUnderOVMF(t *testing.T) {
 func TestRawDiskBootsUnderOVMF(t *testing.T) {
 	bootMedium(t, "raw-uefi", qemu.Config{Disks: []string{"disk.raw"}, Firmware: "ovmf"})
 }
+
+// TestISOBootsAsADiskUnderOVMF boots plinth.iso attached as a disk, the way
+// it runs from a USB stick: UEFI finds the EFI system partition its MBR
+// names, GRUB and stage 1 the ISO9660 file system on the whole disk.
+func TestISOBootsAsADiskUnderOVMF(t *testing.T) {
+	bootMedium(t, "iso-disk-uefi", qemu.Config{Disks: []string{"plinth.iso"}, Firmware: "ovmf"})
+}
