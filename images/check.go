@@ -87,6 +87,10 @@ func (s *Spec) checkKernel(r *tomlx.Report, empty func(field, v string) bool) {
 	}
 }
 
+// grubSyntax are the characters GRUB's script parser would not pass through
+// to the kernel command line as they are.
+const grubSyntax = "$;'\"\\{}|&<>#\n\r"
+
 func (s *Spec) checkOutput(r *tomlx.Report) {
 	f, o := s.File, s.Output
 	for i, fm := range o.Formats {
@@ -110,6 +114,13 @@ func (s *Spec) checkOutput(r *tomlx.Report) {
 		}
 		if o.Machine == "" {
 			r.Addf(f, "output.machine", "missing: embedded, iso and raw outputs carry a profile: name the machine")
+		}
+	}
+	// A boot medium's GRUB script carries the command line (builder/disk
+	// refuses the same characters).
+	if medium := slices.ContainsFunc(o.Formats, func(x string) bool { return x == "iso" || x == "raw" }); medium && s.Kernel != nil {
+		if i := strings.IndexAny(s.Kernel.Cmdline, grubSyntax); i >= 0 && !r.Has(f, "kernel.cmdline") {
+			r.Addf(f, "kernel.cmdline", "%q: iso and raw outputs pass it through a GRUB script, which reads %q as syntax", s.Kernel.Cmdline, s.Kernel.Cmdline[i])
 		}
 	}
 	if o.Site != "" && !filepath.IsAbs(o.Site) {
