@@ -62,7 +62,7 @@ source = "dir:base"
 [[layer]]
 source = "dir:top"
 [output]
-formats = ["netboot", "iso", "raw"]
+formats = ["netboot", "embedded", "iso", "raw"]
 site    = "site"
 machine = "box-1"
 `)
@@ -122,7 +122,7 @@ func onMedium(t *testing.T, img string, part int, name string) []byte {
 	return b
 }
 
-func TestISOAndRawCarryTheSameRootfsAndTheProfileReproducibly(t *testing.T) {
+func TestEveryFormatCarriesTheSameRootfsAndMediaAreReproducible(t *testing.T) {
 	needPacker(t)
 	if _, err := disk.GrubVersion(context.Background()); err != nil {
 		if os.Getenv("CI") != "" {
@@ -153,7 +153,7 @@ func TestISOAndRawCarryTheSameRootfsAndTheProfileReproducibly(t *testing.T) {
 	if err := manifest.Verify(ra.Dir, ra.Manifest); err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{ISOFile, RawFile, manifest.Initramfs} {
+	for _, name := range []string{ISOFile, RawFile, manifest.Initramfs, initramfsEmbedded} {
 		if ra.Manifest.File(name) == nil {
 			t.Errorf("manifest lacks %s", name)
 		}
@@ -171,6 +171,19 @@ func TestISOAndRawCarryTheSameRootfsAndTheProfileReproducibly(t *testing.T) {
 		if err := json.Unmarshal(onMedium(t, m.img, m.part, disk.PathConfig), &cfg); err != nil || cfg.Hostname != "box-one" || cfg.Rootfs != root {
 			t.Errorf("%s: profile %+v (%v), want host box-one and rootfs %s", filepath.Base(m.img), cfg, err, root)
 		}
+	}
+	// The embedded initramfs names the same root.
+	var embedded string
+	err = compose.Walk(filepath.Join(ra.Dir, initramfsEmbedded), func(e compose.Entry, r io.Reader) error {
+		if e.Name == compose.DigestFile {
+			b, err := io.ReadAll(r)
+			embedded = strings.TrimSpace(string(b))
+			return err
+		}
+		return nil
+	})
+	if err != nil || embedded != root {
+		t.Errorf("the embedded initramfs names rootfs %q (%v), the build's is %s", embedded, err, root)
 	}
 	// The medium's stage 1 loads what reaches the medium, after the spec's modules.
 	initrd := filepath.Join(t.TempDir(), "initrd")
