@@ -70,7 +70,7 @@ func TestRunFromMediumMountsTheOneWithItsDigestAndReadsItsProfile(t *testing.T) 
 	if b, _ := os.ReadFile(filepath.Join(s.NewRoot, "etc/hostname")); string(b) != "from-cd\n" {
 		t.Errorf("hostname file %q, want the medium's profile's", b)
 	}
-	for _, want := range []string{"plinth: [medium] /dev/sr0 holds rootfs " + good, "plinth: [rootfs] " + good + " on the medium verified"} {
+	for _, want := range []string{"plinth: [init] plinth stage 1 started: root on a boot medium", "plinth: [medium] /dev/sr0 holds rootfs " + good, "plinth: [rootfs] " + good + " on the medium verified"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("console lacks %q:\n%s", want, out)
 		}

@@ -212,6 +212,9 @@ func (s *Stage1) params(ctx context.Context) error {
 		return permanent{err}
 	}
 	mode := "embedded"
+	if s.onMedium() {
+		mode = "root on a boot medium"
+	}
 	if p.Server != "" {
 		mode = "netboot from " + p.Server + " as " + p.Machine
 		s.Events = events.NewQueue(&events.Poster{URL: p.Server + api.PathEvents, Machine: p.Machine, Client: s.Fetch.Client}, 64)
