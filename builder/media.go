@@ -68,7 +68,7 @@ func (b *build) media(ctx context.Context, p *initramfsPlan, rootfs, rootDigest 
 		return err
 	}
 	h := sha256.New()
-	fmt.Fprintf(h, "media v1\n%s\n%s\n%d\n", p.key, rootDigest, b.o.Epoch.Unix())
+	fmt.Fprintf(h, "media v%d\n%s\n%s\n%d\n", disk.Version, p.key, rootDigest, b.o.Epoch.Unix())
 	h.Write(cfgJSON)
 	key := hex.EncodeToString(h.Sum(nil))
 

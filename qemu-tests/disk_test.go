@@ -148,3 +148,9 @@ func TestRawDiskBootsUnderOVMF(t *testing.T) {
 func TestISOBootsAsADiskUnderOVMF(t *testing.T) {
 	bootMedium(t, "iso-disk-uefi", qemu.Config{Disks: []string{"plinth.iso"}, Firmware: "ovmf"})
 }
+
+// TestISOBootsAsADiskUnderSeaBIOS boots plinth.iso attached as a disk with
+// BIOS firmware: the MBR's GRUB boot code, then the El Torito BIOS image.
+func TestISOBootsAsADiskUnderSeaBIOS(t *testing.T) {
+	bootMedium(t, "iso-disk-bios", qemu.Config{Disks: []string{"plinth.iso"}})
+}

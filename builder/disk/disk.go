@@ -22,6 +22,10 @@ import (
 	"time"
 )
 
+// Version changes whenever the bytes this package writes for the same
+// Contents change: builds cache media by it.
+const Version = 2
+
 // Paths on the medium (ISO9660 with Rock Ridge, or FAT).
 const (
 	PathKernel = "boot/vmlinuz"

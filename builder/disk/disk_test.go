@@ -172,9 +172,10 @@ func TestISOCarriesTheRootfsByteForByte(t *testing.T) {
 	}
 }
 
-// TestISOHybridMBRPointsAtTheEFIImage checks the ISO read as a disk: its
-// MBR's one partition, type EF, holds the FAT image with GRUB for UEFI.
-func TestISOHybridMBRPointsAtTheEFIImage(t *testing.T) {
+// TestISOHybridMBRBootsBIOSAndUEFI checks the ISO read as a disk: its MBR's
+// one partition, type EF, holds the FAT image with GRUB for UEFI, and its
+// boot code leads to the El Torito BIOS image.
+func TestISOHybridMBRBootsBIOSAndUEFI(t *testing.T) {
 	needGrub(t)
 	c := contents(t, time.Unix(0, 0))
 	iso := filepath.Join(t.TempDir(), "plinth.iso")
@@ -194,6 +195,28 @@ func TestISOHybridMBRPointsAtTheEFIImage(t *testing.T) {
 	if got := b[int64(start)*512 : int64(start+n)*512]; !bytes.Equal(got[:len(efi)], efi) {
 		t.Fatalf("partition 1 (sectors %d+%d) is not %s", start, n, isoEFIImage)
 	}
+	// BIOS: GRUB's hybrid boot code, pointed past cdboot.img at diskboot.img,
+	// whose block list starts at the next sector.
+	code, _ := os.ReadFile(grubBootHybrid)
+	if !bytes.Equal(b[:432], code[:432]) {
+		t.Error("the MBR does not hold GRUB's boot_hybrid.img code")
+	}
+	bios := readFS(t, iso, 0, isoBIOSImage)
+	at := binary.LittleEndian.Uint64(b[432:440])
+	if got := b[at*512 : at*512+512]; !bytes.Equal(got, bios[2048:2560]) {
+		t.Errorf("the MBR points at sector %d, which is not the BIOS image's diskboot sector", at)
+	}
+	if next := binary.LittleEndian.Uint64(bios[2548:2556]); next != at+1 {
+		t.Errorf("diskboot's block list starts at sector %d, want %d", next, at+1)
+	}
+	var sum uint32
+	for i := 64; i+4 <= len(bios); i += 4 {
+		sum += binary.LittleEndian.Uint32(bios[i:])
+	}
+	if got := binary.LittleEndian.Uint32(bios[20:24]); got != sum {
+		t.Errorf("boot info table checksum %#x, the image sums to %#x", got, sum)
+	}
+
 	img := filepath.Join(t.TempDir(), "efi.img")
 	os.WriteFile(img, efi, 0o644)
 	if got := readFS(t, img, 0, pathEFI); len(got) < 100<<10 || string(got[:2]) != "MZ" {

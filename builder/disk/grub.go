@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 )
 
@@ -14,6 +13,8 @@ import (
 const (
 	grubBIOS = "i386-pc-eltorito" // El Torito no-emulation image: cdboot.img + core.img
 	grubEFI  = "x86_64-efi"
+	// grubBootHybrid is GRUB's MBR boot code for an ISO booted as a disk.
+	grubBootHybrid = "/usr/lib/grub/i386-pc/boot_hybrid.img"
 )
 
 // grubModules are built into the one-file images: enough to find the medium
@@ -35,9 +36,9 @@ func GrubVersion(ctx context.Context) (string, error) {
 	if err := cmd.Run(); err != nil {
 		return "", fmt.Errorf("grub-mkimage: %w (apt-get install grub-common grub-pc-bin grub-efi-amd64-bin)", err)
 	}
-	for _, dir := range []string{"/usr/lib/grub/i386-pc", "/usr/lib/grub/x86_64-efi"} {
-		if _, err := os.Stat(filepath.Join(dir, "linux.mod")); err != nil {
-			return "", fmt.Errorf("grub modules: %w (apt-get install grub-pc-bin grub-efi-amd64-bin)", err)
+	for _, f := range []string{"/usr/lib/grub/i386-pc/linux.mod", "/usr/lib/grub/x86_64-efi/linux.mod", grubBootHybrid} {
+		if _, err := os.Stat(f); err != nil {
+			return "", fmt.Errorf("grub: %w (apt-get install grub-pc-bin grub-efi-amd64-bin)", err)
 		}
 	}
 	return strings.TrimSpace(out.String()), nil

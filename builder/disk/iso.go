@@ -27,9 +27,9 @@ const (
 
 // WriteISO writes a hybrid ISO to out (atomically): ISO9660 with Rock Ridge
 // and El Torito, GRUB for BIOS (no emulation) and for UEFI (a FAT16 image
-// holding EFI/BOOT/BOOTX64.EFI). An MBR in the ISO's system area names that
-// FAT image as an EFI system partition, so UEFI firmware also boots the ISO
-// written to a USB stick; BIOS boots it only as a CD (no MBR boot code).
+// holding EFI/BOOT/BOOTX64.EFI). An MBR in the ISO's system area makes it
+// boot as a disk too (a USB stick): GRUB's boot code for BIOS, and a
+// partition naming the FAT image as an EFI system partition for UEFI.
 func WriteISO(ctx context.Context, c Contents, out string) error {
 	if err := c.check(); err != nil {
 		return fmt.Errorf("plinth.iso: %w", err)
@@ -105,7 +105,7 @@ func WriteISO(ctx context.Context, c Contents, out string) error {
 	if err := close(); err != nil {
 		return fmt.Errorf("plinth.iso: %w", err)
 	}
-	if err := fixISO(img, c.Epoch, label); err != nil {
+	if err := fixISO(img, c.Epoch, label, grubBootHybrid); err != nil {
 		return fmt.Errorf("plinth.iso: %w", err)
 	}
 	return publish(img, out)

@@ -41,7 +41,7 @@ func (im *isoImage) write(b []byte, off int64) error {
 	return err
 }
 
-func fixISO(path string, epoch time.Time, label string) error {
+func fixISO(path string, epoch time.Time, label, bootHybrid string) error {
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		return err
@@ -93,7 +93,7 @@ func fixISO(path string, epoch time.Time, label string) error {
 	if blocks == 0 || catalog == 0 {
 		return errors.New("no primary volume descriptor or no El Torito boot record")
 	}
-	if err := im.hybridMBR(catalog, label); err != nil {
+	if err := im.hybridMBR(catalog, label, bootHybrid); err != nil {
 		return err
 	}
 	if err := f.Truncate(int64(blocks) * isoBlock); err != nil {
@@ -218,15 +218,24 @@ func (im *isoImage) fixSUSP(b []byte) error {
 	return nil
 }
 
-// hybridMBR writes an MBR into the ISO's (empty) system area with one
-// partition, type EF, over the El Torito EFI image: UEFI firmware booting
-// the ISO as a disk finds its EFI system partition there.
-func (im *isoImage) hybridMBR(catalog uint32, label string) error {
+// hybridMBR writes an MBR into the ISO's (empty) system area so that the
+// ISO also boots as a disk (a USB stick):
+//   - for UEFI, one partition, type EF, over the El Torito EFI image: the
+//     firmware finds its EFI system partition there;
+//   - for BIOS, GRUB's boot_hybrid.img as boot code, pointed at the El
+//     Torito BIOS image past its 2048-byte cdboot.img (the diskboot.img
+//     sector), whose block list is pointed at the core image after it; the
+//     image's boot info table checksum is recomputed. These are the patches
+//     xorriso makes for grub-mkrescue (--grub2-mbr, --grub2-boot-info).
+func (im *isoImage) hybridMBR(catalog uint32, label, bootHybrid string) error {
 	cat, err := im.read(catalog, isoBlock)
 	if err != nil {
 		return fmt.Errorf("boot catalog: %w", err)
 	}
-	var efi uint32
+	var efi, bios uint32
+	if cat[32] == 0x88 { // the default entry: BIOS
+		bios = binary.LittleEndian.Uint32(cat[40:44])
+	}
 	for off := 64; off+32 <= len(cat); off += 32 {
 		h := cat[off]
 		if h != 0x90 && h != 0x91 {
@@ -240,9 +249,13 @@ func (im *isoImage) hybridMBR(catalog uint32, label string) error {
 		}
 		off += 32 * count
 	}
-	size, ok := im.sizes[efi]
+	efiSize, ok := im.sizes[efi]
 	if efi == 0 || !ok {
 		return errors.New("boot catalog: no EFI entry pointing at a file")
+	}
+	biosSize, ok := im.sizes[bios]
+	if bios == 0 || !ok || biosSize < 2048+512 {
+		return errors.New("boot catalog: no BIOS entry pointing at a GRUB El Torito image")
 	}
 	sys, err := im.read(0, 512)
 	if err != nil {
@@ -253,7 +266,17 @@ func (im *isoImage) hybridMBR(catalog uint32, label string) error {
 			return errors.New("the ISO's system area is not empty: not writing an MBR over it")
 		}
 	}
+	code, err := os.ReadFile(bootHybrid)
+	if err != nil {
+		return fmt.Errorf("BIOS boot code: %w (apt-get install grub-pc-bin)", err)
+	}
+	if len(code) != 512 {
+		return fmt.Errorf("BIOS boot code %s: %d bytes, want 512", bootHybrid, len(code))
+	}
+	const sectors = isoBlock / 512
 	mbr := make([]byte, 512)
+	copy(mbr[:432], code[:432])
+	binary.LittleEndian.PutUint64(mbr[432:440], uint64(bios)*sectors+4) // diskboot.img
 	sig := sha256.Sum256([]byte("mbr " + label))
 	copy(mbr[440:444], sig[:4]) // disk signature
 	p := mbr[446:462]
@@ -261,8 +284,23 @@ func (im *isoImage) hybridMBR(catalog uint32, label string) error {
 	copy(p[1:4], []byte{0xfe, 0xff, 0xff}) // CHS unused: LBA only
 	p[4] = 0xef
 	copy(p[5:8], []byte{0xfe, 0xff, 0xff})
-	binary.LittleEndian.PutUint32(p[8:12], efi*(isoBlock/512))
-	binary.LittleEndian.PutUint32(p[12:16], (size+511)/512)
+	binary.LittleEndian.PutUint32(p[8:12], efi*sectors)
+	binary.LittleEndian.PutUint32(p[12:16], (efiSize+511)/512)
 	mbr[510], mbr[511] = 0x55, 0xaa
-	return im.write(mbr, 0)
+	if err := im.write(mbr, 0); err != nil {
+		return err
+	}
+
+	img := make([]byte, biosSize)
+	if _, err := im.f.ReadAt(img, int64(bios)*isoBlock); err != nil {
+		return fmt.Errorf("BIOS image: %w", err)
+	}
+	// diskboot.img's block list: the core image starts in the next sector.
+	binary.LittleEndian.PutUint64(img[2048+500:], uint64(bios)*sectors+5)
+	var sum uint32
+	for i := 64; i+4 <= len(img); i += 4 {
+		sum += binary.LittleEndian.Uint32(img[i:])
+	}
+	binary.LittleEndian.PutUint32(img[20:24], sum) // boot info table checksum
+	return im.write(img, int64(bios)*isoBlock)
 }
