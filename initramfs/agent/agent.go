@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -37,6 +38,8 @@ type System interface {
 	// Get fetches url (https with the given CA and client certificate
 	// files, or plain http) and returns the body of a 200 answer.
 	Get(ctx context.Context, url, ca, cert, key string) (string, error)
+	// Journal is the last lines a unit logged, "" when there are none.
+	Journal(ctx context.Context, unit string, lines int) string
 }
 
 // Report is what the agent found.
@@ -48,6 +51,9 @@ type Report struct {
 	// Listen are the ports listened on beyond loopback ("tcp/2379"), and
 	// Unexpected those of them the role does not account for.
 	Listen, Unexpected []string
+	// Logs are the last lines of each unit that is not up, so that the
+	// status page says why without a shell on the machine.
+	Logs map[string]string
 }
 
 // Ready reports whether nothing is wrong.
@@ -64,7 +70,7 @@ func (r *Report) Line() string {
 
 // Check examines the machine. The config is nil when it could not be read.
 func Check(ctx context.Context, sys System) (*Report, *node.Config) {
-	r := &Report{Role: "none", Services: map[string]string{}}
+	r := &Report{Role: "none", Services: map[string]string{}, Logs: map[string]string{}}
 	host, err := sys.Hostname()
 	if err != nil {
 		r.Problems = append(r.Problems, "host name: "+err.Error())
@@ -103,10 +109,15 @@ func Check(ctx context.Context, sys System) (*Report, *node.Config) {
 		r.Services[s] = state
 		if state != "active" {
 			r.Problems = append(r.Problems, s+" is "+state)
+			r.Logs[s] = sys.Journal(ctx, s, logLines)
 		}
 	}
 	if len(r.Problems) == 0 && cfg != nil {
-		r.Problems = append(r.Problems, probeRole(ctx, sys, cfg)...)
+		problems, unit := probeRole(ctx, sys, cfg)
+		if len(problems) > 0 {
+			r.Problems = append(r.Problems, problems...)
+			r.Logs[unit] = sys.Journal(ctx, unit, logLines)
+		}
 	}
 	r.Listen, err = Listening(sys)
 	if err != nil {
@@ -121,12 +132,20 @@ func Check(ctx context.Context, sys System) (*Report, *node.Config) {
 	return r, cfg
 }
 
+// logLines is how much of a failing unit's journal a report carries.
+const logLines = 4
+
 // fields are the report as an event's fields: each service's state, the
 // ports listened on and any the role does not account for.
 func (r *Report) fields() map[string]string {
 	f := map[string]string{}
 	for k, v := range r.Services {
 		f[k] = v
+	}
+	for u, l := range r.Logs {
+		if l != "" {
+			f["log "+u] = l
+		}
 	}
 	f["listen"] = strings.Join(r.Listen, " ")
 	if len(r.Unexpected) > 0 {
@@ -182,6 +201,10 @@ func post(ctx context.Context, out io.Writer, client events.Poster, cfg *node.Co
 	}
 }
 
+// flapChecks is how many checks in a row must fail before a machine that
+// was ready is reported not ready.
+const flapChecks = 3
+
 // WatchOptions pace Watch.
 type WatchOptions struct {
 	// Wait is how long the role's services get to come up before the
@@ -203,7 +226,7 @@ func Watch(ctx context.Context, sys System, out io.Writer, client events.Poster,
 	deadline := time.Now().Add(opts.Wait)
 	var last, waiting string
 	var lastPost time.Time
-	settled := false
+	settled, failures := false, 0
 	for {
 		r, cfg := Check(ctx, sys)
 		line := r.Line()
@@ -215,8 +238,16 @@ func Watch(ctx context.Context, sys System, out io.Writer, client events.Poster,
 				post(ctx, out, client, cfg, api.StageServices, w, r.fields())
 				waiting = w
 			}
+		case settled && !r.Ready() && strings.HasPrefix(last, "plinth-agent: ready") && failures+1 < flapChecks:
+			// One slow answer on a busy machine is not an outage: a
+			// ready machine is reported down after flapChecks checks
+			// in a row say so.
+			failures++
 		default:
 			settled = true
+			if r.Ready() {
+				failures = 0
+			}
 			if line != last || time.Since(lastPost) >= opts.Heartbeat {
 				if line != last {
 					fmt.Fprintln(out, line)
@@ -270,6 +301,12 @@ func (OS) ProbeWrite(dir string) error {
 		err = rerr
 	}
 	return err
+}
+
+// Journal asks journalctl for a unit's last lines.
+func (OS) Journal(ctx context.Context, unit string, lines int) string {
+	out, _ := exec.CommandContext(ctx, "journalctl", "--no-pager", "-o", "cat", "-n", strconv.Itoa(lines), "-u", unit).Output()
+	return strings.TrimSpace(string(out))
 }
 
 // ServiceState asks systemctl; "unknown" when it cannot answer.

@@ -114,6 +114,7 @@ type fakeSystem struct {
 	readOnly bool
 	states   map[string]string
 	urls     map[string]string // URL → body of a 200 answer
+	logs     map[string]string // unit → its journal's last lines
 }
 
 func (f *fakeSystem) ReadFile(p string) ([]byte, error) {
@@ -134,6 +135,10 @@ func (f *fakeSystem) ServiceState(_ context.Context, name string) string {
 		return s
 	}
 	return "inactive"
+}
+
+func (f *fakeSystem) Journal(_ context.Context, unit string, _ int) string {
+	return f.logs[unit]
 }
 
 func (f *fakeSystem) Get(_ context.Context, url, _, _, _ string) (string, error) {
@@ -325,4 +330,52 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+func TestAReportCarriesTheJournalOfAUnitThatIsDown(t *testing.T) {
+	srv, events := eventServer(t)
+	m := machine(t, srv.URL)
+	m.states["etcd.service"] = "activating"
+	m.logs = map[string]string{"etcd.service": "etcd: listen tcp 10.77.0.11:2380: bind: address already in use"}
+	Run(context.Background(), m, &bytes.Buffer{}, eventsPoster())
+	ev := events()
+	if len(ev) != 1 || ev[0].Fields["log etcd.service"] != m.logs["etcd.service"] {
+		t.Errorf("events %+v", ev)
+	}
+	// A unit that is up but does not serve: the probe's unit.
+	m.states["etcd.service"] = "active"
+	delete(m.urls, "https://127.0.0.1:2379/health")
+	Run(context.Background(), m, &bytes.Buffer{}, eventsPoster())
+	if ev := events(); len(ev) != 2 || ev[1].Fields["log etcd.service"] == "" {
+		t.Errorf("events %+v", ev)
+	}
+}
+
+// blinkSystem is a ready machine whose etcd misses one health check.
+type blinkSystem struct {
+	*fakeSystem
+	mu   sync.Mutex
+	gets int
+}
+
+func (b *blinkSystem) Get(ctx context.Context, url, ca, cert, key string) (string, error) {
+	b.mu.Lock()
+	b.gets++
+	n := b.gets
+	b.mu.Unlock()
+	if n == 3 {
+		return "", fmt.Errorf("context deadline exceeded")
+	}
+	return b.fakeSystem.Get(ctx, url, ca, cert, key)
+}
+
+func TestWatchRidesOutOneMissedCheck(t *testing.T) {
+	m := &blinkSystem{fakeSystem: machine(t, "")}
+	var out syncBuffer
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	Watch(ctx, m, &out, eventsPoster(), WatchOptions{Wait: time.Minute, Every: 5 * time.Millisecond, Heartbeat: time.Hour})
+	if got := out.String(); got != "plinth-agent: ready host=etcd-one role=etcd root=overlay lower=ro upper=rw\n" {
+		t.Errorf("console %q", got)
+	}
 }

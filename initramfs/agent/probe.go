@@ -20,8 +20,8 @@ import (
 
 // probeRole asks the role's servers whether they serve, beyond systemd
 // saying their units run: etcd's /health, the API server's /readyz,
-// kubelet's /healthz. It returns the problems.
-func probeRole(ctx context.Context, sys System, cfg *node.Config) []string {
+// kubelet's /healthz. It returns the problems and the unit they concern.
+func probeRole(ctx context.Context, sys System, cfg *node.Config) ([]string, string) {
 	type probe struct{ what, url, ca, cert, key, want string }
 	var ps []probe
 	switch cfg.Role {
@@ -38,7 +38,9 @@ func probeRole(ctx context.Context, sys System, cfg *node.Config) []string {
 		ps = append(ps, probe{"kubelet", "http://127.0.0.1:10248/healthz", "", "", "", "ok"})
 	}
 	var problems []string
+	unit := ""
 	for _, p := range ps {
+		unit = p.what + ".service"
 		body, err := sys.Get(ctx, p.url, p.ca, p.cert, p.key)
 		if err != nil {
 			problems = append(problems, p.what+" not serving: "+err.Error())
@@ -46,7 +48,7 @@ func probeRole(ctx context.Context, sys System, cfg *node.Config) []string {
 			problems = append(problems, fmt.Sprintf("%s not healthy: %q", p.what, strings.TrimSpace(body)))
 		}
 	}
-	return problems
+	return problems, unit
 }
 
 // Get fetches url: https with the CA and client certificate files, or

@@ -85,6 +85,10 @@ func (Etcd) Plan(cfg *node.Config) (*Plan, error) {
 		"--advertise-client-urls="+ClientURL(self.Address),
 		"--initial-advertise-peer-urls="+PeerURL(self.Address),
 		"--initial-cluster-token="+cluster,
+		// 5x etcd's defaults: a busy or emulated machine (a QEMU lab under
+		// TCG) otherwise loses its leader over and over; a real failover
+		// takes ~5 s instead of ~1 s.
+		"--heartbeat-interval=500", "--election-timeout=5000",
 		"--cert-file="+NodeCert, "--key-file="+NodeKey,
 		"--trusted-ca-file="+CAFile, "--client-cert-auth",
 		"--peer-cert-file="+NodeCert, "--peer-key-file="+NodeKey,
