@@ -137,8 +137,10 @@ func (Minion) Plan(cfg *node.Config) (*Plan, error) {
 	if ip := nodeIP(cfg); ip != "" {
 		kubelet = append(kubelet, "--node-ip="+ip)
 	}
+	// Not after Docker: kubelet runs pods with containerd, and a slow
+	// dockerd must not hold the node back.
 	if err := service(p, "kubelet.service", "Kubernetes node agent", kubelet,
-		"containerd.service plinth-images.service plinth-flannel-net.service docker.service", "containerd.service"); err != nil {
+		"containerd.service plinth-images.service plinth-flannel-net.service", "containerd.service"); err != nil {
 		return nil, err
 	}
 
