@@ -250,6 +250,15 @@ func waitReady(t *testing.T, ctx context.Context, l *lab.Lab, server string, vms
 	for len(at) < len(ms) {
 		select {
 		case <-ctx.Done():
+			// What the agents said last, journal tails of units that are
+			// down included.
+			list := machines(context.Background(), l, server)
+			for _, m := range ms {
+				if st := list[m.name]; st.State != "ready" {
+					b, _ := json.MarshalIndent(st.Fields, "    ", "  ")
+					t.Logf("%s: %s\n    %s", m.name, st.LastEvent, b)
+				}
+			}
 			t.Fatalf("machines not ready: %s", last)
 		case <-time.After(3 * time.Second):
 		}
