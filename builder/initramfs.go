@@ -33,6 +33,13 @@ var (
 	}
 )
 
+// InitramfsPackages are the Go packages any initramfs plinth builds may
+// compile: the stage-1 programs and the rescue shell's commands. An offline
+// mirror carries the modules they need.
+func InitramfsPackages() []string {
+	return append(slices.Clone(initCommands), rescueCommands...)
+}
+
 // Output names of the two initramfs flavours.
 const (
 	initramfsNetboot  = manifest.Initramfs            // stage 1 only: fetches the rootfs

@@ -12,23 +12,14 @@ import (
 	"strings"
 
 	"golang.org/x/mod/module"
+
+	"github.com/plinth-dev/plinth/builder"
 )
 
-// initramfsPackages are what plinth compiles into an initramfs, as `go list`
-// patterns in its source tree: its stage-1 programs and the u-root commands
-// of the rescue shell. Keep in step with initCommands and rescueCommands in
-// builder/initramfs.go; a command missing here makes the offline build fail
-// naming the module it could not find. (All of u-root's tools would be
-// 190 MB of modules instead of 93.)
-var initramfsPackages = []string{
-	"./initramfs/cmd/...",
-	"github.com/u-root/u-root/cmds/core/gosh",
-	"github.com/u-root/u-root/cmds/core/ls",
-	"github.com/u-root/u-root/cmds/core/cat",
-	"github.com/u-root/u-root/cmds/core/ip",
-	"github.com/u-root/u-root/cmds/core/dmesg",
-	"github.com/u-root/u-root/cmds/core/mount",
-}
+// initramfsPackages are what plinth compiles into an initramfs (its stage-1
+// programs and the rescue shell's u-root commands), as builder names them.
+// (All of u-root's tools would be 190 MB of modules instead of 93.)
+var initramfsPackages = builder.InitramfsPackages()
 
 // collectModules writes, in GOPROXY layout under out, every module the
 // initramfs packages of srcDir need: `go list -deps` runs against a fresh,
