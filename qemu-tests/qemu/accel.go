@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,18 +14,29 @@ import (
 	"time"
 )
 
-// ProbeTimeout bounds the KVM probe. A working KVM runs the probe guest in
-// well under a second; on hosts where KVM hangs the probe is killed.
+// ProbeTimeout bounds each of the KVM probe's two guests. A working KVM
+// runs the firmware guest in well under a second and boots a kernel to its
+// panic in one or two; on hosts where KVM hangs the probe is killed.
 const ProbeTimeout = 8 * time.Second
 
 var (
 	accelOnce sync.Once
 	accel     string
+
+	// ProbeKernel is a Linux kernel for the probe's second guest; when
+	// empty, PLINTH_QEMU_PROBE_KERNEL, then the kernel fixture, is used.
+	// Set it before the first Start or Accel.
+	ProbeKernel string
 )
 
-// Accel returns "kvm" when a probe guest ran to completion under KVM within
-// ProbeTimeout, else "tcg". The answer is computed once per process.
-// PLINTH_QEMU_ACCEL=tcg|kvm overrides the probe.
+// Accel returns "kvm" when both probe guests ran to completion under KVM
+// within ProbeTimeout each, else "tcg": first a firmware image that exits
+// through an I/O port (a KVM that hangs outright), then a Linux kernel
+// booted to its "no root" panic (a KVM that runs real-mode code but hangs
+// once the kernel leaves it, as seen on this project's CI machines). With no
+// kernel to probe with, the answer is "tcg": KVM is never assumed. The
+// answer is computed once per process. PLINTH_QEMU_ACCEL=tcg|kvm overrides
+// the probe.
 func Accel(ctx context.Context) string {
 	accelOnce.Do(func() {
 		accel = "tcg"
@@ -42,6 +54,9 @@ func Accel(ctx context.Context) string {
 		}
 		start := time.Now()
 		err := probe(ctx, "kvm", exitCode, ProbeTimeout)
+		if err == nil {
+			err = probeKernel(ctx, "kvm", probeKernelPath(), ProbeTimeout)
+		}
 		if err == nil {
 			accel = "kvm"
 		}
@@ -67,9 +82,7 @@ const probeExitStatus = 3
 var errProbeTimeout = errors.New("probe timed out")
 
 // probe boots code as firmware under accel and waits at most timeout for
-// QEMU to report the guest's exit. QEMU is killed on timeout; if even
-// SIGKILL does not end it soon (a process stuck in KVM), probe returns anyway
-// and leaves a goroutine to reap it.
+// QEMU to report the guest's exit.
 func probe(ctx context.Context, accel string, code []byte, timeout time.Duration) error {
 	dir, err := os.MkdirTemp("", "plinth-qemu-probe-")
 	if err != nil {
@@ -86,6 +99,20 @@ func probe(ctx context.Context, accel string, code []byte, timeout time.Duration
 	cmd := exec.Command(Binary, "-accel", accel, "-machine", "pc", "-nodefaults", "-no-user-config",
 		"-display", "none", "-monitor", "none", "-serial", "none", "-m", "16",
 		"-bios", fw, "-device", "isa-debug-exit,iobase=0xf4,iosize=0x01")
+	return runProbe(ctx, accel, cmd, timeout, func(err error) error {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) && ee.ExitCode() == probeExitStatus {
+			return nil
+		}
+		return fmt.Errorf("probe %s: guest did not run: %v", accel, err)
+	})
+}
+
+// runProbe runs a probe guest for at most timeout and judges its exit with
+// exited. QEMU is killed on timeout; if even SIGKILL does not end it soon (a
+// process stuck in KVM), runProbe returns anyway and leaves a goroutine to
+// reap it.
+func runProbe(ctx context.Context, accel string, cmd *exec.Cmd, timeout time.Duration, exited func(error) error) error {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("probe %s: %w", accel, err)
@@ -97,11 +124,7 @@ func probe(ctx context.Context, accel string, code []byte, timeout time.Duration
 	var cause error
 	select {
 	case err := <-done:
-		var ee *exec.ExitError
-		if errors.As(err, &ee) && ee.ExitCode() == probeExitStatus {
-			return nil
-		}
-		return fmt.Errorf("probe %s: guest did not run: %v", accel, err)
+		return exited(err)
 	case <-timer.C:
 		cause = errProbeTimeout
 	case <-ctx.Done():
@@ -113,4 +136,49 @@ func probe(ctx context.Context, accel string, code []byte, timeout time.Duration
 	case <-time.After(2 * time.Second):
 	}
 	return fmt.Errorf("probe %s: %w", accel, cause)
+}
+
+// probeKernelPath is the kernel the probe boots: ProbeKernel,
+// PLINTH_QEMU_PROBE_KERNEL, else the kernel fixture ("" when none).
+func probeKernelPath() string {
+	if ProbeKernel != "" {
+		return ProbeKernel
+	}
+	if k := os.Getenv("PLINTH_QEMU_PROBE_KERNEL"); k != "" {
+		return k
+	}
+	k, _ := KernelFixture()
+	return k
+}
+
+// probeKernel boots kernel under accel with no root file system and waits
+// at most timeout for its panic ("VFS: Unable to mount root fs"), after
+// which panic=-1 reboots and -no-reboot ends QEMU. Reaching the panic means
+// the guest ran the kernel in long mode with interrupts and timers, which
+// is what a netbooted machine needs of the accelerator.
+func probeKernel(ctx context.Context, accel, kernel string, timeout time.Duration) error {
+	if kernel == "" {
+		return fmt.Errorf("probe %s: no kernel to boot (set PLINTH_QEMU_PROBE_KERNEL or run make fixtures)", accel)
+	}
+	dir, err := os.MkdirTemp("", "plinth-qemu-probe-")
+	if err != nil {
+		return fmt.Errorf("probe %s: %w", accel, err)
+	}
+	defer os.RemoveAll(dir)
+	console := filepath.Join(dir, "console")
+	a := []string{"-accel", accel}
+	if accel == "kvm" {
+		a = append(a, "-cpu", "host") // as the machines will run
+	}
+	a = append(a, "-machine", "pc", "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
+		"-m", "256", "-no-reboot", "-serial", "file:"+console,
+		"-kernel", kernel, "-append", "console=ttyS0 panic=-1 loglevel=4")
+	err = runProbe(ctx, accel, exec.Command(Binary, a...), timeout, func(err error) error {
+		b, _ := os.ReadFile(console)
+		if !bytes.Contains(b, []byte("Kernel panic")) {
+			return fmt.Errorf("probe %s: kernel %s ended without its panic (%v)", accel, kernel, err)
+		}
+		return nil
+	})
+	return err
 }
