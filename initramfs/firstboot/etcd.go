@@ -111,6 +111,9 @@ type memberList struct {
 // Members asks the endpoints in turn for the member list; it returns the
 // first answer and the endpoint that gave it.
 func (e *Etcd) Members(ctx context.Context, endpoints []string) ([]Member, string, error) {
+	if len(endpoints) == 0 {
+		return nil, "", errors.New("no etcd endpoint to ask")
+	}
 	var errs []error
 	for _, ep := range endpoints {
 		var l memberList

@@ -107,6 +107,16 @@ func TestJoinFoundsTheClusterWhenNoMemberAnswers(t *testing.T) {
 	}
 }
 
+func TestJoinFoundsASingleMemberCluster(t *testing.T) {
+	// The only etcd machine of a site has nobody to ask: it founds the
+	// cluster alone rather than trying to join one.
+	e := gateway(t, &fakeEtcd{})
+	p, err := e.Join(context.Background(), joinConfig("etcd-1", map[string]string{"etcd-1": "10.0.0.1"}))
+	if err != nil || p.State != "new" || p.Initial != "etcd-1=https://10.0.0.1:2380" {
+		t.Errorf("plan %+v, %v", p, err)
+	}
+}
+
 // gateway serves f where the other members' client URLs point: Join's
 // member URLs are https://ADDR:2379, so every request goes to the test
 // server instead.
