@@ -107,18 +107,16 @@ func qemuUp(ctx context.Context, g *globals, siteDir, artifacts, logDir string, 
 		"--listen", l.Server+":8080", "--server-ip", l.Server, "--dhcp-interface", "br0", "--dns", l.Server+":53"); err != nil {
 		return err
 	}
-	// The KVM probe boots one of the images' kernels: a KVM that runs
-	// firmware but hangs in the kernel is not used.
-	for _, m := range site.Machines {
-		if k := filepath.Join(artifacts, m.Image, manifest.KernelFile); qemu.ProbeKernel == "" && fileExists(k) {
-			qemu.ProbeKernel = k
-		}
-	}
 	var booted []string
 	for _, m := range site.Machines {
 		if _, err := manifest.Read(filepath.Join(artifacts, m.Image)); err != nil {
 			g.log.Warn("not booting: image not built", "machine", m.Name, "image", m.Image)
 			continue
+		}
+		// The KVM probe (run by the first Start) boots a built image's
+		// kernel: a KVM that runs firmware but hangs in the kernel is not used.
+		if qemu.ProbeKernel == "" {
+			qemu.ProbeKernel = filepath.Join(artifacts, m.Image, manifest.KernelFile)
 		}
 		netdev, err := l.AddTap(ctx)
 		if err != nil {
@@ -207,9 +205,4 @@ func orWaiting(s string) string {
 		return "waiting"
 	}
 	return s
-}
-
-func fileExists(p string) bool {
-	st, err := os.Stat(p)
-	return err == nil && st.Mode().IsRegular()
 }

@@ -166,19 +166,15 @@ func probeKernel(ctx context.Context, accel, kernel string, timeout time.Duratio
 	}
 	defer os.RemoveAll(dir)
 	console := filepath.Join(dir, "console")
-	a := []string{"-accel", accel}
-	if accel == "kvm" {
-		a = append(a, "-cpu", "host") // as the machines will run
-	}
-	a = append(a, "-machine", "pc", "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
+	// The accelerator and CPU model the machines will run with.
+	a := append(accelArgs(accel), "-machine", "pc", "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
 		"-m", "256", "-no-reboot", "-serial", "file:"+console,
 		"-kernel", kernel, "-append", "console=ttyS0 panic=-1 loglevel=4")
-	err = runProbe(ctx, accel, exec.Command(Binary, a...), timeout, func(err error) error {
+	return runProbe(ctx, accel, exec.Command(Binary, a...), timeout, func(err error) error {
 		b, _ := os.ReadFile(console)
 		if !bytes.Contains(b, []byte("Kernel panic")) {
 			return fmt.Errorf("probe %s: kernel %s ended without its panic (%v)", accel, kernel, err)
 		}
 		return nil
 	})
-	return err
 }

@@ -91,16 +91,20 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
+// accelArgs selects the accelerator and the CPU model machines run with.
+func accelArgs(accel string) []string {
+	if accel == "kvm" {
+		return []string{"-accel", "kvm", "-cpu", "host"}
+	}
+	return []string{"-accel", "tcg", "-cpu", "max"}
+}
+
 // args builds QEMU's command line for the given accelerator.
 func (c Config) args(accel string) ([]string, error) {
 	a := []string{"-name", c.Name, "-nographic", "-display", "none", "-no-reboot",
 		"-nodefaults", "-no-user-config", "-serial", "stdio", "-monitor", "none",
 		"-m", fmt.Sprint(c.Memory), "-smp", fmt.Sprint(c.CPUs)}
-	if accel == "kvm" {
-		a = append(a, "-accel", "kvm", "-cpu", "host")
-	} else {
-		a = append(a, "-accel", "tcg", "-cpu", "max")
-	}
+	a = append(a, accelArgs(accel)...)
 	switch c.Firmware {
 	case "", "bios":
 	case "ovmf":
