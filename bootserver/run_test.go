@@ -93,3 +93,25 @@ func replaceFile(path, content string) error {
 	}
 	return os.Rename(tmp, path)
 }
+
+// TestFingerprintFollowsWhatTheSiteLoaderReads: a temporary file next to
+// site.toml is not an edit; a change to any *.toml file is.
+func TestFingerprintFollowsWhatTheSiteLoaderReads(t *testing.T) {
+	site, art := t.TempDir(), t.TempDir()
+	if err := os.WriteFile(filepath.Join(site, "site.toml"), []byte("[site]\nname = \"a\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	before := fingerprint(site, art)
+	if err := os.WriteFile(filepath.Join(site, "site.toml.tmp"), []byte("half written"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if fingerprint(site, art) != before {
+		t.Error("a temporary file changed the fingerprint")
+	}
+	if err := os.WriteFile(filepath.Join(site, "rack-2.toml"), []byte("[[machine]]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if fingerprint(site, art) == before {
+		t.Error("a new *.toml file left the fingerprint unchanged")
+	}
+}

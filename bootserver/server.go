@@ -220,6 +220,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			seen = fp
 			if err := s.Reload(); err != nil {
 				s.log.Error("watch", "err", err)
+				// The site may have changed again between the fingerprint
+				// and the load (a rename landing in between): remember
+				// what was rejected, so the same broken files are not
+				// reported again on the next poll.
+				seen = fingerprint(s.cfg.SiteDir, s.cfg.ArtifactsDir)
 			}
 		}
 	}

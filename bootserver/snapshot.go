@@ -12,7 +12,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -110,9 +109,11 @@ func (im *image) bootFiles() (kernel, initrd, rootfs string, err error) {
 	return
 }
 
-// fingerprint digests what a reload reads: every file of the site
-// directory and every image's manifest. The watcher reloads only when it
-// changes, so a broken site is reported once, not every poll.
+// fingerprint digests what a reload reads: the site's *.toml files (as
+// profiles.LoadSite picks them) and every image's manifest. The watcher
+// reloads only when it changes, so a broken site is reported once, not
+// every poll, and an editor's or deploy tool's temporary file next to
+// site.toml does not count as an edit.
 func fingerprint(siteDir, artifactsDir string) string {
 	h := sha256.New()
 	add := func(p string) {
@@ -124,16 +125,13 @@ func fingerprint(siteDir, artifactsDir string) string {
 		fmt.Fprintf(h, "%s %d\n", p, len(b))
 		h.Write(b)
 	}
-	_ = filepath.WalkDir(siteDir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			fmt.Fprintf(h, "%s error %v\n", p, err)
-			return nil
-		}
-		if d.Type().IsRegular() {
-			add(p)
-		}
-		return nil
-	})
+	site, err := filepath.Glob(filepath.Join(siteDir, "*.toml"))
+	if err != nil {
+		fmt.Fprintf(h, "%s error %v\n", siteDir, err)
+	}
+	for _, p := range site {
+		add(p)
+	}
 	ms, _ := filepath.Glob(filepath.Join(artifactsDir, "*", manifest.FileName))
 	sort.Strings(ms)
 	for _, p := range ms {
