@@ -240,7 +240,7 @@ func TestClusterE2E(t *testing.T) {
 }
 
 // waitReady waits until the boot server shows each machine ready, and
-// returns how long after its QEMU start each got there.
+// returns how long after its QEMU start each got there (to the 3 s poll).
 func waitReady(t *testing.T, ctx context.Context, l *lab.Lab, server string, vms map[string]*qemu.VM, ms []clusterMachine, timeout time.Duration) map[string]time.Duration {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
@@ -268,7 +268,7 @@ func waitReady(t *testing.T, ctx context.Context, l *lab.Lab, server string, vms
 			st := list[m.name]
 			fmt.Fprintf(&sb, "\n  %s: %s %s", m.name, st.State, st.LastEvent)
 			if _, ok := at[m.name]; !ok && st.State == "ready" {
-				at[m.name] = vms[m.name].Since()
+				at[m.name] = vms[m.name].Uptime()
 			}
 			if vms[m.name].Exited() {
 				t.Fatalf("%s: QEMU exited", m.name)

@@ -145,3 +145,58 @@ func TestListenPortsAreTheRolesServers(t *testing.T) {
 		}
 	}
 }
+
+// TestEveryUnitARoleWritesIsPulledIn: a unit nothing enables, requires or
+// wants never runs; the minion's image import once sat there while
+// kubelet went to a registry for its pause image.
+func TestEveryUnitARoleWritesIsPulledIn(t *testing.T) {
+	for _, machine := range []string{"etcd-1", "master-1", "minion-1"} {
+		t.Run(machine, func(t *testing.T) {
+			cfg := labConfig(t, machine)
+			c, err := Builtin().Lookup(cfg.Role)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dir := t.TempDir()
+			if err := c.Configure(context.Background(), DirRoot(dir), cfg); err != nil {
+				t.Fatal(err)
+			}
+			pulled := map[string]bool{}
+			sys := filepath.Join(dir, UnitDir)
+			err = filepath.WalkDir(sys, func(p string, d fs.DirEntry, err error) error {
+				if err != nil || d.IsDir() {
+					return err
+				}
+				if strings.HasSuffix(filepath.Dir(p), ".wants") {
+					pulled[d.Name()] = true
+					return nil
+				}
+				b, err := os.ReadFile(p)
+				if err != nil {
+					return err
+				}
+				for _, line := range strings.Split(string(b), "\n") {
+					k, v, ok := strings.Cut(line, "=")
+					if ok && (k == "Requires" || k == "Wants" || k == "BindsTo") {
+						for _, u := range strings.Fields(v) {
+							pulled[u] = true
+						}
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			units, _ := filepath.Glob(filepath.Join(sys, "*.service"))
+			if len(units) == 0 {
+				t.Fatal("the role wrote no units")
+			}
+			for _, u := range units {
+				if name := filepath.Base(u); !pulled[name] {
+					t.Errorf("%s: nothing enables, requires or wants it", name)
+				}
+			}
+		})
+	}
+}

@@ -138,9 +138,11 @@ func (Minion) Plan(cfg *node.Config) (*Plan, error) {
 		kubelet = append(kubelet, "--node-ip="+ip)
 	}
 	// Not after Docker: kubelet runs pods with containerd, and a slow
-	// dockerd must not hold the node back.
+	// dockerd must not hold the node back. It requires the image import:
+	// nothing else pulls that in, and without it the sandbox image is
+	// looked for in a registry.
 	if err := service(p, "kubelet.service", "Kubernetes node agent", kubelet,
-		"containerd.service plinth-images.service plinth-flannel-net.service", "containerd.service"); err != nil {
+		"containerd.service plinth-images.service plinth-flannel-net.service", "containerd.service plinth-images.service"); err != nil {
 		return nil, err
 	}
 
