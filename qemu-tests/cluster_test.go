@@ -202,7 +202,10 @@ func TestClusterE2E(t *testing.T) {
 		var out string
 		var err error
 		waitFor(t, ctx, pair[0]+" reaching "+pair[1], func() bool {
-			out, err = kubectl("exec", pair[0], "--", "busybox", "wget", "-qO-", "-T", "5", "http://"+podIP[pair[1]]+":8080/cgi-bin/hostname")
+			// busybox nc, not wget: Debian bookworm's static busybox
+			// (1.35.0-4+deb12u1) segfaults in wget, in a pod and on a host.
+			get := `printf 'GET /cgi-bin/hostname HTTP/1.0\r\n\r\n' | busybox nc -w 5 ` + podIP[pair[1]] + ` 8080`
+			out, err = kubectl("exec", pair[0], "--", "busybox", "sh", "-c", get)
 			return err == nil && strings.Contains(out, pair[1])
 		})
 		t.Logf("%s -> %s (%s): %s", pair[0], pair[1], podIP[pair[1]], strings.TrimSpace(out))
