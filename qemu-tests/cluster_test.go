@@ -175,7 +175,13 @@ func TestClusterE2E(t *testing.T) {
 	out, _ = kubectl("get", "nodes", "-o", "wide")
 	t.Logf("kubectl get nodes:\n%s", out)
 
-	// A pod on each minion, each reaching the other's pod IP.
+	// A pod on each minion, each reaching the other's pod IP. Pods need
+	// the namespace's default service account, which the controller
+	// manager creates shortly after it starts.
+	waitFor(t, ctx, "the default service account", func() bool {
+		_, err := kubectl("get", "serviceaccount", "default")
+		return err == nil
+	})
 	for i, n := range []string{"minion-1", "minion-2"} {
 		pod := fmt.Sprintf(`{"apiVersion":"v1","kind":"Pod","metadata":{"name":"probe-%d"},"spec":{"nodeName":%q,
 "containers":[{"name":"probe","image":"plinth.local/probe:1","imagePullPolicy":"Never"}]}}`, i+1, n)
