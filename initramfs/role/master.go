@@ -101,7 +101,6 @@ func (Master) Plan(cfg *node.Config) (*Plan, error) {
 		"--authentication-kubeconfig=" + AdminKubeconfig,
 		"--authorization-kubeconfig=" + AdminKubeconfig,
 		"--bind-address=127.0.0.1",
-		"--leader-elect=true",
 		"--root-ca-file=" + CAFile,
 		"--service-account-private-key-file=" + SAKeyFile,
 		"--use-service-account-credentials=true",
@@ -110,6 +109,7 @@ func (Master) Plan(cfg *node.Config) (*Plan, error) {
 		"--allocate-node-cidrs=false",
 		"--profiling=false",
 	}
+	cm = append(cm, leaderElection...)
 	if err := service(p, "kube-controller-manager.service", "Kubernetes controller manager", cm,
 		"kube-apiserver.service", ""); err != nil {
 		return nil, err
@@ -119,14 +119,28 @@ func (Master) Plan(cfg *node.Config) (*Plan, error) {
 		"--authentication-kubeconfig=" + AdminKubeconfig,
 		"--authorization-kubeconfig=" + AdminKubeconfig,
 		"--bind-address=127.0.0.1",
-		"--leader-elect=true",
 		"--profiling=false",
 	}
+	sched = append(sched, leaderElection...)
 	if err := service(p, "kube-scheduler.service", "Kubernetes scheduler", sched,
 		"kube-apiserver.service", ""); err != nil {
 		return nil, err
 	}
 	return p, nil
+}
+
+// leaderElection is how the controller manager and the scheduler share
+// the work among masters. Kubernetes' defaults (a 15 s lease renewed within
+// 10 s) assume a responsive API: on a loaded machine (the e2e's TCG VMs:
+// 8 leadership losses in 15 minutes, each a restart, and the default
+// service account never made) a renewal took longer, the leader stepped
+// down and restarted. A longer lease only delays a failover to another
+// master, to a minute at most.
+var leaderElection = []string{
+	"--leader-elect=true",
+	"--leader-elect-lease-duration=60s",
+	"--leader-elect-renew-deadline=40s",
+	"--leader-elect-retry-period=5s",
 }
 
 // service adds a long-running unit, restarted when it stops, enabled for
