@@ -103,7 +103,7 @@ func TestExamplesLoad(t *testing.T) {
 	}{
 		{"examples/qemu-lab", "lab", 6},
 		{"examples/rack", "dc1-r07", 9},
-		{"examples/demo", "demo", 2},
+		{"examples/demo", "demo", 3},
 	} {
 		t.Run(tc.dir, func(t *testing.T) {
 			s := mustLoad(t, tc.dir)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -107,98 +108,133 @@ func qemuUp(ctx context.Context, g *globals, siteDir, artifacts, logDir string, 
 		"--listen", l.Server+":8080", "--server-ip", l.Server, "--dhcp-interface", "br0", "--dns", l.Server+":53"); err != nil {
 		return err
 	}
-	var booted []string
-	for _, m := range site.Machines {
+	// Machines start in the order an operator brings a rack up: etcd
+	// members, then masters, then minions and anything else, each group
+	// once the one before is ready. All at once works, but on a few host
+	// cores under TCG the later machines' boots starve etcd's heartbeats.
+	groups := bootGroups(site.Machines, func(m *profiles.Machine) bool {
 		if _, err := manifest.Read(filepath.Join(artifacts, m.Image)); err != nil {
 			g.log.Warn("not booting: image not built", "machine", m.Name, "image", m.Image)
-			continue
+			return false
 		}
-		// The KVM probe (run by the first Start) boots a built image's
-		// kernel: a KVM that runs firmware but hangs in the kernel is not used.
-		if qemu.ProbeKernel == "" {
-			qemu.ProbeKernel = filepath.Join(artifacts, m.Image, manifest.KernelFile)
-		}
-		netdev, err := l.AddTap(ctx)
-		if err != nil {
-			return err
-		}
-		mem := memory
-		if mem == 0 {
-			mem = roleMemory[m.Role]
-		}
-		if mem == 0 {
-			mem = 1024
-		}
-		if _, err := qemu.Start(ctx, nil, qemu.Config{Name: m.Name, Memory: mem, Boot: "n", Wrap: l.Wrap(), LogDir: logDir,
-			NICs: []qemu.NIC{{MAC: m.MAC, Netdev: netdev}}}); err != nil {
-			return err
-		}
-		booted = append(booted, m.Name)
-	}
-	if len(booted) == 0 {
+		return true
+	})
+	if len(groups) == 0 {
 		return fmt.Errorf("no machine of %s has a built image in %s", siteDir, artifacts)
 	}
-	fmt.Printf("lab %s: %d machines netbooting (%s); consoles in %s\n", l.Name(), len(booted), qemu.Accel(ctx), logDir)
 	start := time.Now()
 	deadline := time.After(timeout)
+	var booted []string
 	var last string
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-deadline:
-			return fmt.Errorf("machines not ready after %s: see %s", timeout, logDir)
-		case <-time.After(3 * time.Second):
+	for i, group := range groups {
+		for _, m := range group {
+			// The KVM probe (run by the first Start) boots a built image's
+			// kernel: a KVM that runs firmware but hangs in the kernel is not used.
+			if qemu.ProbeKernel == "" {
+				qemu.ProbeKernel = filepath.Join(artifacts, m.Image, manifest.KernelFile)
+			}
+			netdev, err := l.AddTap(ctx)
+			if err != nil {
+				return err
+			}
+			mem := memory
+			if mem == 0 {
+				mem = roleMemory[m.Role]
+			}
+			if mem == 0 {
+				mem = 1024
+			}
+			if _, err := qemu.Start(ctx, nil, qemu.Config{Name: m.Name, Memory: mem, Boot: "n", Wrap: l.Wrap(), LogDir: logDir,
+				NICs: []qemu.NIC{{MAC: m.MAC, Netdev: netdev}}}); err != nil {
+				return err
+			}
+			booted = append(booted, m.Name)
 		}
-		b, err := l.Get(ctx, self, server+"/v1/machines")
-		if err != nil {
-			continue
-		}
-		var list []bootserver.MachineStatus
-		if json.Unmarshal(b, &list) != nil {
-			continue
-		}
-		var sb strings.Builder
-		tw := tabwriter.NewWriter(&sb, 2, 4, 2, ' ', 0)
-		ready := 0
-		for _, st := range list {
-			if !contains(booted, st.Name) {
+		fmt.Printf("lab %s: %d of the site's machines netbooting (%s); consoles in %s\n", l.Name(), len(booted), qemu.Accel(ctx), logDir)
+		// Wait for every machine started so far.
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-deadline:
+				return fmt.Errorf("machines not ready after %s: see %s", timeout, logDir)
+			case <-time.After(3 * time.Second):
+			}
+			b, err := l.Get(ctx, self, server+"/v1/machines")
+			if err != nil {
 				continue
 			}
-			if st.State == "ready" {
-				ready++
+			var list []bootserver.MachineStatus
+			if json.Unmarshal(b, &list) != nil {
+				continue
 			}
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", st.Name, st.Role, st.IP, orWaiting(st.State), st.LastEvent)
-		}
-		tw.Flush()
-		if s := sb.String(); s != last {
-			fmt.Printf("[%4.0fs]\n%s", time.Since(start).Seconds(), s)
-			last = s
-		}
-		if ready == len(booted) {
-			fmt.Printf("all %d machines ready after %.0fs\n", ready, time.Since(start).Seconds())
-			if untilReady {
-				return nil
+			var sb strings.Builder
+			tw := tabwriter.NewWriter(&sb, 2, 4, 2, ' ', 0)
+			ready := 0
+			for _, st := range list {
+				if !slices.Contains(booted, st.Name) {
+					continue
+				}
+				if st.State == "ready" {
+					ready++
+				}
+				event, _, _ := strings.Cut(st.LastEvent, "\n") // a health check's report can run to many lines
+				fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", st.Name, st.Role, st.IP, orWaiting(st.State), event)
 			}
-			<-ctx.Done()
+			tw.Flush()
+			if s := sb.String(); s != last {
+				fmt.Printf("[%4.0fs]\n%s", time.Since(start).Seconds(), s)
+				last = s
+			}
+			if ready == len(booted) {
+				break
+			}
+		}
+		if i < len(groups)-1 {
+			continue
+		}
+		fmt.Printf("all %d machines ready after %.0fs\n", len(booted), time.Since(start).Seconds())
+		if untilReady {
 			return nil
 		}
+		<-ctx.Done()
 	}
+	return nil
+}
+
+// bootGroups orders the machines to boot (those built says can) into the
+// groups that start one after the other, in the site's order within each.
+func bootGroups(machines []*profiles.Machine, built func(*profiles.Machine) bool) [][]*profiles.Machine {
+	var groups [][]*profiles.Machine
+	for _, stage := range bootStages {
+		var group []*profiles.Machine
+		for _, m := range machines {
+			if stageOf(m.Role) == stage && built(m) {
+				group = append(group, m)
+			}
+		}
+		if len(group) > 0 {
+			groups = append(groups, group)
+		}
+	}
+	return groups
+}
+
+// bootStages is the order machines start in, by role; stageOf puts a role
+// without a stage of its own (none, or one a site adds) with the minions.
+var bootStages = []string{"etcd", "master", "minion"}
+
+func stageOf(role string) string {
+	if slices.Contains(bootStages, role) {
+		return role
+	}
+	return "minion"
 }
 
 // roleMemory is what each role's machine gets, in MiB, unless --memory
 // says otherwise: Kubernetes' control plane and a minion's runtimes need
 // more than an etcd member.
 var roleMemory = map[string]int{"etcd": 768, "master": 2048, "minion": 1536}
-
-func contains(xs []string, x string) bool {
-	for _, y := range xs {
-		if y == x {
-			return true
-		}
-	}
-	return false
-}
 
 func orWaiting(s string) string {
 	if s == "" {
