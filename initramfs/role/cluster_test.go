@@ -82,20 +82,27 @@ func dump(t *testing.T, dir string) string {
 	return b.String()
 }
 
+// configureLab runs a lab machine's role into a fresh root and returns it.
+func configureLab(t *testing.T, machine string) string {
+	t.Helper()
+	cfg := labConfig(t, machine)
+	c, err := Builtin().Lookup(cfg.Role)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := c.Configure(context.Background(), DirRoot(dir), cfg); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
 // TestRolesRenderTheLabProfile is the renderers' golden test: a profile
 // in, the files and units each role writes out.
 func TestRolesRenderTheLabProfile(t *testing.T) {
 	for _, machine := range []string{"etcd-1", "master-1", "minion-1"} {
 		t.Run(machine, func(t *testing.T) {
-			cfg := labConfig(t, machine)
-			c, err := Builtin().Lookup(cfg.Role)
-			if err != nil {
-				t.Fatal(err)
-			}
-			dir := t.TempDir()
-			if err := c.Configure(context.Background(), DirRoot(dir), cfg); err != nil {
-				t.Fatal(err)
-			}
+			dir := configureLab(t, machine)
 			golden(t, "roles/"+machine+".txt", []byte(dump(t, dir)))
 			// Keys are readable by root only.
 			for _, k := range []string{NodeKey, SAKeyFile, IdentityKey(node.IdentityKubelet), IdentityKey(node.IdentityAdmin)} {
@@ -152,18 +159,10 @@ func TestListenPortsAreTheRolesServers(t *testing.T) {
 func TestEveryUnitARoleWritesIsPulledIn(t *testing.T) {
 	for _, machine := range []string{"etcd-1", "master-1", "minion-1"} {
 		t.Run(machine, func(t *testing.T) {
-			cfg := labConfig(t, machine)
-			c, err := Builtin().Lookup(cfg.Role)
-			if err != nil {
-				t.Fatal(err)
-			}
-			dir := t.TempDir()
-			if err := c.Configure(context.Background(), DirRoot(dir), cfg); err != nil {
-				t.Fatal(err)
-			}
+			dir := configureLab(t, machine)
 			pulled := map[string]bool{}
 			sys := filepath.Join(dir, UnitDir)
-			err = filepath.WalkDir(sys, func(p string, d fs.DirEntry, err error) error {
+			err := filepath.WalkDir(sys, func(p string, d fs.DirEntry, err error) error {
 				if err != nil || d.IsDir() {
 					return err
 				}
