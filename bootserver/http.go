@@ -33,6 +33,8 @@ func (s *Server) routes() http.Handler {
 	handle("GET "+api.PathProfile, "config", s.profile)
 	handle("POST "+api.PathEvents, "events", s.event)
 	handle("GET "+api.PathMachines, "machines", s.machines)
+	handle("POST "+api.PathLogs, "logs", s.uploadLog)
+	handle("GET "+api.PathLogs, "logs", s.serveLog)
 	handle("GET /v1/events/stream", "stream", s.stream)
 	handle("GET /{$}", "status", s.statusPage)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
@@ -389,7 +391,7 @@ func (s *Server) event(w http.ResponseWriter, r *http.Request) {
 	})
 	s.log.Info("event", "machine", e.Machine, "stage", e.Stage, "message", e.Message)
 	s.notifyMasters()
-	w.WriteHeader(http.StatusNoContent)
+	s.replyToEvent(w, e.Machine)
 }
 
 func (s *Server) machines(w http.ResponseWriter, r *http.Request) {

@@ -47,13 +47,14 @@ type Config struct {
 
 // Server is a boot server.
 type Server struct {
-	cfg     Config
-	log     *slog.Logger
-	snap    atomic.Pointer[snapshot]
-	state   *stateTable
-	tokens  *tokens
-	metrics *metrics
-	leases  *leases
+	cfg      Config
+	log      *slog.Logger
+	snap     atomic.Pointer[snapshot]
+	state    *stateTable
+	tokens   *tokens
+	journals *journals
+	metrics  *metrics
+	leases   *leases
 	// neighbour finds the MAC behind an address on the boot network; a
 	// field so tests need no ARP table.
 	neighbour func(netip.Addr) (string, bool)
@@ -94,7 +95,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	state := newStateTable()
-	s := &Server{cfg: cfg, log: cfg.Log, state: state, tokens: newTokens(), metrics: newMetrics(state), leases: newLeases(), neighbour: procNeighbour, loaded: loaded}
+	s := &Server{cfg: cfg, log: cfg.Log, state: state, tokens: newTokens(), journals: newJournals(), metrics: newMetrics(state), leases: newLeases(), neighbour: procNeighbour, loaded: loaded}
 	s.snap.Store(snap)
 	s.seed(snap)
 	return s, nil

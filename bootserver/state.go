@@ -24,6 +24,9 @@ type MachineStatus struct {
 	Known     bool              `json:"known"` // in the site
 	Events    int               `json:"events"`
 	Fields    map[string]string `json:"fields,omitempty"`
+	// Journals are the units whose journal the machine sent (GET
+	// api.LogPath).
+	Journals []string `json:"journals,omitempty"`
 }
 
 // stateTable is the fleet's boot state.

@@ -83,6 +83,24 @@ func TestStatusPageUpdatesLiveInABrowser(t *testing.T) {
 	if n := eval(`document.getElementById("machines").dataset.updates || ""`); n == "" || n == "0" {
 		t.Errorf("the page counted no updates: %q", n)
 	}
+
+	// A journal the machine sends shows as a link that opens it.
+	resp, err = http.Post(ts.URL+api.LogPath("node-1", "kubelet.service"), "text/plain", strings.NewReader("kubelet: started the journal test\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("journal upload: %s", resp.Status)
+	}
+	const link = `(document.querySelector('#m-node-1 .journals a') || {href: ""}).href`
+	waitUntil(t, ctx, "the page links node-1's kubelet journal", func() bool { return strings.HasSuffix(eval(link), "/v1/machines/node-1/logs/kubelet.service") })
+	if _, err := b.call(session, "Runtime.evaluate", map[string]any{"expression": `document.querySelector('#m-node-1 .journals a').click()`}); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, ctx, "the link opens the journal", func() bool {
+		return strings.Contains(eval(`document.body ? document.body.innerText : ""`), "kubelet: started the journal test")
+	})
 }
 
 func subscribers(s *Server) int {

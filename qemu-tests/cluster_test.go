@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/plinth-dev/plinth/bootserver"
+	"github.com/plinth-dev/plinth/bootserver/api"
 	"github.com/plinth-dev/plinth/qemu-tests/lab"
 	"github.com/plinth-dev/plinth/qemu-tests/qemu"
 )
@@ -24,6 +25,14 @@ import (
 type clusterMachine struct {
 	name, mac, role, ip string
 	memory              int
+}
+
+// cpus is the machine's vCPUs: two for a master, as plinth qemu up gives it.
+func (m clusterMachine) cpus() int {
+	if m.role == "master" {
+		return 2
+	}
+	return 1
 }
 
 // The QEMU lab site (profiles/examples/qemu-lab): 3 etcd, 1 master, 2
@@ -103,7 +112,7 @@ func TestClusterE2E(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		vm, err := qemu.Start(ctx, t, qemu.Config{Name: m.name, Memory: m.memory, Boot: "n", Wrap: l.Wrap(), LogDir: logDir,
+		vm, err := qemu.Start(ctx, t, qemu.Config{Name: m.name, Memory: m.memory, CPUs: m.cpus(), Boot: "n", Wrap: l.Wrap(), LogDir: logDir,
 			NICs: []qemu.NIC{{MAC: m.mac, Netdev: netdev}}})
 		if err != nil {
 			t.Fatal(err)
@@ -124,7 +133,7 @@ func TestClusterE2E(t *testing.T) {
 				boot(m)
 			}
 		}
-		for k, v := range waitReady(t, ctx, l, server, vms, group, 20*time.Minute) {
+		for k, v := range waitReady(t, ctx, l, server, vms, group, 10*time.Minute, logDir) {
 			ready[k] = v
 		}
 	}
@@ -229,7 +238,7 @@ func TestClusterE2E(t *testing.T) {
 	}
 	time.Sleep(3 * time.Second) // the server polls the site every 2 s
 	boot(etcd4)
-	ready4 := waitReady(t, ctx, l, server, vms, []clusterMachine{etcd4}, 15*time.Minute)
+	ready4 := waitReady(t, ctx, l, server, vms, []clusterMachine{etcd4}, 10*time.Minute, logDir)
 	figure(t, "cluster (%s): etcd-4 joined and ready %.0fs after QEMU start", qemu.Accel(ctx), ready4[etcd4.name].Seconds())
 	eps = append(eps, "https://"+etcd4.ip+":2379")
 	out, err = etcdctl("--endpoints", strings.Join(eps, ","), "endpoint", "health")
@@ -262,34 +271,32 @@ func TestClusterE2E(t *testing.T) {
 
 // waitReady waits until the boot server shows each machine ready, and
 // returns how long after its QEMU start each got there (to the 3 s poll).
-func waitReady(t *testing.T, ctx context.Context, l *lab.Lab, server string, vms map[string]*qemu.VM, ms []clusterMachine, timeout time.Duration) map[string]time.Duration {
+// It fails when a machine not yet ready shows nothing new for stall (see
+// lab.Progress), saving the journals the machine sent into logDir.
+func waitReady(t *testing.T, ctx context.Context, l *lab.Lab, server string, vms map[string]*qemu.VM, ms []clusterMachine, stall time.Duration, logDir string) map[string]time.Duration {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
 	at := map[string]time.Duration{}
+	progress := lab.NewProgress(stall)
 	var last string
 	for len(at) < len(ms) {
 		select {
 		case <-ctx.Done():
-			// What the agents said last, journal tails of units that are
-			// down included.
-			list := machines(context.Background(), l, server)
-			for _, m := range ms {
-				if st := list[m.name]; st.State != "ready" {
-					b, _ := json.MarshalIndent(st.Fields, "    ", "  ")
-					t.Logf("%s: %s\n    %s", m.name, st.LastEvent, b)
-				}
-			}
-			t.Fatalf("machines not ready: %s", last)
+			t.Fatalf("machines not ready when the test's time ran out: %s", last)
 		case <-time.After(3 * time.Second):
 		}
 		list := machines(ctx, l, server)
 		var sb strings.Builder
+		var waiting []string
+		var sts []bootserver.MachineStatus
 		for _, m := range ms {
 			st := list[m.name]
+			sts = append(sts, st)
 			fmt.Fprintf(&sb, "\n  %s: %s %s", m.name, st.State, st.LastEvent)
 			if _, ok := at[m.name]; !ok && st.State == "ready" {
 				at[m.name] = vms[m.name].Uptime()
+			}
+			if st.State != "ready" {
+				waiting = append(waiting, m.name)
 			}
 			if vms[m.name].Exited() {
 				t.Fatalf("%s: QEMU exited", m.name)
@@ -298,6 +305,21 @@ func waitReady(t *testing.T, ctx context.Context, l *lab.Lab, server string, vms
 		if s := sb.String(); s != last {
 			t.Logf("boot state:%s", s)
 			last = s
+		}
+		if stalled := progress.Observe(time.Now(), waiting, sts); len(stalled) > 0 {
+			// What the agents said last, journal tails of units that are
+			// down included, and their whole journals in logDir.
+			for _, n := range stalled {
+				st := list[n]
+				b, _ := json.MarshalIndent(st.Fields, "    ", "  ")
+				t.Logf("%s: %s\n    %s", n, st.LastEvent, b)
+				for _, u := range st.Journals {
+					if j, err := l.Get(ctx, os.Args[0], server+api.LogPath(n, u)); err == nil {
+						os.WriteFile(filepath.Join(logDir, n+"."+u+".log"), j, 0o644)
+					}
+				}
+			}
+			t.Fatalf("machines %v showed nothing new for %s: %s", stalled, stall, last)
 		}
 	}
 	return at

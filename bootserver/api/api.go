@@ -3,7 +3,10 @@
 // Code on the machine imports it, so it uses only the standard library.
 package api
 
-import "time"
+import (
+	"strings"
+	"time"
+)
 
 // Kernel command-line parameters /init reads.
 const (
@@ -22,11 +25,33 @@ const (
 	PathProfile    = "/v1/machines/{id}/config" // GET: node.Config as JSON
 	PathEvents     = "/v1/events"               // POST: Event
 	PathMachines   = "/v1/machines"             // GET: []MachineStatus
-	HeaderToken    = "X-Plinth-Token"
+	// PathLogs is one unit's journal on one machine. The agent POSTs it
+	// (text, at most MaxLogBytes) when the unit is down or slow, or when an
+	// EventReply asks for it; GET returns the last upload, and with
+	// ?fresh=SECONDS asks the machine for a new one and waits up to that long.
+	PathLogs    = "/v1/machines/{id}/logs/{unit}"
+	HeaderToken = "X-Plinth-Token"
 )
 
 // ArtifactPath is the URL path of an artifact with digest "sha256:<hex>".
 func ArtifactPath(digestHex string) string { return PathArtifacts + "sha256/" + digestHex }
+
+// LogPath is the URL path of a unit's journal on a machine.
+func LogPath(machine, unit string) string { return "/v1/machines/" + machine + "/logs/" + unit }
+
+// MaxLogBytes caps one journal upload; the agent sends the newest lines.
+const MaxLogBytes = 512 << 10
+
+// HeaderLogTime carries, on a journal the server returns, when the
+// machine sent it (RFC 3339).
+const HeaderLogTime = "X-Plinth-Log-Time"
+
+// EventReply is the server's answer to an event (200; a 204 means an
+// empty reply): the units whose journal an operator asked for, which the
+// agent then uploads to LogPath.
+type EventReply struct {
+	Logs []string `json:"logs,omitempty"`
+}
 
 // ProfilePath is the URL path of a machine's rendered config.
 func ProfilePath(machine string) string { return "/v1/machines/" + machine + "/config" }
@@ -53,4 +78,25 @@ type Event struct {
 	Message string            `json:"message,omitempty"`
 	Time    time.Time         `json:"time"`
 	Fields  map[string]string `json:"fields,omitempty"` // e.g. service → state
+}
+
+// UnitName returns the systemd unit a name means ("kubelet" is
+// "kubelet.service") and whether it is one the boot server takes: letters,
+// digits and @._:- only, at most 128 characters, not starting with a dot.
+func UnitName(s string) (string, bool) {
+	if s == "" || len(s) > 128 || s[0] == '.' {
+		return "", false
+	}
+	for _, c := range s {
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '@' || c == '.' || c == '_' || c == ':' || c == '-'
+		if !ok {
+			return "", false
+		}
+	}
+	for _, suffix := range []string{".service", ".socket", ".mount", ".target", ".timer", ".path", ".scope", ".slice", ".swap", ".device", ".automount"} {
+		if len(s) > len(suffix) && strings.HasSuffix(s, suffix) {
+			return s, true
+		}
+	}
+	return s + ".service", true
 }

@@ -78,6 +78,7 @@ Typical use:
 		newBuildCmd(g),
 		newValidateCmd(g),
 		newInspectCmd(g),
+		newLogsCmd(g),
 		newPackCmd(g),
 		newServeCmd(g),
 		newCredentialsCmd(g),

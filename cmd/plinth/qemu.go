@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -15,7 +16,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/plinth-dev/plinth/bootserver"
+	"github.com/plinth-dev/plinth/bootserver/api"
 	"github.com/plinth-dev/plinth/builder/manifest"
+	"github.com/plinth-dev/plinth/internal/fsutil"
 	"github.com/plinth-dev/plinth/profiles"
 	"github.com/plinth-dev/plinth/qemu-tests/lab"
 	"github.com/plinth-dev/plinth/qemu-tests/qemu"
@@ -26,7 +29,7 @@ func newQemuCmd(g *globals) *cobra.Command {
 	var artifacts, logDir string
 	var memory int
 	var untilReady bool
-	var timeout time.Duration
+	var timeout, stall time.Duration
 	up := &cobra.Command{
 		Use:   "up SITE_DIR",
 		Short: "Netboot every machine of a site in QEMU, with plinth serve as their DHCP and boot server",
@@ -38,14 +41,15 @@ interrupted (or exits with --until-ready). Needs root. Consoles are written to
 --log-dir.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return qemuUp(cmd.Context(), g, args[0], artifacts, logDir, memory, untilReady, timeout)
+			return qemuUp(cmd.Context(), g, args[0], artifacts, logDir, memory, untilReady, timeout, stall)
 		},
 	}
 	up.Flags().StringVar(&artifacts, "artifacts", "artifacts", "artifacts directory")
 	up.Flags().StringVar(&logDir, "log-dir", "build/lab", "where VM consoles and the server log go")
 	up.Flags().IntVar(&memory, "memory", 0, "MiB of RAM per machine (default: by role, etcd 768, master 2048, minion 1536, others 1024)")
 	up.Flags().BoolVar(&untilReady, "until-ready", false, "stop everything once all machines are ready")
-	up.Flags().DurationVar(&timeout, "timeout", 15*time.Minute, "give up when machines are not ready by then")
+	up.Flags().DurationVar(&stall, "stall", 10*time.Minute, "give up when a machine not yet ready shows nothing new (boot stage, agent message, unit state) for this long")
+	up.Flags().DurationVar(&timeout, "timeout", 0, "give up when machines are not all ready by then, progressing or not (0: no limit)")
 	down := &cobra.Command{
 		Use:   "down",
 		Short: "Remove lab networks left behind by an interrupted qemu up",
@@ -66,11 +70,73 @@ interrupted (or exits with --until-ready). Needs root. Consoles are written to
 			return nil
 		},
 	}
-	c.AddCommand(up, down)
+	var logsDir string
+	var fresh time.Duration
+	logs := &cobra.Command{
+		Use:   "logs MACHINE UNIT",
+		Short: "Print a unit's journal from a machine of the running lab (plinth logs, inside the lab's network)",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			info, err := readLabInfo(logsDir)
+			if err != nil {
+				return err
+			}
+			self, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			c := exec.CommandContext(cmd.Context(), "ip", "netns", "exec", info.Netns, self, "logs",
+				"--server", info.Server, "--fresh", fresh.String(), args[0], args[1])
+			c.Stdout, c.Stderr = cmd.OutOrStdout(), cmd.ErrOrStderr()
+			if err := c.Run(); err != nil {
+				var ee *exec.ExitError
+				if errors.As(err, &ee) {
+					return exitError(ee.ExitCode())
+				}
+				return err
+			}
+			return nil
+		},
+	}
+	logs.Flags().StringVar(&logsDir, "log-dir", "build/lab", "the --log-dir of the running qemu up")
+	logs.Flags().DurationVar(&fresh, "fresh", 45*time.Second, "ask the machine for its journal now and wait this long for it (0: the last one it sent)")
+	c.AddCommand(up, down, logs)
 	return c
 }
 
-func qemuUp(ctx context.Context, g *globals, siteDir, artifacts, logDir string, memory int, untilReady bool, timeout time.Duration) error {
+// labInfo is what plinth qemu logs needs of a running lab: where its
+// boot server is. qemu up writes it into its log directory.
+type labInfo struct {
+	Netns  string `json:"netns"`
+	Server string `json:"server"`
+}
+
+const labInfoFile = "lab.json"
+
+func writeLabInfo(logDir string, info labInfo) error {
+	b, err := json.Marshal(info)
+	if err != nil {
+		return err
+	}
+	return fsutil.WriteFileAtomic(filepath.Join(logDir, labInfoFile), b, 0o644)
+}
+
+func readLabInfo(logDir string) (labInfo, error) {
+	var info labInfo
+	b, err := os.ReadFile(filepath.Join(logDir, labInfoFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return info, fmt.Errorf("no lab is running with --log-dir %s (no %s there)", logDir, labInfoFile)
+	}
+	if err != nil {
+		return info, err
+	}
+	if err := json.Unmarshal(b, &info); err != nil {
+		return info, fmt.Errorf("%s: %w", filepath.Join(logDir, labInfoFile), err)
+	}
+	return info, nil
+}
+
+func qemuUp(ctx context.Context, g *globals, siteDir, artifacts, logDir string, memory int, untilReady bool, timeout, stall time.Duration) error {
 	site, err := profiles.LoadSite(siteDir)
 	if err != nil {
 		return err
@@ -123,10 +189,18 @@ func qemuUp(ctx context.Context, g *globals, siteDir, artifacts, logDir string, 
 		return fmt.Errorf("no machine of %s has a built image in %s", siteDir, artifacts)
 	}
 	start := time.Now()
-	deadline := time.After(timeout)
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	w := &labWatch{lab: l, self: self, server: server, logDir: logDir, start: start, progress: lab.NewProgress(stall), readyAt: map[string]time.Duration{}}
+	if err := writeLabInfo(logDir, labInfo{Netns: l.Name(), Server: server}); err != nil {
+		return err
+	}
+	defer os.Remove(filepath.Join(logDir, labInfoFile))
 	var booted []string
-	var last string
-	for i, group := range groups {
+	for _, group := range groups {
 		for _, m := range group {
 			// The KVM probe (run by the first Start) boots a built image's
 			// kernel: a KVM that runs firmware but hangs in the kernel is not used.
@@ -137,69 +211,125 @@ func qemuUp(ctx context.Context, g *globals, siteDir, artifacts, logDir string, 
 			if err != nil {
 				return err
 			}
-			mem := memory
-			if mem == 0 {
-				mem = roleMemory[m.Role]
-			}
-			if mem == 0 {
-				mem = 1024
-			}
-			if _, err := qemu.Start(ctx, nil, qemu.Config{Name: m.Name, Memory: mem, Boot: "n", Wrap: l.Wrap(), LogDir: logDir,
+			mem, cpus := machineSize(m.Role, memory)
+			if _, err := qemu.Start(ctx, nil, qemu.Config{Name: m.Name, Memory: mem, CPUs: cpus, Boot: "n", Wrap: l.Wrap(), LogDir: logDir,
 				NICs: []qemu.NIC{{MAC: m.MAC, Netdev: netdev}}}); err != nil {
 				return err
 			}
 			booted = append(booted, m.Name)
 		}
-		fmt.Printf("lab %s: %d of the site's machines netbooting (%s); consoles in %s\n", l.Name(), len(booted), qemu.Accel(ctx), logDir)
-		// Wait for every machine started so far.
-		for {
-			select {
-			case <-ctx.Done():
+		fmt.Printf("lab %s: %d of the site's machines netbooting (%s); consoles in %s; a unit's journal: plinth qemu logs MACHINE UNIT\n",
+			l.Name(), len(booted), qemu.Accel(ctx), logDir)
+		if err := w.untilReady(ctx, booted); err != nil {
+			if errors.Is(err, context.Canceled) {
 				return nil
-			case <-deadline:
-				return fmt.Errorf("machines not ready after %s: see %s", timeout, logDir)
-			case <-time.After(3 * time.Second):
 			}
-			b, err := l.Get(ctx, self, server+"/v1/machines")
-			if err != nil {
-				continue
+			if errors.Is(err, context.DeadlineExceeded) {
+				return fmt.Errorf("machines not ready after --timeout %s: see %s", timeout, logDir)
 			}
-			var list []bootserver.MachineStatus
-			if json.Unmarshal(b, &list) != nil {
-				continue
-			}
-			var sb strings.Builder
-			tw := tabwriter.NewWriter(&sb, 2, 4, 2, ' ', 0)
-			ready := 0
-			for _, st := range list {
-				if !slices.Contains(booted, st.Name) {
-					continue
-				}
-				if st.State == "ready" {
-					ready++
-				}
-				event, _, _ := strings.Cut(st.LastEvent, "\n") // a health check's report can run to many lines
-				fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", st.Name, st.Role, st.IP, orWaiting(st.State), event)
-			}
-			tw.Flush()
-			if s := sb.String(); s != last {
-				fmt.Printf("[%4.0fs]\n%s", time.Since(start).Seconds(), s)
-				last = s
-			}
-			if ready == len(booted) {
-				break
-			}
+			return err
 		}
-		if i < len(groups)-1 {
+	}
+	fmt.Printf("all %d machines ready after %.0fs\n", len(booted), time.Since(start).Seconds())
+	if untilReady {
+		return nil
+	}
+	<-ctx.Done()
+	return nil
+}
+
+// labWatch follows a lab's machines through the boot server.
+type labWatch struct {
+	lab          *lab.Lab
+	self, server string
+	logDir       string
+	start        time.Time
+	progress     *lab.Progress
+	readyAt      map[string]time.Duration // since start
+	last         string
+}
+
+// untilReady polls the boot server until every machine in names is
+// ready, printing their states whenever they change. It fails when a
+// machine shows nothing new for the stall time, after saving the journals
+// it sent into the log directory.
+func (w *labWatch) untilReady(ctx context.Context, names []string) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(3 * time.Second):
+		}
+		b, err := w.lab.Get(ctx, w.self, w.server+api.PathMachines)
+		if err != nil {
 			continue
 		}
-		fmt.Printf("all %d machines ready after %.0fs\n", len(booted), time.Since(start).Seconds())
-		if untilReady {
+		var list []bootserver.MachineStatus
+		if json.Unmarshal(b, &list) != nil {
+			continue
+		}
+		now := time.Now()
+		byName := map[string]bootserver.MachineStatus{}
+		for _, st := range list {
+			byName[st.Name] = st
+		}
+		var waiting []string
+		var sb strings.Builder
+		tw := tabwriter.NewWriter(&sb, 2, 4, 2, ' ', 0)
+		for _, n := range names {
+			st := byName[n]
+			if st.State == api.StageReady {
+				if _, ok := w.readyAt[n]; !ok {
+					w.readyAt[n] = now.Sub(w.start)
+				}
+			} else {
+				waiting = append(waiting, n)
+			}
+			event, _, _ := strings.Cut(st.LastEvent, "\n") // a health check's report can run to many lines
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", n, st.Role, st.IP, orWaiting(st.State), event)
+		}
+		tw.Flush()
+		if s := sb.String(); s != w.last {
+			fmt.Printf("[%4.0fs]\n%s", now.Sub(w.start).Seconds(), s)
+			w.last = s
+		}
+		if len(waiting) == 0 {
+			for _, n := range names {
+				fmt.Printf("  %s ready %.0fs after the lab started\n", n, w.readyAt[n].Seconds())
+			}
 			return nil
 		}
-		<-ctx.Done()
+		if stalled := w.progress.Observe(now, waiting, list); len(stalled) > 0 {
+			var msgs []string
+			for _, n := range stalled {
+				st := byName[n]
+				saved := w.saveJournals(ctx, st)
+				msg := fmt.Sprintf("%s (%s) showed nothing new for %s; last: %s", n, orWaiting(st.State), w.progress.Stall, orWaiting(st.LastEvent))
+				if len(saved) > 0 {
+					msg += "; journals: " + strings.Join(saved, " ")
+				}
+				msgs = append(msgs, msg)
+			}
+			return fmt.Errorf("machines stalled (consoles in %s):\n  %s", w.logDir, strings.Join(msgs, "\n  "))
+		}
 	}
-	return nil
+}
+
+// saveJournals writes each journal a machine sent into the log directory
+// and returns the files written.
+func (w *labWatch) saveJournals(ctx context.Context, st bootserver.MachineStatus) []string {
+	var saved []string
+	for _, u := range st.Journals {
+		b, err := w.lab.Get(ctx, w.self, w.server+api.LogPath(st.Name, u))
+		if err != nil {
+			continue
+		}
+		p := filepath.Join(w.logDir, st.Name+"."+u+".log")
+		if fsutil.WriteFileAtomic(p, b, 0o644) == nil {
+			saved = append(saved, p)
+		}
+	}
+	return saved
 }
 
 // bootGroups orders the machines to boot (those built says can) into the
@@ -235,6 +365,25 @@ func stageOf(role string) string {
 // says otherwise: Kubernetes' control plane and a minion's runtimes need
 // more than an etcd member.
 var roleMemory = map[string]int{"etcd": 768, "master": 2048, "minion": 1536}
+
+// roleCPUs is each role's vCPUs (default 1). QEMU's TCG runs each vCPU on
+// a host thread of its own, so a master with two uses both cores of a
+// small host while its API server bootstraps, when the etcd member is idle
+// and the minion has not started.
+var roleCPUs = map[string]int{"master": 2}
+
+// machineSize is the memory (MiB) and vCPUs a role's machine gets;
+// memory > 0 overrides the role's.
+func machineSize(role string, memory int) (int, int) {
+	mem := memory
+	if mem == 0 {
+		mem = roleMemory[role]
+	}
+	if mem == 0 {
+		mem = 1024
+	}
+	return mem, max(roleCPUs[role], 1)
+}
 
 func orWaiting(s string) string {
 	if s == "" {

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -33,13 +34,23 @@ type System interface {
 	Hostname() (string, error)
 	// ProbeWrite creates and removes a file in dir.
 	ProbeWrite(dir string) error
-	// ServiceState is `systemctl is-active NAME`'s answer.
-	ServiceState(ctx context.Context, name string) string
+	// Units reports the state of each named unit (systemd's ActiveState,
+	// "unknown" when it cannot say) and how often systemd restarted it.
+	Units(ctx context.Context, names []string) map[string]UnitState
 	// Get fetches url (https with the given CA and client certificate
 	// files, or plain http) and returns the body of a 200 answer.
 	Get(ctx context.Context, url, ca, cert, key string) (string, error)
 	// Journal is the last lines a unit logged, "" when there are none.
 	Journal(ctx context.Context, unit string, lines int) string
+	// FullJournal is what a unit logged in this boot, with timestamps,
+	// for an operator to read (plinth logs).
+	FullJournal(ctx context.Context, unit string) []byte
+}
+
+// UnitState is one unit as systemd sees it.
+type UnitState struct {
+	State    string // ActiveState: active, activating, failed, ...
+	Restarts int    // NRestarts: automatic restarts since the unit was started
 }
 
 // Report is what the agent found.
@@ -54,6 +65,11 @@ type Report struct {
 	// Logs are the last lines of each unit that is not up, so that the
 	// status page says why without a shell on the machine.
 	Logs map[string]string
+	// Restarts counts each unit's automatic restarts (only those > 0).
+	Restarts map[string]int
+	// Load is the 1-minute load average and Memory the memory available
+	// of the total ("412/1987 MiB"): what a slow machine is short of.
+	Load, Memory string
 }
 
 // Ready reports whether nothing is wrong.
@@ -70,7 +86,7 @@ func (r *Report) Line() string {
 
 // Check examines the machine. The config is nil when it could not be read.
 func Check(ctx context.Context, sys System) (*Report, *node.Config) {
-	r := &Report{Role: "none", Services: map[string]string{}, Logs: map[string]string{}}
+	r := &Report{Role: "none", Services: map[string]string{}, Logs: map[string]string{}, Restarts: map[string]int{}}
 	host, err := sys.Hostname()
 	if err != nil {
 		r.Problems = append(r.Problems, "host name: "+err.Error())
@@ -104,12 +120,21 @@ func Check(ctx context.Context, sys System) (*Report, *node.Config) {
 	if err != nil {
 		r.Problems = append(r.Problems, err.Error())
 	}
-	for _, s := range services {
-		state := sys.ServiceState(ctx, s)
-		r.Services[s] = state
-		if state != "active" {
-			r.Problems = append(r.Problems, s+" is "+state)
-			r.Logs[s] = sys.Journal(ctx, s, logLines)
+	if len(services) > 0 {
+		states := sys.Units(ctx, services)
+		for _, s := range services {
+			u, ok := states[s]
+			if !ok {
+				u.State = "unknown"
+			}
+			r.Services[s] = u.State
+			if u.Restarts > 0 {
+				r.Restarts[s] = u.Restarts
+			}
+			if u.State != "active" {
+				r.Problems = append(r.Problems, s+" is "+u.State)
+				r.Logs[s] = sys.Journal(ctx, s, logLines)
+			}
 		}
 	}
 	if len(r.Problems) == 0 && cfg != nil {
@@ -119,6 +144,7 @@ func Check(ctx context.Context, sys System) (*Report, *node.Config) {
 			r.Logs[unit] = sys.Journal(ctx, unit, logLines)
 		}
 	}
+	r.Load, r.Memory = loadAndMemory(sys)
 	r.Listen, err = Listening(sys)
 	if err != nil {
 		r.Problems = append(r.Problems, err.Error())
@@ -147,6 +173,15 @@ func (r *Report) fields() map[string]string {
 			f["log "+u] = l
 		}
 	}
+	for u, n := range r.Restarts {
+		f["restarts "+u] = strconv.Itoa(n)
+	}
+	if r.Load != "" {
+		f["load"] = r.Load
+	}
+	if r.Memory != "" {
+		f["memory"] = r.Memory
+	}
 	f["listen"] = strings.Join(r.Listen, " ")
 	if len(r.Unexpected) > 0 {
 		f["unexpected"] = strings.Join(r.Unexpected, " ")
@@ -174,7 +209,8 @@ func readServices(sys System) ([]string, error) {
 func Run(ctx context.Context, sys System, out io.Writer, client events.Poster) int {
 	r, cfg := Check(ctx, sys)
 	fmt.Fprintln(out, r.Line())
-	post(ctx, out, client, cfg, stageOf(r), r.Line(), r.fields())
+	rep := reporter{sys: sys, out: out, client: client}
+	rep.post(ctx, cfg, r, stageOf(r), r.Line())
 	if !r.Ready() {
 		return 1
 	}
@@ -188,16 +224,52 @@ func stageOf(r *Report) string {
 	return api.StageError
 }
 
-// post sends one event to the profile's boot server, if it names one.
-func post(ctx context.Context, out io.Writer, client events.Poster, cfg *node.Config, stage, msg string, fields map[string]string) {
+// reporter posts reports to the profile's boot server and sends it the
+// journals it asks for, and those of units that are down or slow.
+type reporter struct {
+	sys    System
+	out    io.Writer
+	client events.Poster
+	// JournalEvery is the least time between two unasked uploads of one
+	// unit's journal; 0 uploads with every report.
+	journalEvery time.Duration
+	sent         map[string]time.Time // unit → last unasked upload
+}
+
+// post sends one report as an event, then the journals: those the reply
+// asks for, and those of the units the report says are down or slow.
+func (p *reporter) post(ctx context.Context, cfg *node.Config, r *Report, stage, msg string) {
 	if cfg == nil || cfg.Cluster == nil || cfg.Cluster.BootServer == "" {
 		return
 	}
-	p := client
-	p.URL = strings.TrimRight(cfg.Cluster.BootServer, "/") + api.PathEvents
-	p.Machine = cfg.Machine
-	if err := p.Send(ctx, api.Event{Stage: stage, Message: msg, Time: time.Now().UTC(), Fields: fields}); err != nil {
-		fmt.Fprintf(out, "plinth-agent: report to %s: %v\n", cfg.Cluster.BootServer, err)
+	c := p.client
+	c.URL = strings.TrimRight(cfg.Cluster.BootServer, "/") + api.PathEvents
+	c.Machine = cfg.Machine
+	reply, err := c.Report(ctx, api.Event{Stage: stage, Message: msg, Time: time.Now().UTC(), Fields: r.fields()})
+	if err != nil {
+		fmt.Fprintf(p.out, "plinth-agent: report to %s: %v\n", cfg.Cluster.BootServer, err)
+		return
+	}
+	units := map[string]bool{}
+	for _, u := range reply.Logs {
+		if u, ok := api.UnitName(u); ok {
+			units[u] = true
+		}
+	}
+	now := time.Now()
+	for u := range r.Logs {
+		if p.sent == nil {
+			p.sent = map[string]time.Time{}
+		}
+		if now.Sub(p.sent[u]) >= p.journalEvery {
+			units[u] = true
+			p.sent[u] = now
+		}
+	}
+	for _, u := range slices.Sorted(maps.Keys(units)) {
+		if err := c.Journal(ctx, u, p.sys.FullJournal(ctx, u)); err != nil {
+			fmt.Fprintf(p.out, "plinth-agent: %v\n", err)
+		}
 	}
 }
 
@@ -213,17 +285,23 @@ type WatchOptions struct {
 	// Every is the pause between checks.
 	Every time.Duration
 	// Heartbeat is how often an unchanged state is reported again, so
-	// the boot server can tell a machine that went away.
+	// the boot server can tell a machine that went away (and can ask it
+	// for journals).
 	Heartbeat time.Duration
+	// JournalEvery is the least time between two uploads of the journal
+	// of a unit that is down or slow, unless the server asks for it.
+	JournalEvery time.Duration
 }
 
 // Watch checks the machine until ctx ends. While the role's services come
 // up it prints (and posts, stage "services") what it waits for, each time
-// that changes; then it prints the ready (or, after opts.Wait, NOT READY)
-// line, posts it, and from then on reports every change at once and the
-// unchanged state every opts.Heartbeat.
+// that changes, and posts it again every opts.Heartbeat; then it prints
+// the ready (or, after opts.Wait, NOT READY) line, posts it, and from then
+// on reports every change at once and the unchanged state every
+// opts.Heartbeat.
 func Watch(ctx context.Context, sys System, out io.Writer, client events.Poster, opts WatchOptions) {
 	deadline := time.Now().Add(opts.Wait)
+	rep := reporter{sys: sys, out: out, client: client, journalEvery: opts.JournalEvery}
 	var last, waiting string
 	var lastPost time.Time
 	settled, failures := false, 0
@@ -235,8 +313,10 @@ func Watch(ctx context.Context, sys System, out io.Writer, client events.Poster,
 			w := fmt.Sprintf("plinth-agent: waiting host=%s role=%s: %s", r.Host, r.Role, strings.Join(r.Problems, "; "))
 			if w != waiting {
 				fmt.Fprintln(out, w)
-				post(ctx, out, client, cfg, api.StageServices, w, r.fields())
-				waiting = w
+			}
+			if w != waiting || time.Since(lastPost) >= opts.Heartbeat {
+				rep.post(ctx, cfg, r, api.StageServices, w)
+				waiting, lastPost = w, time.Now()
 			}
 		case settled && !r.Ready() && strings.HasPrefix(last, "plinth-agent: ready") && failures+1 < flapChecks:
 			// One slow answer on a busy machine is not an outage: a
@@ -252,7 +332,7 @@ func Watch(ctx context.Context, sys System, out io.Writer, client events.Poster,
 				if line != last {
 					fmt.Fprintln(out, line)
 				}
-				post(ctx, out, client, cfg, stageOf(r), line, r.fields())
+				rep.post(ctx, cfg, r, stageOf(r), line)
 				last, lastPost = line, time.Now()
 			}
 		}
@@ -271,7 +351,7 @@ func Main() int {
 		return firstboot.Main(os.Args[1], os.Args[2:], os.Stderr)
 	}
 	Watch(context.Background(), OS{}, os.Stdout, events.Poster{Timeout: 10 * time.Second},
-		WatchOptions{Wait: 15 * time.Minute, Every: 5 * time.Second, Heartbeat: 30 * time.Second})
+		WatchOptions{Wait: 15 * time.Minute, Every: 5 * time.Second, Heartbeat: 30 * time.Second, JournalEvery: time.Minute})
 	return 0
 }
 
@@ -309,13 +389,64 @@ func (OS) Journal(ctx context.Context, unit string, lines int) string {
 	return strings.TrimSpace(string(out))
 }
 
-// ServiceState asks systemctl; "unknown" when it cannot answer.
-func (OS) ServiceState(ctx context.Context, name string) string {
-	// is-active exits non-zero for anything but active and still prints
-	// the state: the output is the answer, the status is not.
-	out, _ := exec.CommandContext(ctx, "systemctl", "is-active", "--", name).Output()
-	if s := strings.TrimSpace(string(out)); s != "" {
-		return s
+// Units asks systemctl for every unit at once: one process per check
+// matters on a slow machine.
+func (OS) Units(ctx context.Context, names []string) map[string]UnitState {
+	args := append([]string{"show", "--property=ActiveState,NRestarts", "--"}, names...)
+	out, _ := exec.CommandContext(ctx, "systemctl", args...).Output()
+	return parseShow(string(out), names)
+}
+
+// parseShow reads `systemctl show` output: one block of KEY=VALUE lines
+// per unit, in the order asked, blank lines between.
+func parseShow(out string, names []string) map[string]UnitState {
+	states := map[string]UnitState{}
+	blocks := strings.Split(strings.TrimSpace(out), "\n\n")
+	if len(blocks) != len(names) {
+		return states
 	}
-	return "unknown"
+	for i, b := range blocks {
+		var u UnitState
+		for _, line := range strings.Split(b, "\n") {
+			k, v, _ := strings.Cut(line, "=")
+			switch k {
+			case "ActiveState":
+				u.State = v
+			case "NRestarts":
+				u.Restarts, _ = strconv.Atoi(v)
+			}
+		}
+		if u.State != "" {
+			states[names[i]] = u
+		}
+	}
+	return states
+}
+
+// FullJournal asks journalctl for what a unit logged in this boot, the
+// newest lines first cut by journalctl and then by the upload's size.
+func (OS) FullJournal(ctx context.Context, unit string) []byte {
+	out, _ := exec.CommandContext(ctx, "journalctl", "--no-pager", "-b", "-o", "short-precise", "-n", "20000", "-u", unit).Output()
+	return out
+}
+
+// loadAndMemory reads the 1-minute load average and the memory available.
+func loadAndMemory(sys System) (load, memory string) {
+	if b, err := sys.ReadFile("/proc/loadavg"); err == nil {
+		if f := strings.Fields(string(b)); len(f) > 0 {
+			load = f[0]
+		}
+	}
+	if b, err := sys.ReadFile("/proc/meminfo"); err == nil {
+		kb := map[string]int{}
+		for _, line := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(line); len(f) >= 2 {
+				kb[strings.TrimSuffix(f[0], ":")], _ = strconv.Atoi(f[1])
+			}
+		}
+		if kb["MemTotal"] > 0 {
+			memory = fmt.Sprintf("%d/%d MiB", kb["MemAvailable"]/1024, kb["MemTotal"]/1024)
+		}
+	}
+	return load, memory
 }

@@ -5,13 +5,16 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"io/fs"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -115,6 +118,7 @@ type fakeSystem struct {
 	states   map[string]string
 	urls     map[string]string // URL → body of a 200 answer
 	logs     map[string]string // unit → its journal's last lines
+	restarts map[string]int
 }
 
 func (f *fakeSystem) ReadFile(p string) ([]byte, error) {
@@ -130,11 +134,20 @@ func (f *fakeSystem) ProbeWrite(string) error {
 	}
 	return nil
 }
-func (f *fakeSystem) ServiceState(_ context.Context, name string) string {
-	if s, ok := f.states[name]; ok {
-		return s
+func (f *fakeSystem) Units(_ context.Context, names []string) map[string]UnitState {
+	out := map[string]UnitState{}
+	for _, n := range names {
+		s, ok := f.states[n]
+		if !ok {
+			s = "inactive"
+		}
+		out[n] = UnitState{State: s, Restarts: f.restarts[n]}
 	}
-	return "inactive"
+	return out
+}
+
+func (f *fakeSystem) FullJournal(_ context.Context, unit string) []byte {
+	return []byte("full journal of " + unit + "\n" + f.logs[unit])
 }
 
 func (f *fakeSystem) Journal(_ context.Context, unit string, _ int) string {
@@ -171,20 +184,60 @@ func machine(t *testing.T, server string) *fakeSystem {
 
 // eventServer records the events posted to it.
 func eventServer(t *testing.T) (*httptest.Server, func() []api.Event) {
-	var mu sync.Mutex
-	var got []api.Event
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	b := newBootServer(t)
+	return b.Server, b.events
+}
+
+// bootServer is the boot server's side of the agent's wire: it records
+// events and journal uploads, and its replies ask for the units in ask.
+type bootServer struct {
+	*httptest.Server
+	mu       sync.Mutex
+	got      []api.Event
+	journals map[string]string // unit → last upload
+	ask      []string
+}
+
+func newBootServer(t *testing.T) *bootServer {
+	b := &bootServer{journals: map[string]string{}}
+	b.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if unit, ok := strings.CutPrefix(r.URL.Path, "/v1/machines/etcd-1/logs/"); ok && r.Method == http.MethodPost {
+			text, _ := io.ReadAll(r.Body)
+			b.mu.Lock()
+			b.journals[unit] = string(text)
+			b.mu.Unlock()
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
 		var e api.Event
 		if r.URL.Path != api.PathEvents || json.NewDecoder(r.Body).Decode(&e) != nil {
 			http.Error(w, "bad", 400)
 			return
 		}
-		mu.Lock()
-		got = append(got, e)
-		mu.Unlock()
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		b.got = append(b.got, e)
+		if len(b.ask) == 0 {
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		_ = json.NewEncoder(w).Encode(api.EventReply{Logs: b.ask})
 	}))
-	t.Cleanup(srv.Close)
-	return srv, func() []api.Event { mu.Lock(); defer mu.Unlock(); return append([]api.Event(nil), got...) }
+	t.Cleanup(b.Close)
+	return b
+}
+
+func (b *bootServer) events() []api.Event {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]api.Event(nil), b.got...)
+}
+
+func (b *bootServer) journal(unit string) (string, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	j, ok := b.journals[unit]
+	return j, ok
 }
 
 func TestRunReportsReadyOnTheConsoleAndToTheServer(t *testing.T) {
@@ -252,14 +305,14 @@ type flipSystem struct {
 	checks int
 }
 
-func (f *flipSystem) ServiceState(ctx context.Context, name string) string {
+func (f *flipSystem) Units(ctx context.Context, names []string) map[string]UnitState {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.checks++
 	if f.checks < 3 {
-		return "activating"
+		return map[string]UnitState{names[0]: {State: "activating"}}
 	}
-	return f.fakeSystem.ServiceState(ctx, name)
+	return f.fakeSystem.Units(ctx, names)
 }
 
 func TestWatchWaitsForTheServicesThenReportsReadyAndAHeartbeat(t *testing.T) {
@@ -377,5 +430,80 @@ func TestWatchRidesOutOneMissedCheck(t *testing.T) {
 	Watch(ctx, m, &out, eventsPoster(), WatchOptions{Wait: time.Minute, Every: 5 * time.Millisecond, Heartbeat: time.Hour})
 	if got := out.String(); got != "plinth-agent: ready host=etcd-one role=etcd root=overlay lower=ro upper=rw\n" {
 		t.Errorf("console %q", got)
+	}
+}
+
+func TestAUnitThatIsDownHasItsWholeJournalUploaded(t *testing.T) {
+	b := newBootServer(t)
+	m := machine(t, b.URL)
+	m.states["etcd.service"] = "failed"
+	m.restarts = map[string]int{"etcd.service": 2}
+	m.logs = map[string]string{"etcd.service": "etcd: member has already been bootstrapped"}
+	var out bytes.Buffer
+	Run(context.Background(), m, &out, eventsPoster())
+	j, ok := b.journal("etcd.service")
+	if !ok || j != "full journal of etcd.service\netcd: member has already been bootstrapped" {
+		t.Errorf("journal uploaded: %v %q; console %q", ok, j, out.String())
+	}
+	if ev := b.events(); len(ev) != 1 || ev[0].Fields["restarts etcd.service"] != "2" {
+		t.Errorf("events %+v", ev)
+	}
+}
+
+func TestTheServerCanAskAReadyMachineForAJournal(t *testing.T) {
+	b := newBootServer(t)
+	b.ask = []string{"etcd.service", "not a unit/../x"}
+	m := machine(t, b.URL)
+	var out bytes.Buffer
+	if code := Run(context.Background(), m, &out, eventsPoster()); code != 0 {
+		t.Fatalf("exit %d: %s", code, out.String())
+	}
+	if j, ok := b.journal("etcd.service"); !ok || !strings.HasPrefix(j, "full journal of etcd.service") {
+		t.Errorf("asked-for journal: %v %q", ok, j)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.journals) != 1 {
+		t.Errorf("uploads %v: a name that is not a unit must not be sent", b.journals)
+	}
+}
+
+func TestWatchUploadsAFailingUnitsJournalAtMostEveryJournalEvery(t *testing.T) {
+	b := newBootServer(t)
+	m := machine(t, b.URL)
+	m.states["etcd.service"] = "activating"
+	var uploads atomic.Int32
+	counting := &countingSystem{fakeSystem: m, n: &uploads}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	Watch(ctx, counting, &syncBuffer{}, eventsPoster(), WatchOptions{Wait: time.Minute, Every: 5 * time.Millisecond, Heartbeat: 10 * time.Millisecond, JournalEvery: time.Hour})
+	if n := uploads.Load(); n != 1 {
+		t.Errorf("%d journal uploads while waiting with JournalEvery an hour, want 1", n)
+	}
+	if ev := b.events(); len(ev) < 2 {
+		t.Errorf("a waiting machine posted %d events in 300 ms with a 10 ms heartbeat", len(ev))
+	}
+}
+
+// countingSystem counts FullJournal calls.
+type countingSystem struct {
+	*fakeSystem
+	n *atomic.Int32
+}
+
+func (c *countingSystem) FullJournal(ctx context.Context, unit string) []byte {
+	c.n.Add(1)
+	return c.fakeSystem.FullJournal(ctx, unit)
+}
+
+func TestParseShowReadsEachUnitsBlockInOrder(t *testing.T) {
+	out := "ActiveState=active\nNRestarts=0\n\nNRestarts=3\nActiveState=activating\n"
+	got := parseShow(out, []string{"a.service", "b.service"})
+	want := map[string]UnitState{"a.service": {"active", 0}, "b.service": {"activating", 3}}
+	if !maps.Equal(got, want) {
+		t.Errorf("got %v, want %v", got, want)
+	}
+	if got := parseShow("ActiveState=active\n", []string{"a.service", "b.service"}); len(got) != 0 {
+		t.Errorf("a short answer must not be matched to the wrong units: %v", got)
 	}
 }

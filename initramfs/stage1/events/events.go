@@ -7,7 +7,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -30,38 +32,91 @@ type Poster struct {
 
 // Send posts one event, stamping the machine (and the time if unset).
 func (p *Poster) Send(ctx context.Context, e api.Event) error {
+	_, err := p.Report(ctx, e)
+	return err
+}
+
+// Report posts one event like Send and returns the server's reply: the
+// journals an operator asked this machine for.
+func (p *Poster) Report(ctx context.Context, e api.Event) (api.EventReply, error) {
+	var rep api.EventReply
 	e.Machine = p.Machine
 	if e.Time.IsZero() {
 		e.Time = time.Now().UTC()
 	}
 	b, err := json.Marshal(e)
 	if err != nil {
-		return fmt.Errorf("event: %w", err)
+		return rep, fmt.Errorf("event: %w", err)
 	}
+	resp, err := p.do(ctx, p.URL, "application/json", b)
+	if err != nil {
+		return rep, fmt.Errorf("post event: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return rep, fmt.Errorf("post event: %s", resp.Status)
+	}
+	if resp.StatusCode == http.StatusOK {
+		// A reply the agent cannot read asks for nothing it understands.
+		_ = json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&rep)
+	}
+	return rep, nil
+}
+
+// Journal uploads a unit's journal to the server (api.LogPath), the newest
+// api.MaxLogBytes of it.
+func (p *Poster) Journal(ctx context.Context, unit string, text []byte) error {
+	if len(text) > api.MaxLogBytes {
+		text = text[len(text)-api.MaxLogBytes:]
+	}
+	url := strings.TrimSuffix(p.URL, api.PathEvents) + api.LogPath(p.Machine, unit)
+	resp, err := p.do(ctx, url, "text/plain; charset=utf-8", text)
+	if err != nil {
+		return fmt.Errorf("upload journal of %s: %w", unit, err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("upload journal of %s: %s", unit, resp.Status)
+	}
+	return nil
+}
+
+// do POSTs body to url within the Poster's timeout; the response body is
+// read before the timeout's context is released.
+func (p *Poster) do(ctx context.Context, url, contentType string, body []byte) (*http.Response, error) {
 	timeout := p.Timeout
 	if timeout <= 0 {
 		timeout = 2 * time.Second
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.URL, bytes.NewReader(b))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
 	if err != nil {
-		return fmt.Errorf("event: %w", err)
+		cancel()
+		return nil, err
 	}
-	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Content-Type", contentType)
 	c := p.Client
 	if c == nil {
 		c = http.DefaultClient
 	}
 	resp, err := c.Do(req)
 	if err != nil {
-		return fmt.Errorf("post event: %w", err)
+		cancel()
+		return nil, err
 	}
-	resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("post event: %s", resp.Status)
-	}
-	return nil
+	resp.Body = cancelOnClose{resp.Body, cancel}
+	return resp, nil
+}
+
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (c cancelOnClose) Close() error {
+	err := c.ReadCloser.Close()
+	c.cancel()
+	return err
 }
 
 // Queue holds events until Open (the network is up) and then posts them in
