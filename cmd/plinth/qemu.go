@@ -27,7 +27,7 @@ import (
 func newQemuCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{Use: "qemu", Short: "Run a site's machines as QEMU VMs on this host (a test lab)"}
 	var artifacts, logDir string
-	var memory int
+	var memory, cpus int
 	var untilReady bool
 	var timeout, stall time.Duration
 	up := &cobra.Command{
@@ -41,12 +41,13 @@ interrupted (or exits with --until-ready). Needs root. Consoles are written to
 --log-dir.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return qemuUp(cmd.Context(), g, args[0], artifacts, logDir, memory, untilReady, timeout, stall)
+			return qemuUp(cmd.Context(), g, args[0], artifacts, logDir, memory, cpus, untilReady, timeout, stall)
 		},
 	}
 	up.Flags().StringVar(&artifacts, "artifacts", "artifacts", "artifacts directory")
 	up.Flags().StringVar(&logDir, "log-dir", "build/lab", "where VM consoles and the server log go")
 	up.Flags().IntVar(&memory, "memory", 0, "MiB of RAM per machine (default: by role, etcd 768, master 2048, minion 1536, others 1024)")
+	up.Flags().IntVar(&cpus, "cpus", 0, "vCPUs per machine (default: by role, master 2, others 1)")
 	up.Flags().BoolVar(&untilReady, "until-ready", false, "stop everything once all machines are ready")
 	up.Flags().DurationVar(&stall, "stall", 10*time.Minute, "give up when a machine not yet ready shows nothing new (boot stage, agent message, unit state) for this long")
 	up.Flags().DurationVar(&timeout, "timeout", 0, "give up when machines are not all ready by then, progressing or not (0: no limit)")
@@ -136,7 +137,7 @@ func readLabInfo(logDir string) (labInfo, error) {
 	return info, nil
 }
 
-func qemuUp(ctx context.Context, g *globals, siteDir, artifacts, logDir string, memory int, untilReady bool, timeout, stall time.Duration) error {
+func qemuUp(ctx context.Context, g *globals, siteDir, artifacts, logDir string, memory, cpus int, untilReady bool, timeout, stall time.Duration) error {
 	site, err := profiles.LoadSite(siteDir)
 	if err != nil {
 		return err
@@ -211,8 +212,8 @@ func qemuUp(ctx context.Context, g *globals, siteDir, artifacts, logDir string, 
 			if err != nil {
 				return err
 			}
-			mem, cpus := machineSize(m.Role, memory)
-			if _, err := qemu.Start(ctx, nil, qemu.Config{Name: m.Name, Memory: mem, CPUs: cpus, Boot: "n", Wrap: l.Wrap(), LogDir: logDir,
+			mem, n := machineSize(m.Role, memory, cpus)
+			if _, err := qemu.Start(ctx, nil, qemu.Config{Name: m.Name, Memory: mem, CPUs: n, Boot: "n", Wrap: l.Wrap(), LogDir: logDir,
 				NICs: []qemu.NIC{{MAC: m.MAC, Netdev: netdev}}}); err != nil {
 				return err
 			}
@@ -373,14 +374,17 @@ var roleMemory = map[string]int{"etcd": 768, "master": 2048, "minion": 1536}
 var roleCPUs = map[string]int{"master": 2}
 
 // machineSize is the memory (MiB) and vCPUs a role's machine gets;
-// memory > 0 overrides the role's.
-func machineSize(role string, memory int) (int, int) {
+// memory or cpus > 0 override the role's.
+func machineSize(role string, memory, cpus int) (int, int) {
 	mem := memory
 	if mem == 0 {
 		mem = roleMemory[role]
 	}
 	if mem == 0 {
 		mem = 1024
+	}
+	if cpus > 0 {
+		return mem, cpus
 	}
 	return mem, max(roleCPUs[role], 1)
 }

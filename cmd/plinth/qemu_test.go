@@ -35,3 +35,24 @@ func names(groups [][]*profiles.Machine) [][]string {
 	}
 	return out
 }
+
+// TestMachineSizeGivesTheMasterTwoVCPUsUnlessTold: the master's API server
+// bootstraps on both host cores; --memory and --cpus override every role.
+func TestMachineSizeGivesTheMasterTwoVCPUsUnlessTold(t *testing.T) {
+	for _, tc := range []struct {
+		role             string
+		memory, cpus     int
+		wantMem, wantCPU int
+	}{
+		{"master", 0, 0, 2048, 2},
+		{"etcd", 0, 0, 768, 1},
+		{"minion", 0, 0, 1536, 1},
+		{"", 0, 0, 1024, 1},
+		{"master", 4096, 1, 4096, 1},
+		{"etcd", 0, 3, 768, 3},
+	} {
+		if mem, cpus := machineSize(tc.role, tc.memory, tc.cpus); mem != tc.wantMem || cpus != tc.wantCPU {
+			t.Errorf("machineSize(%q, %d, %d) = %d MiB, %d vCPUs; want %d, %d", tc.role, tc.memory, tc.cpus, mem, cpus, tc.wantMem, tc.wantCPU)
+		}
+	}
+}

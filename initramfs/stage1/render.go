@@ -159,7 +159,8 @@ func NetworkdFile(cfg *node.Config, n *NetInfo) string {
 }
 
 // InstallAgent copies the running busybox binary into root and enables the
-// readiness agent's unit, which runs once multi-user.target is reached.
+// readiness agent's unit, which starts with the network and reports while
+// the role's services come up.
 func InstallAgent(root role.Root, self []byte) error {
 	if err := root.WriteFile(AgentBinary, self, 0o755); err != nil {
 		return err
@@ -172,11 +173,14 @@ func InstallAgent(root role.Root, self []byte) error {
 		Name: AgentUnit,
 		Options: []*unit.UnitOption{
 			unit.NewUnitOption("Unit", "Description", "plinth readiness agent"),
-			// After the target it is wanted by: it reports on a booted
-			// machine, and the target does not wait for it. It keeps
-			// running: it waits for the role's services, then reports
-			// changes and a heartbeat.
-			unit.NewUnitOption("Unit", "After", "multi-user.target"),
+			// Early, not after multi-user.target: the target waits for
+			// every service to start (a minion's dockerd and image import
+			// take minutes under TCG), and the agent's reports while they
+			// start are what tells a slow machine from a stuck one. The
+			// target does not wait for it (Type=exec). It keeps running:
+			// it waits for the role's services, then reports changes and
+			// a heartbeat.
+			unit.NewUnitOption("Unit", "After", "network-online.target"),
 			unit.NewUnitOption("Service", "Type", "exec"),
 			unit.NewUnitOption("Service", "ExecStart", AgentLink),
 			unit.NewUnitOption("Service", "Restart", "always"),
