@@ -120,21 +120,25 @@ func Check(ctx context.Context, sys System) (*Report, *node.Config) {
 	if err != nil {
 		r.Problems = append(r.Problems, err.Error())
 	}
-	if len(services) > 0 {
-		states := sys.Units(ctx, services)
-		for _, s := range services {
-			u, ok := states[s]
-			if !ok {
-				u.State = "unknown"
-			}
-			r.Services[s] = u.State
-			if u.Restarts > 0 {
-				r.Restarts[s] = u.Restarts
-			}
-			if u.State != "active" {
-				r.Problems = append(r.Problems, s+" is "+u.State)
-				r.Logs[s] = sys.Journal(ctx, s, logLines)
-			}
+	// The agent starts early, to report while the machine boots; ready
+	// also means systemd reached its default target (one call with the
+	// role's units: a process per check counts on a slow machine).
+	states := sys.Units(ctx, append([]string{bootTarget}, services...))
+	if st := states[bootTarget].State; st != "active" {
+		r.Problems = append(r.Problems, "boot not finished ("+bootTarget+" is "+orUnknown(st)+")")
+	}
+	for _, s := range services {
+		u, ok := states[s]
+		if !ok {
+			u.State = "unknown"
+		}
+		r.Services[s] = u.State
+		if u.Restarts > 0 {
+			r.Restarts[s] = u.Restarts
+		}
+		if u.State != "active" {
+			r.Problems = append(r.Problems, s+" is "+u.State)
+			r.Logs[s] = sys.Journal(ctx, s, logLines)
 		}
 	}
 	if len(r.Problems) == 0 && cfg != nil {
@@ -156,6 +160,16 @@ func Check(ctx context.Context, sys System) (*Report, *node.Config) {
 		}
 	}
 	return r, cfg
+}
+
+// bootTarget is the unit whose activation ends systemd's boot.
+const bootTarget = "default.target"
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return s
 }
 
 // logLines is how much of a failing unit's journal a report carries.

@@ -177,7 +177,7 @@ func machine(t *testing.T, server string) *fakeSystem {
 		host: "etcd-one",
 		files: map[string]string{role.ConfigPath: cfg, "/proc/self/mountinfo": bootedMountinfo(t), role.ServicesPath: "etcd.service\n",
 			"/proc/net/tcp": procNetTCP, "/proc/net/udp": "header\n"},
-		states: map[string]string{"etcd.service": "active"},
+		states: map[string]string{"etcd.service": "active", "default.target": "active"},
 		urls:   map[string]string{"https://127.0.0.1:2379/health": `{"health":"true","reason":""}`},
 	}
 }
@@ -310,7 +310,9 @@ func (f *flipSystem) Units(ctx context.Context, names []string) map[string]UnitS
 	defer f.mu.Unlock()
 	f.checks++
 	if f.checks < 3 {
-		return map[string]UnitState{names[0]: {State: "activating"}}
+		out := f.fakeSystem.Units(ctx, names)
+		out["etcd.service"] = UnitState{State: "activating"}
+		return out
 	}
 	return f.fakeSystem.Units(ctx, names)
 }
@@ -505,5 +507,21 @@ func TestParseShowReadsEachUnitsBlockInOrder(t *testing.T) {
 	}
 	if got := parseShow("ActiveState=active\n", []string{"a.service", "b.service"}); len(got) != 0 {
 		t.Errorf("a short answer must not be matched to the wrong units: %v", got)
+	}
+}
+
+// TestAMachineStillBootingIsNotReady: the agent starts with the network, so
+// a machine whose role's units already run is not ready until systemd has
+// reached its default target.
+func TestAMachineStillBootingIsNotReady(t *testing.T) {
+	m := machine(t, "")
+	m.states["default.target"] = "activating"
+	var out bytes.Buffer
+	if code := Run(context.Background(), m, &out, eventsPoster()); code != 1 || !strings.Contains(out.String(), "boot not finished (default.target is activating)") {
+		t.Errorf("exit %d, console %q", code, out.String())
+	}
+	m.states["default.target"] = "active"
+	if code := Run(context.Background(), m, &bytes.Buffer{}, eventsPoster()); code != 0 {
+		t.Errorf("booted machine: exit %d", code)
 	}
 }
