@@ -15,7 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/plinth-dev/plinth/bootserver/api"
-	"github.com/plinth-dev/plinth/builder/manifest"
+	"github.com/plinth-dev/plinth/manifest"
 	"github.com/plinth-dev/plinth/profiles/node"
 )
 

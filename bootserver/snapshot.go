@@ -17,7 +17,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/plinth-dev/plinth/builder/manifest"
+	"github.com/plinth-dev/plinth/manifest"
 	"github.com/plinth-dev/plinth/profiles"
 )
 

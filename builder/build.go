@@ -22,7 +22,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/plinth-dev/plinth/builder/flatten"
-	"github.com/plinth-dev/plinth/builder/manifest"
+	"github.com/plinth-dev/plinth/manifest"
 	"github.com/plinth-dev/plinth/builder/source"
 	"github.com/plinth-dev/plinth/builder/squashfs"
 	"github.com/plinth-dev/plinth/images"

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/plinth-dev/plinth/builder/manifest"
+	"github.com/plinth-dev/plinth/manifest"
 	"github.com/plinth-dev/plinth/builder/squashfs"
 	"github.com/plinth-dev/plinth/images"
 )

@@ -12,8 +12,8 @@ import (
 	"strings"
 
 	"github.com/plinth-dev/plinth/builder/kernel"
-	"github.com/plinth-dev/plinth/builder/manifest"
-	"github.com/plinth-dev/plinth/initramfs/compose"
+	"github.com/plinth-dev/plinth/manifest"
+	"github.com/plinth-dev/plinth/builder/compose"
 	"github.com/plinth-dev/plinth/profiles"
 )
 

@@ -10,7 +10,7 @@ import (
 	"path/filepath"
 
 	"github.com/plinth-dev/plinth/builder/disk"
-	"github.com/plinth-dev/plinth/initramfs/compose"
+	"github.com/plinth-dev/plinth/builder/compose"
 )
 
 // Output names of the boot media.

@@ -28,7 +28,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/plinth-dev/plinth/builder/manifest"
+	"github.com/plinth-dev/plinth/manifest"
 )
 
 // ManifestName is the bundle's first entry: its manifest.

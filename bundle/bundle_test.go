@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/plinth-dev/plinth/builder/manifest"
+	"github.com/plinth-dev/plinth/manifest"
 )
 
 var epoch = time.Unix(1700000000, 0).UTC()

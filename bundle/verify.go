@@ -16,7 +16,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/plinth-dev/plinth/builder/manifest"
+	"github.com/plinth-dev/plinth/manifest"
 )
 
 // ErrMismatch marks a file whose bytes differ from what a manifest says.

@@ -17,8 +17,8 @@ import (
 
 	"github.com/plinth-dev/plinth/bootserver"
 	"github.com/plinth-dev/plinth/bootserver/api"
-	"github.com/plinth-dev/plinth/qemu-tests/lab"
-	"github.com/plinth-dev/plinth/qemu-tests/qemu"
+	"github.com/plinth-dev/plinth/lab"
+	"github.com/plinth-dev/plinth/lab/qemu"
 )
 
 // clusterMachine is one VM of the e2e cluster.

@@ -8,7 +8,7 @@ import (
 
 	"github.com/cavaliergopher/cpio"
 
-	"github.com/plinth-dev/plinth/builder/manifest"
+	"github.com/plinth-dev/plinth/manifest"
 )
 
 // corruptEmbedded writes an initramfs that is the image's stage 1 followed by

@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/plinth-dev/plinth/qemu-tests/lab"
+	"github.com/plinth-dev/plinth/lab"
 )
 
 var (

@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/plinth-dev/plinth/bootserver"
-	"github.com/plinth-dev/plinth/qemu-tests/lab"
-	"github.com/plinth-dev/plinth/qemu-tests/qemu"
+	"github.com/plinth-dev/plinth/lab"
+	"github.com/plinth-dev/plinth/lab/qemu"
 )
 
 // newLab makes a private network for the test, removed when it ends.

@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/plinth-dev/plinth/builder/manifest"
-	"github.com/plinth-dev/plinth/qemu-tests/qemu"
+	"github.com/plinth-dev/plinth/manifest"
+	"github.com/plinth-dev/plinth/lab/qemu"
 )
 
 // smokeSpec writes a site with one machine and an image spec that embeds the

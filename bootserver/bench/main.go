@@ -23,7 +23,7 @@ import (
 	"time"
 
 	"github.com/plinth-dev/plinth/bootserver"
-	"github.com/plinth-dev/plinth/builder/manifest"
+	"github.com/plinth-dev/plinth/manifest"
 )
 
 func main() {

@@ -13,7 +13,7 @@ import (
 
 	"github.com/plinth-dev/plinth/builder"
 	"github.com/plinth-dev/plinth/builder/kernel"
-	"github.com/plinth-dev/plinth/builder/manifest"
+	"github.com/plinth-dev/plinth/manifest"
 	"github.com/plinth-dev/plinth/builder/ocitar"
 	"github.com/plinth-dev/plinth/builder/source"
 	"github.com/plinth-dev/plinth/builder/squashfs"

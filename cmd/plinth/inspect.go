@@ -13,7 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/plinth-dev/plinth/builder/manifest"
+	"github.com/plinth-dev/plinth/manifest"
 )
 
 func newInspectCmd(g *globals) *cobra.Command {

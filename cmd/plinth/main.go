@@ -13,7 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/plinth-dev/plinth/qemu-tests/lab"
+	"github.com/plinth-dev/plinth/lab"
 )
 
 func main() {

@@ -18,7 +18,7 @@ import (
 	"github.com/plinth-dev/plinth/profiles/node"
 )
 
-// Paths stage 1 reads in the initramfs (written by initramfs/compose).
+// Paths stage 1 reads in the initramfs (written by builder/compose).
 const (
 	ModulesList     = "/etc/plinth/modules"
 	CmdlineDefaults = "/etc/plinth/cmdline"

@@ -397,7 +397,7 @@ func TestRemoveStaleDeletesOnlyLabsOfDeadProcesses(t *testing.T) {
 	names := map[string]bool{ // name: should survive
 		formatName("stale", deadPid, "abcdef"):       false,
 		formatName("live", os.Getpid(), "abcdef"):    true,
-		fmt.Sprintf("plinth-test-%d", deadPid):       true, // qemu-tests/lab's naming
+		fmt.Sprintf("plinth-test-%d", deadPid):       true, // lab's naming
 		fmt.Sprintf("plinth-nl-x-%d-zz", deadPid):    true,
 		fmt.Sprintf("other-nl-x-%d-abcdef", deadPid): true,
 	}

@@ -20,7 +20,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/plinth-dev/plinth/qemu-tests/netlab"
+	"github.com/plinth-dev/plinth/lab/netlab"
 )
 
 // Lab is one private network.

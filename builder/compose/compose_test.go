@@ -20,7 +20,7 @@ import (
 	"github.com/plinth-dev/plinth/builder/kernel"
 )
 
-const testInit = "github.com/plinth-dev/plinth/initramfs/compose/testdata/init"
+const testInit = "github.com/plinth-dev/plinth/builder/compose/testdata/init"
 
 // cacheDir holds the busybox archives compiled during this test run.
 var cacheDir string

@@ -36,7 +36,7 @@ import (
 	"github.com/u-root/uio/llog"
 
 	"github.com/plinth-dev/plinth/builder/kernel"
-	"github.com/plinth-dev/plinth/builder/manifest"
+	"github.com/plinth-dev/plinth/manifest"
 )
 
 // Paths inside the initramfs: the contract with /init.
