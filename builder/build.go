@@ -22,10 +22,10 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/plinth-dev/plinth/builder/flatten"
-	"github.com/plinth-dev/plinth/manifest"
 	"github.com/plinth-dev/plinth/builder/source"
 	"github.com/plinth-dev/plinth/builder/squashfs"
 	"github.com/plinth-dev/plinth/images"
+	"github.com/plinth-dev/plinth/manifest"
 )
 
 // DefaultEpoch is the timestamp of every built file when SOURCE_DATE_EPOCH is

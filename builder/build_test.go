@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/plinth-dev/plinth/manifest"
 	"github.com/plinth-dev/plinth/builder/squashfs"
 	"github.com/plinth-dev/plinth/images"
+	"github.com/plinth-dev/plinth/manifest"
 )
 
 func needPacker(t testing.TB) {

@@ -11,9 +11,9 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/plinth-dev/plinth/builder/compose"
 	"github.com/plinth-dev/plinth/builder/kernel"
 	"github.com/plinth-dev/plinth/manifest"
-	"github.com/plinth-dev/plinth/builder/compose"
 	"github.com/plinth-dev/plinth/profiles"
 )
 

@@ -9,8 +9,8 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/plinth-dev/plinth/builder/disk"
 	"github.com/plinth-dev/plinth/builder/compose"
+	"github.com/plinth-dev/plinth/builder/disk"
 )
 
 // Output names of the boot media.

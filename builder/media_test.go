@@ -15,10 +15,10 @@ import (
 
 	diskfs "github.com/diskfs/go-diskfs"
 
-	"github.com/plinth-dev/plinth/builder/disk"
-	"github.com/plinth-dev/plinth/manifest"
-	"github.com/plinth-dev/plinth/images"
 	"github.com/plinth-dev/plinth/builder/compose"
+	"github.com/plinth-dev/plinth/builder/disk"
+	"github.com/plinth-dev/plinth/images"
+	"github.com/plinth-dev/plinth/manifest"
 )
 
 // mediaProject writes a fake kernel tree (stage 1 is composed for real;

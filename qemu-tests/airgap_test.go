@@ -15,9 +15,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/plinth-dev/plinth/manifest"
 	"github.com/plinth-dev/plinth/lab"
 	"github.com/plinth-dev/plinth/lab/qemu"
+	"github.com/plinth-dev/plinth/manifest"
 )
 
 // farEnv is the far side: no Go proxy, a module cache that is empty, and

@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/plinth-dev/plinth/manifest"
 	"github.com/plinth-dev/plinth/lab/qemu"
+	"github.com/plinth-dev/plinth/manifest"
 )
 
 // mediaArtifacts builds the Debian base as plinth.iso and disk.raw for the

@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/plinth-dev/plinth/manifest"
 	"github.com/plinth-dev/plinth/lab/qemu"
+	"github.com/plinth-dev/plinth/manifest"
 )
 
 // smokeSpec writes a site with one machine and an image spec that embeds the

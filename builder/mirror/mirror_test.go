@@ -13,11 +13,11 @@ import (
 
 	"github.com/plinth-dev/plinth/builder"
 	"github.com/plinth-dev/plinth/builder/kernel"
-	"github.com/plinth-dev/plinth/manifest"
 	"github.com/plinth-dev/plinth/builder/ocitar"
 	"github.com/plinth-dev/plinth/builder/source"
 	"github.com/plinth-dev/plinth/builder/squashfs"
 	"github.com/plinth-dev/plinth/images"
+	"github.com/plinth-dev/plinth/manifest"
 )
 
 var epoch = time.Unix(1700000000, 0).UTC()

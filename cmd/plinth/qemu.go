@@ -17,11 +17,11 @@ import (
 
 	"github.com/plinth-dev/plinth/bootserver"
 	"github.com/plinth-dev/plinth/bootserver/api"
-	"github.com/plinth-dev/plinth/manifest"
 	"github.com/plinth-dev/plinth/internal/fsutil"
-	"github.com/plinth-dev/plinth/profiles"
 	"github.com/plinth-dev/plinth/lab"
 	"github.com/plinth-dev/plinth/lab/qemu"
+	"github.com/plinth-dev/plinth/manifest"
+	"github.com/plinth-dev/plinth/profiles"
 )
 
 func newQemuCmd(g *globals) *cobra.Command {
