@@ -28,6 +28,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/plinth-dev/plinth/internal/fsutil"
 	"github.com/plinth-dev/plinth/manifest"
 )
 
@@ -217,18 +218,13 @@ func writeTar(ctx context.Context, out string, m *Manifest, members []member, ep
 		return "", err
 	}
 	mdata = append(mdata, '\n')
-	f, err := os.CreateTemp(filepath.Dir(out), "."+filepath.Base(out)+".*")
-	if err != nil {
-		return "", fmt.Errorf("bundle: %w", err)
-	}
-	defer os.Remove(f.Name()) // a no-op once renamed
 	h := sha256.New()
-	bw := bufio.NewWriterSize(io.MultiWriter(f, h), 1<<20)
-	tw := tar.NewWriter(bw)
 	hdr := func(name string, size int64) *tar.Header {
 		return &tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, Size: size, ModTime: epoch}
 	}
-	err = func() error {
+	err = fsutil.WriteAtomic(out, 0o644, func(w io.Writer) error {
+		bw := bufio.NewWriterSize(io.MultiWriter(w, h), 1<<20)
+		tw := tar.NewWriter(bw)
 		if err := tw.WriteHeader(hdr(ManifestName, int64(len(mdata)))); err != nil {
 			return err
 		}
@@ -260,50 +256,15 @@ func writeTar(ctx context.Context, out string, m *Manifest, members []member, ep
 			return err
 		}
 		return bw.Flush()
-	}()
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Chmod(f.Name(), 0o644)
-	}
+	})
 	if err != nil {
-		return "", fmt.Errorf("bundle %s: %w", out, err)
-	}
-	sum := hex.EncodeToString(h.Sum(nil))
-	if err := os.Rename(f.Name(), out); err != nil {
 		return "", fmt.Errorf("bundle: %w", err)
 	}
-	if err := writeFileAtomic(out+".sha256", []byte(sum+"  "+filepath.Base(out)+"\n")); err != nil {
+	sum := hex.EncodeToString(h.Sum(nil))
+	if err := fsutil.WriteFileAtomic(out+".sha256", []byte(sum+"  "+filepath.Base(out)+"\n"), 0o644); err != nil {
 		return "", fmt.Errorf("bundle: %w", err)
 	}
 	return "sha256:" + sum, nil
-}
-
-// writeFileAtomic writes data to p through a synced temporary file.
-func writeFileAtomic(p string, data []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(p), "."+filepath.Base(p)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Chmod(f.Name(), 0o644)
-	}
-	if err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), p)
 }
 
 // validName reports whether a name in a bundle is a clean relative path.

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/plinth-dev/plinth/internal/fsutil"
 	"github.com/plinth-dev/plinth/manifest"
 )
 
@@ -51,7 +52,7 @@ func Unpack(ctx context.Context, file, stateDir string, keep func(name string) b
 	if err != nil {
 		return "", nil, err
 	}
-	if err := writeFileAtomic(filepath.Join(tmp, ManifestName), append(data, '\n')); err != nil {
+	if err := fsutil.WriteFileAtomic(filepath.Join(tmp, ManifestName), append(data, '\n'), 0o644); err != nil {
 		return "", nil, err
 	}
 	if err := os.Chmod(tmp, 0o755); err != nil {
