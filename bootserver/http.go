@@ -353,7 +353,7 @@ func DecodeEvent(r io.Reader) (api.Event, error) {
 	if dec.More() {
 		return e, errors.New("event: more than one document")
 	}
-	if !knownStages[e.Stage] {
+	if !api.KnownStage(e.Stage) {
 		return e, fmt.Errorf("event: unknown stage %q", e.Stage)
 	}
 	if e.Machine == "" || len(e.Machine) > 63 {

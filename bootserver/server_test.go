@@ -263,7 +263,7 @@ func FuzzDecodeEvent(f *testing.F) {
 	f.Add(`[]`)
 	f.Fuzz(func(t *testing.T, in string) {
 		e, err := DecodeEvent(strings.NewReader(in))
-		if err == nil && (!knownStages[e.Stage] || e.Machine == "") {
+		if err == nil && (!api.KnownStage(e.Stage) || e.Machine == "") {
 			t.Fatalf("accepted %+v", e)
 		}
 	})

@@ -4,8 +4,6 @@ import (
 	"sort"
 	"sync"
 	"time"
-
-	"github.com/plinth-dev/plinth/bootserver/api"
 )
 
 // MachineStatus is what the server knows of one machine, as the status
@@ -95,10 +93,3 @@ func (t *stateTable) subscribe() (chan MachineStatus, func()) {
 
 // stateUnknown is the state of a machine the site refused.
 const stateUnknown = "unknown"
-
-// knownStages are the stages an event may carry.
-var knownStages = map[string]bool{
-	api.StageKernel: true, api.StageInit: true, api.StageNetwork: true, api.StageProfile: true,
-	api.StageRootfs: true, api.StageMount: true, api.StageConfig: true, api.StageSwitch: true,
-	api.StageServices: true, api.StageReady: true, api.StageError: true, "modules": true, "retry": true,
-}

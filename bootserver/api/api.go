@@ -4,6 +4,7 @@
 package api
 
 import (
+	"slices"
 	"strings"
 	"time"
 )
@@ -56,12 +57,15 @@ type EventReply struct {
 // ProfilePath is the URL path of a machine's rendered config.
 func ProfilePath(machine string) string { return "/v1/machines/" + machine + "/config" }
 
-// Boot stages, in order; events carry one.
+// Boot stages, in boot order; every event carries one, and stage 1 and
+// the agent post no other (the boot server refuses an unknown stage).
 const (
-	StageKernel   = "kernel"   // iPXE fetched kernel/initramfs
+	StageKernel   = "kernel"   // iPXE fetched kernel/initramfs (set by the server)
 	StageInit     = "init"     // /init started
+	StageModules  = "modules"  // kernel modules loaded
 	StageNetwork  = "network"  // boot NIC configured
 	StageProfile  = "profile"  // profile fetched
+	StageMedium   = "medium"   // boot medium found and mounted (no server: console only)
 	StageRootfs   = "rootfs"   // rootfs fetched and verified
 	StageMount    = "mount"    // overlay mounted
 	StageConfig   = "config"   // first-boot configuration written
@@ -69,7 +73,22 @@ const (
 	StageServices = "services" // agent: waiting for the role's services
 	StageReady    = "ready"    // agent: services up
 	StageError    = "error"    // something failed; Message says what
+	StageRetry    = "retry"    // a fetch failed and is tried again
+	StageRescue   = "rescue"   // plinth.rescue=1: a shell on the console
 )
+
+// Stages returns every stage an event may carry, in the order of the
+// constants above; a new copy each call.
+func Stages() []string {
+	return []string{
+		StageKernel, StageInit, StageModules, StageNetwork, StageProfile,
+		StageMedium, StageRootfs, StageMount, StageConfig, StageSwitch,
+		StageServices, StageReady, StageError, StageRetry, StageRescue,
+	}
+}
+
+// KnownStage reports whether s is one of Stages.
+func KnownStage(s string) bool { return slices.Contains(Stages(), s) }
 
 // Event is posted by /init and the agent to PathEvents.
 type Event struct {

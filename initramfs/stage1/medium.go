@@ -18,8 +18,6 @@ const (
 	MediumRootfs = "plinth/rootfs.squashfs"
 	MediumDigest = "plinth/rootfs.digest"
 	MediumConfig = "plinth/config.json"
-	// StageMedium names the console lines of finding the medium.
-	StageMedium = "medium"
 )
 
 // MediumMounter is what a Mounter also does on a machine booted from an ISO
@@ -81,7 +79,7 @@ func (s *Stage1) mountMedium(ctx context.Context) error {
 		return permanent{fmt.Errorf("boot medium with rootfs %s: %w", want, err)}
 	}
 	s.medium = dir
-	s.Con.Step(ctx, StageMedium, "%s holds rootfs %s, mounted read-only at %s (%.1fs)", dev, want, dir, time.Since(start).Seconds())
+	s.Con.Step(ctx, api.StageMedium, "%s holds rootfs %s, mounted read-only at %s (%.1fs)", dev, want, dir, time.Since(start).Seconds())
 	return nil
 }
 

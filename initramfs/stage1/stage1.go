@@ -97,7 +97,7 @@ type Stage1 struct {
 }
 
 type phase struct {
-	name  string
+	stage string // an api.Stage*: the console tag and the event's stage
 	run   func(context.Context) error
 	retry bool // in netboot mode: the network or the server may recover
 }
@@ -131,7 +131,7 @@ func (s *Stage1) Run(ctx context.Context) error {
 	}
 	for _, p := range []phase{
 		{api.StageInit, s.params, false},
-		{"modules", s.modules, false},
+		{api.StageModules, s.modules, false},
 		{api.StageNetwork, s.network, true},
 		{api.StageProfile, s.profile, true},
 		{api.StageRootfs, s.fetchRootfs, true},
@@ -169,23 +169,23 @@ func (s *Stage1) do(ctx context.Context, p phase) error {
 		}
 		if errors.Is(err, ErrDigest) {
 			// The console line the operator (and the tests) look for.
-			s.Con.Fail(ctx, p.name, "REFUSED: %v", err)
+			s.Con.Fail(ctx, p.stage, "REFUSED: %v", err)
 		} else {
-			s.Con.Fail(ctx, p.name, "FAILED: %v", err)
+			s.Con.Fail(ctx, p.stage, "FAILED: %v", err)
 		}
 		if s.Params.Rescue && s.Rescue != nil {
-			s.Con.Step(ctx, "rescue", "plinth.rescue=1: shell on the console; exit it to retry [%s]", p.name)
+			s.Con.Step(ctx, api.StageRescue, "plinth.rescue=1: shell on the console; exit it to retry [%s]", p.stage)
 			if rerr := s.Rescue.Shell(ctx); rerr == nil {
 				continue
 			} else {
-				s.Con.Step(ctx, "rescue", "no shell: %v", rerr)
+				s.Con.Step(ctx, api.StageRescue, "no shell: %v", rerr)
 			}
 		}
 		if IsPermanent(err) || !p.retry || s.Params.Server == "" {
-			return permanent{fmt.Errorf("[%s] %w", p.name, err)}
+			return permanent{fmt.Errorf("[%s] %w", p.stage, err)}
 		}
 		d := s.Retry.Delay(attempt)
-		s.Con.Step(ctx, p.name, "retrying in %s (attempt %d)", d, attempt+2)
+		s.Con.Step(ctx, p.stage, "retrying in %s (attempt %d)", d, attempt+2)
 		if err := sleep(ctx, d); err != nil {
 			return err
 		}
@@ -247,7 +247,7 @@ func ReadModuleList(b []byte) ([]string, error) {
 func (s *Stage1) modules(ctx context.Context) error {
 	b, err := s.readFile(ModulesList)
 	if errors.Is(err, fs.ErrNotExist) {
-		s.Con.Step(ctx, "modules", "none listed")
+		s.Con.Step(ctx, api.StageModules, "none listed")
 		return nil
 	}
 	if err != nil {
@@ -262,15 +262,15 @@ func (s *Stage1) modules(ctx context.Context) error {
 		// One bad module is worth a line, not a dead machine: the phase
 		// that needs it fails later with its own message.
 		if err := s.Modules.LoadModule(m); err != nil {
-			s.Con.Fail(ctx, "modules", "FAILED %s: %v", m, err)
+			s.Con.Fail(ctx, api.StageModules, "FAILED %s: %v", m, err)
 			failed = append(failed, filepath.Base(m))
 		}
 	}
 	if len(failed) > 0 {
-		s.Con.Step(ctx, "modules", "%d of %d modules loaded; failed: %s", len(mods)-len(failed), len(mods), strings.Join(failed, ", "))
+		s.Con.Step(ctx, api.StageModules, "%d of %d modules loaded; failed: %s", len(mods)-len(failed), len(mods), strings.Join(failed, ", "))
 		return nil
 	}
-	s.Con.Step(ctx, "modules", "%d modules loaded", len(mods))
+	s.Con.Step(ctx, api.StageModules, "%d modules loaded", len(mods))
 	return nil
 }
 

@@ -223,6 +223,10 @@ func newBootServer(t *testing.T, profile string, rootfs []byte) *bootServer {
 	mux.HandleFunc("POST "+api.PathEvents, func(w http.ResponseWriter, r *http.Request) {
 		var e api.Event
 		json.NewDecoder(r.Body).Decode(&e)
+		if !api.KnownStage(e.Stage) {
+			// The boot server would refuse it.
+			t.Errorf("stage 1 posted unknown stage %q", e.Stage)
+		}
 		b.mu.Lock()
 		b.events = append(b.events, e)
 		b.mu.Unlock()

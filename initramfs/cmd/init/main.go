@@ -11,6 +11,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/plinth-dev/plinth/bootserver/api"
 	"github.com/plinth-dev/plinth/initramfs/stage1"
 )
 
@@ -34,7 +35,7 @@ func main() {
 		Client:  stage1.HTTPClient(stage1.CAFile),
 		Backoff: stage1.Backoff{Initial: 500 * time.Millisecond, Max: 10 * time.Second},
 		OnRetry: func(err error, wait time.Duration) {
-			con.Step(ctx, "retry", "%v; again in %s", err, wait)
+			con.Step(ctx, api.StageRetry, "%v; again in %s", err, wait)
 		},
 	}
 	err := s.Run(ctx)

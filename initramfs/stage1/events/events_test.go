@@ -32,7 +32,7 @@ func recorder(t *testing.T, block chan struct{}) (*httptest.Server, func() []api
 func TestQueueHoldsEventsUntilOpenThenSendsThemInOrder(t *testing.T) {
 	srv, got := recorder(t, nil)
 	q := NewQueue(&Poster{URL: srv.URL + api.PathEvents, Machine: "m1"}, 8)
-	for _, s := range []string{api.StageInit, "modules", api.StageNetwork} {
+	for _, s := range []string{api.StageInit, api.StageModules, api.StageNetwork} {
 		q.Post(context.Background(), api.Event{Stage: s})
 	}
 	time.Sleep(20 * time.Millisecond)
