@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/plinth-dev/plinth/bootserver/api"
+	"github.com/plinth-dev/plinth/roles"
 )
 
 // MasterSink is told the addresses of the site's ready masters each time
@@ -23,7 +24,8 @@ type HostSink interface {
 	Hosts(domain string, hosts map[string]netip.Addr)
 }
 
-// ReadyMasters lists, sorted, the addresses of masters whose last event
+// ReadyMasters lists, sorted, the addresses of masters (machines of a role
+// that serves the API) whose last event
 // was ready (and, with a MasterTTL, came within it): the site's static
 // address of the master, else the address it reported from.
 func (s *Server) ReadyMasters() []netip.Addr {
@@ -31,7 +33,7 @@ func (s *Server) ReadyMasters() []netip.Addr {
 	now := time.Now()
 	var out []netip.Addr
 	for _, st := range s.state.list() {
-		if st.Role != "master" || st.State != api.StageReady {
+		if !roles.Get(st.Role).APIServer || st.State != api.StageReady {
 			continue
 		}
 		if s.cfg.MasterTTL > 0 && now.Sub(st.LastSeen) > s.cfg.MasterTTL {

@@ -25,7 +25,9 @@ import (
 	"github.com/plinth-dev/plinth/builder/source"
 	"github.com/plinth-dev/plinth/builder/squashfs"
 	"github.com/plinth-dev/plinth/images"
+	"github.com/plinth-dev/plinth/internal/fsutil"
 	"github.com/plinth-dev/plinth/manifest"
+	"github.com/plinth-dev/plinth/roles"
 )
 
 // DefaultEpoch is the timestamp of every built file when SOURCE_DATE_EPOCH is
@@ -152,7 +154,7 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 		Inputs:          inputs,
 	}
 	if b.spec.Role != nil {
-		m.Role, m.Services = b.spec.Role.Name, b.spec.Role.Services
+		m.Role, m.Services = b.spec.Role.Name, roles.Get(b.spec.Role.Name).Services
 	}
 	if b.spec.Kernel != nil {
 		m.Cmdline = b.spec.Kernel.Cmdline
@@ -303,7 +305,7 @@ func (b *build) digest(path string) (string, int64, error) {
 		Digest string
 		Size   int64
 	}{d, n})
-	_ = writeFileAtomic(side, rec, 0o644) // a lost memo only costs a re-hash
+	_ = fsutil.WriteFileAtomic(side, rec, 0o644) // a lost memo only costs a re-hash
 	return d, n, nil
 }
 

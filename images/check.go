@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/plinth-dev/plinth/internal/tomlx"
+	"github.com/plinth-dev/plinth/roles"
 )
 
 // check records every semantic problem of a decoded, defaulted spec, parses
@@ -43,13 +44,13 @@ func (s *Spec) check(r *tomlx.Report) {
 		s.checkKernel(r, empty)
 	}
 	if ro := s.Role; ro != nil {
-		if !empty("role.name", ro.Name) && !slices.Contains(Roles, ro.Name) {
-			r.Addf(f, "role.name", "%q: want one of %s", ro.Name, strings.Join(Roles, ", "))
-		}
-		for i, svc := range ro.Services {
-			if !serviceRE.MatchString(svc) {
-				r.Addf(f, fmt.Sprintf("role.services[%d]", i), "%q is not a systemd unit name (no '/', no spaces)", svc)
+		if !empty("role.name", ro.Name) {
+			if _, err := roles.Lookup(ro.Name); err != nil {
+				r.Addf(f, "role.name", "%v", err)
 			}
+		}
+		if len(ro.Services) > 0 {
+			r.Addf(f, "role.services", "no longer set in a spec: the role's services come from its descriptor (package roles); remove the line")
 		}
 	}
 	s.checkOutput(r)

@@ -55,9 +55,12 @@ type Stage1 struct {
 	CA string `toml:"ca"`
 }
 
-// Role is what first boot configures.
+// Role is what first boot configures: a role of package roles, whose
+// descriptor says what it runs.
 type Role struct {
-	Name     string   `toml:"name,required"`
+	Name string `toml:"name,required"`
+	// Services is no longer set in a spec (the role's descriptor lists
+	// them); it is decoded only to say so.
 	Services []string `toml:"services"`
 }
 
@@ -70,9 +73,6 @@ type Output struct {
 	Site    string `toml:"site"`
 	Machine string `toml:"machine"`
 }
-
-// Roles first boot knows how to configure.
-var Roles = []string{"etcd", "master", "minion"}
 
 // Formats are the output formats.
 var Formats = []string{"netboot", "embedded", "iso", "raw"}

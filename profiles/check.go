@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/plinth-dev/plinth/internal/tomlx"
+	"github.com/plinth-dev/plinth/roles"
 )
 
 var (
@@ -112,13 +113,13 @@ func (s *Site) checkDefault(rep *tomlx.Report, f string) {
 			rep.Addf(f, "default.image", "missing: action = \"boot\" needs an image")
 		}
 		if d.Role == "" {
-			rep.Addf(f, "default.role", "missing: action = \"boot\" needs a role (etcd, master or minion)")
+			rep.Addf(f, "default.role", "missing: action = \"boot\" needs a role (%s)", strings.Join(roles.Names(), ", "))
 		}
 	default:
 		rep.Addf(f, "default.action", "%q: want refuse or boot", d.Action)
 	}
-	if d.Role != "" && !slices.Contains(Roles, d.Role) {
-		rep.Addf(f, "default.role", "%q: want etcd, master or minion", d.Role)
+	if _, err := roles.Lookup(d.Role); err != nil {
+		rep.Addf(f, "default.role", "%v", err)
 	}
 }
 
@@ -215,8 +216,8 @@ func checkMachine(rep *tomlx.Report, m *Machine) {
 			rep.Addf(file, f("labels"), "label %q = %q: neither key nor value may be empty", k, m.Labels[k])
 		}
 	}
-	if m.Role != "" && !slices.Contains(Roles, m.Role) {
-		rep.Addf(file, f("role"), "%q: want etcd, master or minion", m.Role)
+	if _, err := roles.Lookup(m.Role); err != nil {
+		rep.Addf(file, f("role"), "%v", err)
 	}
 	var prefix netip.Prefix
 	if m.Address != "" {

@@ -8,10 +8,11 @@ import (
 	"strings"
 
 	"github.com/plinth-dev/plinth/profiles/node"
+	"github.com/plinth-dev/plinth/roles"
 )
 
 // APIPort is the port kube-apiserver serves on.
-const APIPort = 6443
+const APIPort = roles.DefaultAPIPort
 
 // Render builds the document machine m receives at boot; it reads the site
 // and m and changes neither. bootServer is the URL machines reach the boot
@@ -24,6 +25,9 @@ const APIPort = 6443
 func (s *Site) Render(m *Machine, bootServer string) (*node.Config, error) {
 	if m == nil {
 		return nil, errors.New("render: no machine")
+	}
+	if _, err := roles.Lookup(m.Role); err != nil {
+		return nil, fmt.Errorf("render %s: %w", m.Name, err)
 	}
 	c := &node.Config{
 		Machine:  m.Name,
@@ -48,12 +52,12 @@ func (s *Site) Render(m *Machine, bootServer string) (*node.Config, error) {
 		BootServer: bootServer,
 		Kubernetes: s.Kubernetes,
 	}
-	if m.Role == "master" || m.Role == "minion" {
+	if roles.Get(m.Role).Kubernetes {
 		cl.ServiceCIDR = s.Network.Services
 		cl.APIPort = APIPort
 	}
 	for _, e := range s.Machines {
-		if e.Role != "etcd" {
+		if !roles.Get(e.Role).EtcdMember {
 			continue
 		}
 		addr := e.Hostname

@@ -107,9 +107,6 @@ type file struct {
 // ErrUnknownMachine is returned by Match for a machine the site refuses.
 var ErrUnknownMachine = errors.New("unknown machine")
 
-// Roles are the roles a machine may have.
-var Roles = []string{"etcd", "master", "minion"}
-
 // LoadSite reads every *.toml file of dir as one site. The error, when the
 // files have problems, is a *tomlx.Report listing all of them.
 func LoadSite(dir string) (*Site, error) {

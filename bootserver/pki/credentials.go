@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/plinth-dev/plinth/roles"
 )
 
 // Files WriteCredentials writes.
@@ -53,13 +55,13 @@ func (ca *CA) WriteCredentials(dir, cluster, server string) ([]string, error) {
 	return out, nil
 }
 
-// Kubeconfig renders a kubeconfig with one cluster, one user (AdminCN) and
+// Kubeconfig renders a kubeconfig with one cluster, one user (roles.Admin) and
 // one current context, the certificates embedded. Strings are written as
 // JSON-quoted YAML scalars, so no value can break the document.
 func Kubeconfig(cluster, server, caPEM, certPEM, keyPEM string) string {
 	q := func(s string) string { b, _ := json.Marshal(s); return string(b) }
 	b64 := func(s string) string { return q(base64.StdEncoding.EncodeToString([]byte(s))) }
-	user := AdminCN + "@" + cluster
+	user := roles.Admin.CommonName + "@" + cluster
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "apiVersion: v1\nkind: Config\n")
 	fmt.Fprintf(&sb, "clusters:\n- name: %s\n  cluster:\n    server: %s\n    certificate-authority-data: %s\n", q(cluster), q(server), b64(caPEM))

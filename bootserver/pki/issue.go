@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/plinth-dev/plinth/profiles/node"
+	"github.com/plinth-dev/plinth/roles"
 )
 
 // Validity is how long an issued certificate is good for. A machine gets
@@ -82,16 +83,16 @@ func (ca *CA) Issue(r Request) (node.KeyPair, error) {
 	return node.KeyPair{Cert: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})), Key: keyPEM}, nil
 }
 
-// AdminCN and AdminOrg are the subject of the admin identity: the
-// system:masters group is cluster-admin in Kubernetes' default RBAC.
-const (
-	AdminCN  = "plinth:admin"
-	AdminOrg = "system:masters"
-)
-
-// Admin issues a client certificate for the cluster's administrator.
+// Admin issues a client certificate for the cluster's administrator
+// (roles.Admin: the system:masters group is cluster-admin in Kubernetes'
+// default RBAC).
 func (ca *CA) Admin() (node.KeyPair, error) {
-	return ca.Issue(Request{CommonName: AdminCN, Organization: []string{AdminOrg}, Client: true})
+	return ca.Issue(identityRequest(roles.Admin, ""))
+}
+
+// identityRequest is the request for a role's client identity on host.
+func identityRequest(id roles.Identity, host string) Request {
+	return Request{CommonName: id.Subject(host), Organization: id.Organization, Client: true}
 }
 
 // ForMachine issues the TLS material of the machine c describes, as
@@ -100,9 +101,11 @@ func (ca *CA) Admin() (node.KeyPair, error) {
 // key. addr is the machine's address (its static one, else the one it
 // asked from); invalid when unknown. Machines without a role get nil.
 func (ca *CA) ForMachine(c *node.Config, addr netip.Addr) (*node.TLS, error) {
-	switch c.Role {
-	case "etcd", "master", "minion":
-	default:
+	d, err := roles.Lookup(c.Role)
+	if err != nil {
+		return nil, fmt.Errorf("tls %s: %w", c.Machine, err)
+	}
+	if !d.TLS.Node {
 		return nil, nil
 	}
 	host := c.Hostname
@@ -116,10 +119,10 @@ func (ca *CA) ForMachine(c *node.Config, addr netip.Addr) (*node.TLS, error) {
 		ips = append(ips, addr.Unmap())
 	}
 	ips = append(ips, netip.AddrFrom4([4]byte{127, 0, 0, 1}))
-	if c.Role == "master" {
+	if d.APIServer {
 		cl := c.Cluster
 		if cl == nil {
-			return nil, fmt.Errorf("tls %s: a master needs the cluster settings", c.Machine)
+			return nil, fmt.Errorf("tls %s: an API server needs the cluster settings", c.Machine)
 		}
 		if cl.APIName != "" {
 			dns = append(dns, cl.APIName)
@@ -150,19 +153,13 @@ func (ca *CA) ForMachine(c *node.Config, addr netip.Addr) (*node.TLS, error) {
 		t.Identities[name] = kp
 		return nil
 	}
-	switch c.Role {
-	case "master":
-		if err := add(node.IdentityAdmin, Request{CommonName: AdminCN, Organization: []string{AdminOrg}, Client: true}); err != nil {
+	for _, id := range d.TLS.Identities {
+		if err := add(id.Name, identityRequest(id, host)); err != nil {
 			return nil, err
 		}
+	}
+	if d.TLS.ServiceAccountKey {
 		t.ServiceAccountKey = ca.saPEM
-	case "minion":
-		if err := add(node.IdentityKubelet, Request{CommonName: "system:node:" + host, Organization: []string{"system:nodes"}, Client: true}); err != nil {
-			return nil, err
-		}
-		if err := add(node.IdentityKubeProxy, Request{CommonName: "system:kube-proxy", Client: true}); err != nil {
-			return nil, err
-		}
 	}
 	return t, nil
 }

@@ -294,7 +294,7 @@ func TestCredentialsGiveAWorkingAdminKubeconfig(t *testing.T) {
 	cert, _ := os.ReadFile(filepath.Join(out, AdminCertFile))
 	key, _ := os.ReadFile(filepath.Join(out, AdminKeyFile))
 	c := verify(t, ca, node.KeyPair{Cert: string(cert), Key: string(key)}, x509.ExtKeyUsageClientAuth)
-	if c.Subject.CommonName != AdminCN || !slices.Equal(c.Subject.Organization, []string{AdminOrg}) {
+	if c.Subject.CommonName != "plinth:admin" || !slices.Equal(c.Subject.Organization, []string{"system:masters"}) {
 		t.Errorf("admin subject %s", c.Subject)
 	}
 	raw, _ := os.ReadFile(filepath.Join(out, KubeconfigFile))

@@ -26,6 +26,7 @@ import (
 	"github.com/plinth-dev/plinth/initramfs/role"
 	"github.com/plinth-dev/plinth/initramfs/stage1/events"
 	"github.com/plinth-dev/plinth/profiles/node"
+	"github.com/plinth-dev/plinth/roles"
 )
 
 // System is what the agent reads from the machine; tests fake it.
@@ -153,7 +154,7 @@ func Check(ctx context.Context, sys System) (*Report, *node.Config) {
 	if err != nil {
 		r.Problems = append(r.Problems, err.Error())
 	}
-	allowed := role.ListenPorts(r.Role, cfg)
+	allowed := roles.Get(r.Role).ListenPorts(cfg)
 	for _, l := range r.Listen {
 		if !slices.Contains(allowed, l) {
 			r.Unexpected = append(r.Unexpected, l)

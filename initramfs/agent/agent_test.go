@@ -201,7 +201,7 @@ type bootServer struct {
 func newBootServer(t *testing.T) *bootServer {
 	b := &bootServer{journals: map[string]string{}}
 	b.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if unit, ok := strings.CutPrefix(r.URL.Path, "/v1/machines/etcd-1/logs/"); ok && r.Method == http.MethodPost {
+		if unit, ok := strings.CutPrefix(r.URL.Path, api.LogPath("etcd-1", "")); ok && r.Method == http.MethodPost {
 			text, _ := io.ReadAll(r.Body)
 			b.mu.Lock()
 			b.journals[unit] = string(text)
@@ -213,6 +213,10 @@ func newBootServer(t *testing.T) *bootServer {
 		if r.URL.Path != api.PathEvents || json.NewDecoder(r.Body).Decode(&e) != nil {
 			http.Error(w, "bad", 400)
 			return
+		}
+		if !api.KnownStage(e.Stage) {
+			// The boot server would refuse it.
+			t.Errorf("the agent posted unknown stage %q", e.Stage)
 		}
 		b.mu.Lock()
 		defer b.mu.Unlock()

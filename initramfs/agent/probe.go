@@ -16,26 +16,26 @@ import (
 	"github.com/plinth-dev/plinth/initramfs/firstboot"
 	"github.com/plinth-dev/plinth/initramfs/role"
 	"github.com/plinth-dev/plinth/profiles/node"
+	"github.com/plinth-dev/plinth/roles"
 )
 
 // probeRole asks the role's servers whether they serve, beyond systemd
-// saying their units run: etcd's /health, the API server's /readyz,
-// kubelet's /healthz. It returns the problems and the unit they concern.
+// saying their units run, as the role's descriptor says (etcd's /health,
+// the API server's /readyz, kubelet's /healthz). It returns the problems
+// and the unit of the last probe.
 func probeRole(ctx context.Context, sys System, cfg *node.Config) ([]string, string) {
 	type probe struct{ what, url, ca, cert, key, want string }
 	var ps []probe
-	switch cfg.Role {
-	case "etcd":
-		ps = append(ps, probe{"etcd", role.ClientURL("127.0.0.1") + "/health", role.CAFile, role.NodeCert, role.NodeKey, `"health":"true"`})
-	case "master":
-		port := 6443
-		if cfg.Cluster != nil && cfg.Cluster.APIPort != 0 {
-			port = cfg.Cluster.APIPort
+	for _, p := range roles.Get(cfg.Role).Probes {
+		pr := probe{what: strings.TrimSuffix(p.Unit, ".service"), url: p.URL(cfg), want: p.Want}
+		switch {
+		case p.Scheme == "http":
+		case p.Client == roles.ClientNode:
+			pr.ca, pr.cert, pr.key = role.CAFile, role.NodeCert, role.NodeKey
+		default:
+			pr.ca, pr.cert, pr.key = role.CAFile, role.IdentityCert(p.Client), role.IdentityKey(p.Client)
 		}
-		ps = append(ps, probe{"kube-apiserver", fmt.Sprintf("https://127.0.0.1:%d/readyz", port), role.CAFile,
-			role.IdentityCert(node.IdentityAdmin), role.IdentityKey(node.IdentityAdmin), "ok"})
-	case "minion":
-		ps = append(ps, probe{"kubelet", "http://127.0.0.1:10248/healthz", "", "", "", "ok"})
+		ps = append(ps, pr)
 	}
 	var problems []string
 	unit := ""

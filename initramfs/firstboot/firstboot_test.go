@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/plinth-dev/plinth/profiles/node"
+	"github.com/plinth-dev/plinth/roles"
 )
 
 func TestSplitSubnetGivesDockerTheLowerHalfAndPodsTheUpper(t *testing.T) {
@@ -190,6 +191,19 @@ func TestJoinReplacesARebootedMember(t *testing.T) {
 	for _, m := range f.members {
 		if m.ID == "2" {
 			t.Errorf("the old member is still there: %v", f.members)
+		}
+	}
+}
+
+// TestEveryStepARoleNamesIsImplemented: a role's units run
+// `plinth-agent STEP` for each step its descriptor lists (checked in
+// package role); each must be one this package provides.
+func TestEveryStepARoleNamesIsImplemented(t *testing.T) {
+	for _, n := range roles.Names() {
+		for _, s := range roles.Get(n).Steps {
+			if Steps[s] == nil {
+				t.Errorf("role %s names the step %q, which plinth-agent does not have", n, s)
+			}
 		}
 	}
 }

@@ -5,13 +5,13 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"sort"
 	"strconv"
 	"strings"
 
 	"github.com/coreos/go-systemd/v22/unit"
 
 	"github.com/plinth-dev/plinth/profiles/node"
+	"github.com/plinth-dev/plinth/roles"
 )
 
 // Paths the cluster roles write and the agent's helpers read at run time.
@@ -47,37 +47,6 @@ const (
 	// containerd before kubelet starts (no registry needed).
 	ImagesDir = "/usr/share/plinth/images"
 )
-
-// Ports the roles listen on, beyond loopback.
-const (
-	EtcdClientPort = 2379
-	EtcdPeerPort   = 2380
-	KubeletPort    = 10250
-	VXLANPort      = 8472
-)
-
-// ListenPorts are the ports each role may listen on beyond loopback, as
-// "tcp/N" or "udp/N"; the agent reports any other as a problem. DHCP's
-// client port is allowed everywhere.
-func ListenPorts(role string, cfg *node.Config) []string {
-	p := []string{"udp/68"}
-	switch role {
-	case "etcd":
-		p = append(p, port("tcp", EtcdClientPort), port("tcp", EtcdPeerPort))
-	case "master":
-		api := 6443
-		if cfg != nil && cfg.Cluster != nil && cfg.Cluster.APIPort != 0 {
-			api = cfg.Cluster.APIPort
-		}
-		p = append(p, port("tcp", api), port("udp", VXLANPort))
-	case "minion":
-		p = append(p, port("tcp", KubeletPort), port("udp", VXLANPort))
-	}
-	sort.Strings(p)
-	return p
-}
-
-func port(proto string, n int) string { return proto + "/" + strconv.Itoa(n) }
 
 // File is one file a role writes.
 type File struct {
@@ -192,10 +161,10 @@ func etcdEndpoints(cl *node.Cluster) (string, error) {
 }
 
 // ClientURL and PeerURL are an etcd member's URLs at address.
-func ClientURL(address string) string { return "https://" + hostPort(address, EtcdClientPort) }
+func ClientURL(address string) string { return "https://" + hostPort(address, roles.EtcdClientPort) }
 
 // PeerURL: see ClientURL.
-func PeerURL(address string) string { return "https://" + hostPort(address, EtcdPeerPort) }
+func PeerURL(address string) string { return "https://" + hostPort(address, roles.EtcdPeerPort) }
 
 func hostPort(address string, port int) string {
 	if a, err := netip.ParseAddr(address); err == nil && a.Is6() {
@@ -281,12 +250,7 @@ func apiURL(cl *node.Cluster) (string, error) {
 	return "https://" + hostPort(cl.APIName, apiPort(cl)), nil
 }
 
-func apiPort(cl *node.Cluster) int {
-	if cl.APIPort != 0 {
-		return cl.APIPort
-	}
-	return 6443
-}
+func apiPort(cl *node.Cluster) int { return roles.APIPort(&node.Config{Cluster: cl}) }
 
 // needCluster checks the profile has the site-wide settings.
 func needCluster(cfg *node.Config) (*node.Cluster, error) {

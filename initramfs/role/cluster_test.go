@@ -6,11 +6,13 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/plinth-dev/plinth/profiles"
 	"github.com/plinth-dev/plinth/profiles/node"
+	"github.com/plinth-dev/plinth/roles"
 )
 
 // labConfig renders a machine of the QEMU lab site as the boot server
@@ -140,15 +142,31 @@ func TestRolesRefuseAProfileTheyCannotRun(t *testing.T) {
 	}
 }
 
-func TestListenPortsAreTheRolesServers(t *testing.T) {
-	for role, want := range map[string]string{
-		"etcd":   "tcp/2379 tcp/2380 udp/68",
-		"master": "tcp/6443 udp/68 udp/8472",
-		"minion": "tcp/10250 udp/68 udp/8472",
-		"":       "udp/68",
-	} {
-		if got := strings.Join(ListenPorts(role, nil), " "); got != want {
-			t.Errorf("%q: %s, want %s", role, got, want)
+// TestEveryRoleRunsTheStepsItsDescriptorNames: the first-boot steps a
+// role's units run are the ones its descriptor lists (and package
+// firstboot checks it implements each).
+func TestEveryRoleRunsTheStepsItsDescriptorNames(t *testing.T) {
+	for _, machine := range []string{"etcd-1", "master-1", "minion-1"} {
+		cfg := labConfig(t, machine)
+		dir := configureLab(t, machine)
+		units, _ := filepath.Glob(filepath.Join(dir, UnitDir, "*.service"))
+		var steps []string
+		for _, u := range units {
+			b, err := os.ReadFile(u)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, line := range strings.Split(string(b), "\n") {
+				k, v, _ := strings.Cut(line, "=")
+				if f := strings.Fields(v); strings.HasPrefix(k, "Exec") && len(f) > 1 && strings.TrimLeft(f[0], "-+!@") == AgentPath {
+					steps = append(steps, f[1])
+				}
+			}
+		}
+		slices.Sort(steps)
+		want := slices.Sorted(slices.Values(roles.Get(cfg.Role).Steps))
+		if !slices.Equal(slices.Compact(steps), want) {
+			t.Errorf("%s (%s): units run the steps %v, the descriptor lists %v", machine, cfg.Role, steps, want)
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/coreos/go-systemd/v22/unit"
 
 	"github.com/plinth-dev/plinth/profiles/node"
+	"github.com/plinth-dev/plinth/roles"
 )
 
 // Etcd configures a member of the site's etcd cluster. Whether it founds
@@ -19,9 +20,6 @@ type Etcd struct{}
 
 // Name is "etcd".
 func (Etcd) Name() string { return "etcd" }
-
-// Services are etcd and its join step.
-func (Etcd) Services(*node.Config) []string { return []string{"etcd.service"} }
 
 // Configure writes the plan into root.
 func (e Etcd) Configure(_ context.Context, root Root, cfg *node.Config) error {
@@ -50,7 +48,7 @@ func (Etcd) Plan(cfg *node.Config) (*Plan, error) {
 	if self == nil {
 		return nil, fmt.Errorf("machine %s is not among the site's etcd members", cfg.Machine)
 	}
-	p := &Plan{Services: []string{"etcd.service"}}
+	p := &Plan{Services: roles.Get("etcd").Services}
 	if err := tlsFiles(p, cfg); err != nil {
 		return nil, err
 	}
@@ -119,5 +117,3 @@ func (Etcd) Plan(cfg *node.Config) (*Plan, error) {
 	})
 	return p, nil
 }
-
-var _ Servicer = Etcd{}

@@ -8,6 +8,7 @@ import (
 	"github.com/coreos/go-systemd/v22/unit"
 
 	"github.com/plinth-dev/plinth/profiles/node"
+	"github.com/plinth-dev/plinth/roles"
 )
 
 // Master configures a Kubernetes control-plane machine: kube-apiserver
@@ -19,11 +20,6 @@ type Master struct{}
 
 // Name is "master".
 func (Master) Name() string { return "master" }
-
-// Services are the control plane's units.
-func (Master) Services(*node.Config) []string { return masterServices }
-
-var masterServices = []string{"flanneld.service", "kube-apiserver.service", "kube-controller-manager.service", "kube-scheduler.service"}
 
 // Configure writes the plan into root.
 func (m Master) Configure(_ context.Context, root Root, cfg *node.Config) error {
@@ -50,7 +46,7 @@ func (Master) Plan(cfg *node.Config) (*Plan, error) {
 	if cl.Flannel == "" {
 		return nil, errors.New("the site has no [network] flannel network")
 	}
-	p := &Plan{Services: masterServices}
+	p := &Plan{Services: roles.Get("master").Services}
 	if err := tlsFiles(p, cfg, node.IdentityAdmin); err != nil {
 		return nil, err
 	}
@@ -167,5 +163,3 @@ func service(p *Plan, name, desc string, args []string, after, requires string, 
 	p.unit(Unit{Name: name, Options: o, WantedBy: "multi-user.target"})
 	return nil
 }
-
-var _ Servicer = Master{}

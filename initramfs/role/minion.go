@@ -8,6 +8,7 @@ import (
 	"github.com/coreos/go-systemd/v22/unit"
 
 	"github.com/plinth-dev/plinth/profiles/node"
+	"github.com/plinth-dev/plinth/roles"
 )
 
 // Minion configures a Kubernetes worker: flanneld with etcd as its store;
@@ -24,11 +25,6 @@ type Minion struct{}
 
 // Name is "minion".
 func (Minion) Name() string { return "minion" }
-
-// Services are the worker's units.
-func (Minion) Services(*node.Config) []string { return minionServices }
-
-var minionServices = []string{"containerd.service", "docker.service", "flanneld.service", "kube-proxy.service", "kubelet.service"}
 
 // Configure writes the plan into root.
 func (m Minion) Configure(_ context.Context, root Root, cfg *node.Config) error {
@@ -60,7 +56,7 @@ func (Minion) Plan(cfg *node.Config) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Plan{Services: minionServices}
+	p := &Plan{Services: roles.Get("minion").Services}
 	if err := tlsFiles(p, cfg, node.IdentityKubelet, node.IdentityKubeProxy); err != nil {
 		return nil, err
 	}
@@ -213,5 +209,3 @@ healthzBindAddress: 127.0.0.1:10256
 metricsBindAddress: 127.0.0.1:10249
 `, ProxyKubeconfig, clusterCIDR)
 }
-
-var _ Servicer = Minion{}

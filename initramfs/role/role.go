@@ -28,12 +28,6 @@ type Configurator interface {
 	Configure(ctx context.Context, root Root, cfg *node.Config) error
 }
 
-// Servicer is implemented by configurators whose role runs services the
-// readiness agent should check (an optional extra of Configurator).
-type Servicer interface {
-	Services(cfg *node.Config) []string
-}
-
 // Registry finds a configurator by role name.
 type Registry map[string]Configurator
 

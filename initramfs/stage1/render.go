@@ -14,6 +14,7 @@ import (
 
 	"github.com/plinth-dev/plinth/initramfs/role"
 	"github.com/plinth-dev/plinth/profiles/node"
+	"github.com/plinth-dev/plinth/roles"
 )
 
 // NetInfo is what the boot NIC was configured with.
@@ -193,24 +194,24 @@ func InstallAgent(root role.Root, self []byte) error {
 	})
 }
 
-// ConfigureRole runs the role's configurator and records the services it
-// runs for the agent. A role this build has no configurator for is not
-// fatal (the image still boots; the message says so loudly); a configurator
-// that fails is.
-func ConfigureRole(ctx context.Context, roles role.Registry, root role.Root, cfg *node.Config) (string, error) {
-	c, err := roles.Lookup(cfg.Role)
+// ConfigureRole runs the role's configurator and records the services its
+// descriptor lists for the agent. A role this build has no descriptor or
+// no configurator for stops the boot: a machine that cannot be what its
+// profile says must not report ready.
+func ConfigureRole(ctx context.Context, cs role.Registry, root role.Root, cfg *node.Config) (string, error) {
+	d, err := roles.Lookup(cfg.Role)
 	if err != nil {
-		return "WARNING " + err.Error(), nil
+		return "", err
+	}
+	c, err := cs.Lookup(cfg.Role)
+	if err != nil {
+		return "", err
 	}
 	if err := c.Configure(ctx, root, cfg); err != nil {
 		return "", fmt.Errorf("role %s: %w", c.Name(), err)
 	}
-	var services []string
-	if sv, ok := c.(role.Servicer); ok {
-		services = sv.Services(cfg)
-	}
-	if err := role.WriteServices(root, services); err != nil {
+	if err := role.WriteServices(root, d.Services); err != nil {
 		return "", fmt.Errorf("role %s: %w", c.Name(), err)
 	}
-	return fmt.Sprintf("role %s configured (%d services)", c.Name(), len(services)), nil
+	return fmt.Sprintf("role %s configured (%d services)", c.Name(), len(d.Services)), nil
 }

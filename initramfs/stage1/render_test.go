@@ -12,6 +12,7 @@ import (
 
 	"github.com/plinth-dev/plinth/initramfs/role"
 	"github.com/plinth-dev/plinth/profiles/node"
+	"github.com/plinth-dev/plinth/roles"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files under testdata/")
@@ -145,7 +146,6 @@ func (servicesRole) Name() string { return "etcd" }
 func (servicesRole) Configure(ctx context.Context, root role.Root, cfg *node.Config) error {
 	return root.WriteFile("/etc/etcd.conf", []byte("name: "+cfg.Hostname+"\n"), 0o644)
 }
-func (servicesRole) Services(*node.Config) []string { return []string{"etcd.service"} }
 
 func TestConfigureRole(t *testing.T) {
 	cfg := &node.Config{Hostname: "e1", Role: "etcd"}
@@ -161,8 +161,17 @@ func TestConfigureRole(t *testing.T) {
 	if _, err := ConfigureRole(ctx, role.NewRegistry(failingRole{}), role.DirRoot(t.TempDir()), cfg); err == nil || !strings.Contains(err.Error(), "role etcd: no etcd members") {
 		t.Errorf("failing configurator: %v", err)
 	}
-	msg, err = ConfigureRole(ctx, role.Builtin(), role.DirRoot(t.TempDir()), &node.Config{Hostname: "s1", Role: "storage"})
-	if err != nil || !strings.HasPrefix(msg, `WARNING role "storage": no configurator`) {
+	// A role nothing describes stops the boot instead of a ready machine
+	// that runs nothing; so does one described but without a configurator.
+	if msg, err := ConfigureRole(ctx, role.Builtin(), role.DirRoot(t.TempDir()), &node.Config{Hostname: "s1", Role: "storage"}); err == nil || !strings.Contains(err.Error(), `unknown role "storage"`) {
 		t.Errorf("unknown role: %q, %v", msg, err)
+	}
+	remove, err := roles.Register(roles.Role{Name: "storage", Group: roles.GroupWorkers})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer remove()
+	if msg, err := ConfigureRole(ctx, role.Builtin(), role.DirRoot(t.TempDir()), &node.Config{Hostname: "s1", Role: "storage"}); err == nil || !strings.Contains(err.Error(), `role "storage": no configurator`) {
+		t.Errorf("role without a configurator: %q, %v", msg, err)
 	}
 }
