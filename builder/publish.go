@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/plinth-dev/plinth/internal/fsutil"
 	"github.com/plinth-dev/plinth/manifest"
 )
 
@@ -38,13 +39,13 @@ func (b *build) publish(outDir string, files map[string]string, m *manifest.Mani
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(filepath.Join(stage, manifest.FileName), data, 0o644); err != nil {
+	if err := fsutil.WriteFileAtomic(filepath.Join(stage, manifest.FileName), data, 0o644); err != nil {
 		return err
 	}
 	if err := os.Chmod(stage, 0o755); err != nil {
 		return err
 	}
-	if err := syncDir(stage); err != nil {
+	if err := fsutil.SyncDir(stage); err != nil {
 		return err
 	}
 	// RENAME_EXCHANGE swaps the two names atomically when outDir exists.
@@ -55,7 +56,7 @@ func (b *build) publish(outDir string, files map[string]string, m *manifest.Mani
 	if err != nil {
 		return fmt.Errorf("publish %s: %w", outDir, err)
 	}
-	return syncDir(parent)
+	return fsutil.SyncDir(parent)
 }
 
 // linkOrCopy hard-links src to dst (cache and output on one file system) or
@@ -82,39 +83,4 @@ func linkOrCopy(src, dst string) error {
 		return err
 	}
 	return out.Close()
-}
-
-// writeFileAtomic writes data to a temporary file beside path, syncs it and
-// renames it over path.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

@@ -13,6 +13,8 @@ import (
 	"github.com/diskfs/go-diskfs/disk"
 	"github.com/diskfs/go-diskfs/filesystem"
 	"github.com/diskfs/go-diskfs/filesystem/iso9660"
+
+	"github.com/plinth-dev/plinth/internal/fsutil"
 )
 
 // Loader files on the ISO.
@@ -108,7 +110,7 @@ func WriteISO(ctx context.Context, c Contents, out string) error {
 	if err := fixISO(img, c.Epoch, label, grubBootHybrid); err != nil {
 		return fmt.Errorf("plinth.iso: %w", err)
 	}
-	return publish(img, out)
+	return fsutil.CommitFile(img, out, 0o644)
 }
 
 // efiImage makes the FAT16 image El Torito hands to UEFI firmware: GRUB

@@ -10,6 +10,8 @@ import (
 	diskfs "github.com/diskfs/go-diskfs"
 	"github.com/diskfs/go-diskfs/filesystem"
 	"github.com/diskfs/go-diskfs/partition/gpt"
+
+	"github.com/plinth-dev/plinth/internal/fsutil"
 )
 
 const (
@@ -79,7 +81,7 @@ func WriteRaw(ctx context.Context, c Contents, out string) error {
 	if err := close(); err != nil {
 		return fmt.Errorf("disk.raw: %w", err)
 	}
-	return publish(img, out)
+	return fsutil.CommitFile(img, out, 0o644)
 }
 
 // files are the medium's files beside the loader.
@@ -105,24 +107,4 @@ func tempDir(dir, out string) (string, error) {
 		return "", err
 	}
 	return os.MkdirTemp(dir, "."+filepath.Base(out)+".tmp-*")
-}
-
-// publish syncs img and renames it to out.
-func publish(img, out string) error {
-	f, err := os.OpenFile(img, os.O_RDWR, 0)
-	if err != nil {
-		return err
-	}
-	if err := f.Chmod(0o644); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(img, out)
 }

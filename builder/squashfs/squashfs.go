@@ -22,6 +22,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/plinth-dev/plinth/internal/fsutil"
 )
 
 // Tool is the program FromTar runs.
@@ -85,17 +87,5 @@ func FromTar(ctx context.Context, r io.Reader, out string, o Options) error {
 		}
 		return fmt.Errorf("%s: %w: %s", Tool, err, strings.TrimSpace(stderr.String()))
 	}
-	f, err := os.Open(tmpName)
-	if err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	f.Close()
-	if err := os.Chmod(tmpName, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmpName, out)
+	return fsutil.CommitFile(tmpName, out, 0o644)
 }
