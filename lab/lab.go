@@ -3,21 +3,17 @@
 // boot server's address and one tap per machine), with `plinth serve`
 // inside it answering DHCP. It backs `plinth qemu up` and the netboot tests;
 // what it adds to netlab is what both of those need: QEMU netdevs for taps,
-// the command prefix QEMU runs under, and fetching URLs from inside.
+// the command prefix QEMU runs under, and connections from inside.
 package lab
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
-	"os/exec"
-	"strings"
 	"time"
 
 	"github.com/plinth-dev/plinth/lab/netlab"
@@ -69,67 +65,74 @@ func (l *Lab) Start(ctx context.Context, w io.Writer, name string, args ...strin
 	return err
 }
 
-// Get fetches url from inside the lab by running the helper binary self (a
-// program that calls HelperGet first thing) there.
-func (l *Lab) Get(ctx context.Context, self, url string) ([]byte, error) {
-	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", l.nl.Name(), self)
-	cmd.Env = append(os.Environ(), "PLINTH_HELPER_GET="+url)
-	return cmd.Output()
+// Dial connects to addr from inside the lab: the socket is made on a
+// thread in the lab's namespace and stays there.
+func (l *Lab) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	return dialIn(ctx, l.nl.Name(), network, addr)
+}
+
+// Client is an HTTP client whose connections are made inside the lab.
+func (l *Lab) Client() *http.Client { return ClientIn(l.nl.Name()) }
+
+// ClientIn is an HTTP client whose connections are made inside the
+// network namespace ns (a running lab's, by name).
+func ClientIn(ns string) *http.Client {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return dialIn(ctx, ns, network, addr)
+		},
+		DisableKeepAlives: true,
+	}
+	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
+}
+
+func dialIn(ctx context.Context, ns, network, addr string) (net.Conn, error) {
+	var c net.Conn
+	err := netlab.Enter(ns, func() error {
+		var d net.Dialer
+		var err error
+		c, err = d.DialContext(ctx, network, addr)
+		return err
+	})
+	return c, err
+}
+
+// Get fetches url from inside the lab; a status other than 200 is an
+// error.
+func (l *Lab) Get(ctx context.Context, url string) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := l.Client().Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return b, fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return b, nil
 }
 
 // Resolve looks name up from inside the lab, asking the DNS server at
-// server (host:port) only, by running the helper binary self there. It
-// returns the addresses in the order the server gave them.
-func (l *Lab) Resolve(ctx context.Context, self, name, server string) ([]string, error) {
-	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", l.nl.Name(), self)
-	cmd.Env = append(os.Environ(), "PLINTH_HELPER_RESOLVE="+name, "PLINTH_HELPER_DNS="+server)
-	out, err := cmd.Output()
+// server (host:port) only. It returns the addresses in the order the
+// server gave them.
+func (l *Lab) Resolve(ctx context.Context, name, server string) ([]string, error) {
+	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return l.Dial(ctx, network, server)
+	}}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	addrs, err := r.LookupHost(ctx, name)
 	if err != nil {
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			return nil, fmt.Errorf("resolve %s at %s: %v: %s", name, server, err, ee.Stderr)
-		}
-		return nil, err
+		return nil, fmt.Errorf("resolve %s at %s: %w", name, server, err)
 	}
-	return strings.Fields(string(out)), nil
-}
-
-// HelperGet is the other side of Get and Resolve: call it first thing in
-// main (or TestMain); it returns at once when the environment does not ask
-// for it.
-func HelperGet() {
-	if name := os.Getenv("PLINTH_HELPER_RESOLVE"); name != "" {
-		server := os.Getenv("PLINTH_HELPER_DNS")
-		r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, network, server)
-		}}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		addrs, err := r.LookupHost(ctx, name)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(2)
-		}
-		fmt.Println(strings.Join(addrs, " "))
-		os.Exit(0)
-	}
-	url := os.Getenv("PLINTH_HELPER_GET")
-	if url == "" {
-		return
-	}
-	c := &http.Client{Timeout: 10 * time.Second}
-	resp, err := c.Get(url)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(2)
-	}
-	defer resp.Body.Close()
-	_, _ = io.Copy(os.Stdout, resp.Body)
-	if resp.StatusCode != http.StatusOK {
-		os.Exit(3)
-	}
-	os.Exit(0)
+	return addrs, nil
 }
 
 // Close stops everything in the lab (QEMU included) and deletes it.

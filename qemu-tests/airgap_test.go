@@ -243,7 +243,7 @@ func serveBundleAndBoot(t *testing.T, ctx context.Context, far, bundle string) {
 			t.Logf("plinth serve log:\n%s", b)
 		}
 	})
-	waitFor(t, ctx, "boot server", func() bool { _, err := l.Get(ctx, os.Args[0], server+"/v1/machines"); return err == nil })
+	waitFor(t, ctx, "boot server", func() bool { _, err := l.Get(ctx, server+"/v1/machines"); return err == nil })
 	netdev, err := l.AddTap(ctx)
 	if err != nil {
 		t.Fatal(err)

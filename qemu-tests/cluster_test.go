@@ -103,7 +103,7 @@ func TestClusterE2E(t *testing.T) {
 			t.Logf("consoles and the server log are in %s", logDir)
 		}
 	})
-	waitFor(t, ctx, "boot server", func() bool { _, err := l.Get(ctx, os.Args[0], server+"/v1/machines"); return err == nil })
+	waitFor(t, ctx, "boot server", func() bool { _, err := l.Get(ctx, server+"/v1/machines"); return err == nil })
 
 	vms := map[string]*qemu.VM{}
 	var mu sync.Mutex
@@ -171,7 +171,7 @@ func TestClusterE2E(t *testing.T) {
 	}
 
 	// The API name resolves, through the boot server, to the ready master.
-	addrs, err := l.Resolve(ctx, os.Args[0], apiName, l.Server+":53")
+	addrs, err := l.Resolve(ctx, apiName, l.Server+":53")
 	if err != nil || !slices.Equal(addrs, []string{"10.77.0.21"}) {
 		t.Errorf("%s resolves to %v (%v), want the master 10.77.0.21", apiName, addrs, err)
 	}
@@ -314,7 +314,7 @@ func waitReady(t *testing.T, ctx context.Context, l *lab.Lab, server string, vms
 				b, _ := json.MarshalIndent(st.Fields, "    ", "  ")
 				t.Logf("%s: %s\n    %s", n, st.LastEvent, b)
 				for _, u := range st.Journals {
-					if j, err := l.Get(ctx, os.Args[0], server+api.LogPath(n, u)); err == nil {
+					if j, err := l.Get(ctx, server+api.LogPath(n, u)); err == nil {
 						os.WriteFile(filepath.Join(logDir, n+"."+u+".log"), j, 0o644)
 					}
 				}
@@ -327,7 +327,7 @@ func waitReady(t *testing.T, ctx context.Context, l *lab.Lab, server string, vms
 
 func machines(ctx context.Context, l *lab.Lab, server string) map[string]bootserver.MachineStatus {
 	out := map[string]bootserver.MachineStatus{}
-	b, err := l.Get(ctx, os.Args[0], server+"/v1/machines")
+	b, err := l.Get(ctx, server+"/v1/machines")
 	if err != nil {
 		return out
 	}

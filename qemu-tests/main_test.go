@@ -15,8 +15,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/plinth-dev/plinth/lab"
 )
 
 var (
@@ -26,7 +24,6 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	lab.HelperGet() // re-executed inside a lab to fetch a URL there
 	if os.Getenv("PLINTH_QEMU_TESTS") == "" {
 		fmt.Println("qemu-tests: set PLINTH_QEMU_TESTS=1 (make qemu-test) to boot real machines")
 		os.Exit(0)

@@ -29,7 +29,7 @@ it. UNIT without a suffix means UNIT.service.`,
   plinth qemu logs master-1 kube-apiserver      # a machine of the running QEMU lab`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return printJournal(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), server, args[0], args[1], fresh)
+			return printJournal(cmd.Context(), http.DefaultClient, cmd.OutOrStdout(), cmd.ErrOrStderr(), server, args[0], args[1], fresh)
 		},
 	}
 	c.Flags().StringVar(&server, "server", "http://127.0.0.1:8080", "the boot server's URL")
@@ -37,9 +37,10 @@ it. UNIT without a suffix means UNIT.service.`,
 	return c
 }
 
-// printJournal fetches a unit's journal from the boot server and writes it
+// printJournal fetches a unit's journal from the boot server (through
+// client) and writes it
 // to out, with a note on err saying when the machine sent it.
-func printJournal(ctx context.Context, out, errOut io.Writer, server, machine, unit string, fresh time.Duration) error {
+func printJournal(ctx context.Context, client *http.Client, out, errOut io.Writer, server, machine, unit string, fresh time.Duration) error {
 	u, ok := api.UnitName(unit)
 	if !ok {
 		return fmt.Errorf("%q is not a systemd unit name", unit)
@@ -61,7 +62,7 @@ func printJournal(ctx context.Context, out, errOut io.Writer, server, machine, u
 	if err != nil {
 		return err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return fmt.Errorf("journal of %s on %s: %w", u, machine, err)
 	}

@@ -21,7 +21,7 @@ func TestLogsAsksTheServerForAFreshJournalOfTheUnit(t *testing.T) {
 	}))
 	defer srv.Close()
 	var out, errOut bytes.Buffer
-	if err := printJournal(context.Background(), &out, &errOut, srv.URL, "master-1", "kube-apiserver", 45*time.Second); err != nil {
+	if err := printJournal(context.Background(), srv.Client(), &out, &errOut, srv.URL, "master-1", "kube-apiserver", 45*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	if asked != "/v1/machines/master-1/logs/kube-apiserver.service?fresh=45" || out.String() != "apiserver: serving\n" {
@@ -37,12 +37,12 @@ func TestLogsSaysWhatTheServerSaidWhenThereIsNoJournal(t *testing.T) {
 		http.Error(w, "logs: master-1 has sent no journal of etcd.service", http.StatusNotFound)
 	}))
 	defer srv.Close()
-	err := printJournal(context.Background(), &bytes.Buffer{}, &bytes.Buffer{}, srv.URL, "master-1", "etcd", 0)
+	err := printJournal(context.Background(), srv.Client(), &bytes.Buffer{}, &bytes.Buffer{}, srv.URL, "master-1", "etcd", 0)
 	if err == nil || !strings.Contains(err.Error(), "404 Not Found: logs: master-1 has sent no journal of etcd.service") {
 		t.Errorf("error %v", err)
 	}
 	for _, bad := range [][2]string{{"master-1", "a/b"}, {"../x", "etcd"}} {
-		if err := printJournal(context.Background(), &bytes.Buffer{}, &bytes.Buffer{}, srv.URL, bad[0], bad[1], 0); err == nil {
+		if err := printJournal(context.Background(), srv.Client(), &bytes.Buffer{}, &bytes.Buffer{}, srv.URL, bad[0], bad[1], 0); err == nil {
 			t.Errorf("%v accepted", bad)
 		}
 	}

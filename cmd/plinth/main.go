@@ -12,12 +12,9 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
-
-	"github.com/plinth-dev/plinth/lab"
 )
 
 func main() {
-	lab.HelperGet() // when re-executed inside a QEMU lab to fetch a URL there
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := newRoot().ExecuteContext(ctx)
 	stop()

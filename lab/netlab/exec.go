@@ -78,20 +78,24 @@ func (l *Lab) Start(cmd *exec.Cmd) (<-chan error, error) {
 // live in the lab and stay there after f returns. Only what f does on its
 // own goroutine is in the lab: goroutines it starts are not. The thread
 // is discarded afterwards, so no other goroutine ever runs in the lab.
-func (l *Lab) Do(f func() error) error {
+func (l *Lab) Do(f func() error) error { return Enter(l.ns, f) }
+
+// Enter runs f on an OS thread that has entered the network namespace ns
+// (a name under /run/netns), as Do does for a lab of this process.
+func Enter(ns string, f func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		// Never unlocked: the Go runtime ends a goroutine's locked
 		// thread with it, instead of reusing a thread left in the lab.
 		runtime.LockOSThread()
-		fd, err := unix.Open(nsPath(l.ns), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		fd, err := unix.Open(nsPath(ns), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
-			errc <- fmt.Errorf("enter lab %s: %w", l.ns, err)
+			errc <- fmt.Errorf("enter lab %s: %w", ns, err)
 			return
 		}
 		defer unix.Close(fd)
 		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("enter lab %s: setns: %w", l.ns, err)
+			errc <- fmt.Errorf("enter lab %s: setns: %w", ns, err)
 			return
 		}
 		errc <- f()

@@ -117,7 +117,7 @@ func New(ctx context.Context, t testing.TB, cfg Config) (*Lab, error) {
 	if err := Available(); err != nil {
 		return nil, err
 	}
-	removeStale(ctx, cfg.Logger)
+	RemoveStale(ctx, cfg.Logger)
 
 	var rnd [3]byte
 	if _, err := rand.Read(rnd[:]); err != nil {

@@ -407,7 +407,7 @@ func TestRemoveStaleDeletesOnlyLabsOfDeadProcesses(t *testing.T) {
 		}
 		t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
 	}
-	removeStale(t.Context(), testLogger(t))
+	RemoveStale(t.Context(), testLogger(t))
 	have := namespaces(t)
 	for name, survive := range names {
 		if slices.Contains(have, name) != survive {

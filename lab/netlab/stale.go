@@ -46,17 +46,19 @@ func alive(pid int) bool {
 	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
-// removeStale deletes the namespaces of labs whose process is gone (a test
-// binary killed before its cleanup ran), with whatever still runs in them.
-// A recycled pid hides a leftover until that process ends; failures are
-// only logged, since they do not stop a new lab from working.
-func removeStale(ctx context.Context, log *slog.Logger) {
+// RemoveStale deletes the namespaces of labs whose process is gone (a
+// test binary or a qemu up killed before its cleanup ran), with whatever
+// still runs in them, and returns the names it deleted. A recycled pid
+// hides a leftover until that process ends; failures are only logged,
+// since they do not stop a new lab from working.
+func RemoveStale(ctx context.Context, log *slog.Logger) []string {
+	var removed []string
 	entries, err := os.ReadDir(netnsDir)
 	if err != nil {
 		if !errors.Is(err, fs.ErrNotExist) {
 			log.Warn("list namespaces", "err", err)
 		}
-		return
+		return nil
 	}
 	for _, e := range entries {
 		pid, ok := parseName(e.Name())
@@ -73,5 +75,7 @@ func removeStale(ctx context.Context, log *slog.Logger) {
 			continue
 		}
 		log.Info("removed stale lab", "netns", ns, "pid", pid)
+		removed = append(removed, ns)
 	}
+	return removed
 }

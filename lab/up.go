@@ -1,0 +1,411 @@
+package lab
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/plinth-dev/plinth/bootserver"
+	"github.com/plinth-dev/plinth/bootserver/api"
+	"github.com/plinth-dev/plinth/internal/fsutil"
+	"github.com/plinth-dev/plinth/lab/qemu"
+	"github.com/plinth-dev/plinth/manifest"
+	"github.com/plinth-dev/plinth/profiles"
+	"github.com/plinth-dev/plinth/roles"
+)
+
+// Config is a lab to bring up: a site's machines netbooting its built
+// images.
+type Config struct {
+	Site      string // the site directory
+	Artifacts string // where the site's images are built
+	State     string // plinth serve's --state ("" : its default)
+	LogDir    string // consoles, the server's log, saved journals
+	// Plinth is the plinth binary that serves the lab ("": this program).
+	Plinth string
+	// Name names the lab's network namespace ("lab" when empty).
+	Name string
+	// Memory (MiB) and CPUs override every role's (0: the role's).
+	Memory, CPUs int
+	// Stall is how long a machine not yet ready may show nothing new (boot
+	// stage, agent message, unit state) before the wait fails.
+	Stall time.Duration
+	// Out receives the machines' states as they change (nil: discarded).
+	Out io.Writer
+	Log *slog.Logger
+}
+
+// Cluster is a running lab: the network, the boot server and the VMs.
+type Cluster struct {
+	Lab    *Lab
+	Server string // the boot server's URL inside the lab
+	cfg    Config
+	start  time.Time
+
+	mu      sync.Mutex
+	vms     map[string]*qemu.VM
+	readyAt map[string]time.Duration // since the machine's QEMU start
+	upAt    map[string]time.Duration // since the lab started
+	last    string
+}
+
+// InfoFile is what Up writes into the log directory while the lab runs:
+// where its boot server is, for `plinth qemu logs`.
+const InfoFile = "lab.json"
+
+// Info is the content of InfoFile.
+type Info struct {
+	Netns  string `json:"netns"`
+	Server string `json:"server"`
+}
+
+// ReadInfo reads the InfoFile of a running lab's log directory.
+func ReadInfo(logDir string) (Info, error) {
+	var info Info
+	p := filepath.Join(logDir, InfoFile)
+	b, err := os.ReadFile(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return info, fmt.Errorf("no lab is running with log directory %s (no %s there)", logDir, InfoFile)
+	}
+	if err != nil {
+		return info, err
+	}
+	if err := json.Unmarshal(b, &info); err != nil {
+		return info, fmt.Errorf("%s: %w", p, err)
+	}
+	return info, nil
+}
+
+// Up makes the lab's network, starts plinth serve in it as the site's DHCP
+// and boot server, and netboots every machine of the site whose image is
+// built, group by group in the roles' boot order, each group once the one
+// before is ready. It returns when all are ready, or with the error of a
+// stall; the caller closes the Cluster either way (nil on early errors).
+func Up(ctx context.Context, cfg Config) (*Cluster, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Out == nil {
+		cfg.Out = io.Discard
+	}
+	if cfg.Name == "" {
+		cfg.Name = "lab"
+	}
+	if cfg.Plinth == "" {
+		self, err := os.Executable()
+		if err != nil {
+			return nil, err
+		}
+		cfg.Plinth = self
+	}
+	site, err := profiles.LoadSite(cfg.Site)
+	if err != nil {
+		return nil, err
+	}
+	if site.DHCP.Mode != "server" || site.DHCP.Router == "" || site.DHCP.Netmask == "" {
+		return nil, fmt.Errorf("%s: a QEMU lab needs [dhcp] mode = \"server\" with router and netmask (the boot server's address)", cfg.Site)
+	}
+	mask, err := netip.ParseAddr(site.DHCP.Netmask)
+	if err != nil {
+		return nil, fmt.Errorf("%s: [dhcp] netmask %q: %w", cfg.Site, site.DHCP.Netmask, err)
+	}
+	if err := os.MkdirAll(cfg.LogDir, 0o755); err != nil {
+		return nil, err
+	}
+	groups := BootGroups(site.Machines, func(m *profiles.Machine) bool {
+		if _, err := manifest.Read(filepath.Join(cfg.Artifacts, m.Image)); err != nil {
+			cfg.Log.Warn("not booting: image not built", "machine", m.Name, "image", m.Image)
+			return false
+		}
+		return true
+	})
+	if len(groups) == 0 {
+		return nil, fmt.Errorf("no machine of %s has a built image in %s", cfg.Site, cfg.Artifacts)
+	}
+	l, err := New(ctx, cfg.Name, fmt.Sprintf("%s/%d", site.DHCP.Router, maskBits(mask)), cfg.Log)
+	if err != nil {
+		return nil, err
+	}
+	c := &Cluster{Lab: l, Server: "http://" + l.Server + ":8080", cfg: cfg, start: time.Now(),
+		vms: map[string]*qemu.VM{}, readyAt: map[string]time.Duration{}, upAt: map[string]time.Duration{}}
+	if err := c.serve(ctx); err != nil {
+		return c, err
+	}
+	for _, group := range groups {
+		var names []string
+		for _, m := range group {
+			if err := c.boot(ctx, m); err != nil {
+				return c, err
+			}
+			names = append(names, m.Name)
+		}
+		fmt.Fprintf(cfg.Out, "lab %s: %d of the site's machines netbooting (%s); consoles in %s; a unit's journal: plinth qemu logs MACHINE UNIT\n",
+			l.Name(), len(c.vms), qemu.Accel(ctx), cfg.LogDir)
+		if err := c.WaitReady(ctx, names...); err != nil {
+			return c, err
+		}
+	}
+	return c, nil
+}
+
+// maskBits is the prefix length of a dotted netmask.
+func maskBits(mask netip.Addr) int {
+	n := 0
+	for _, b := range mask.AsSlice() {
+		for ; b > 0; b <<= 1 {
+			n++
+		}
+	}
+	return n
+}
+
+// serve starts plinth serve in the lab and waits until it answers.
+func (c *Cluster) serve(ctx context.Context) error {
+	logf, err := os.Create(filepath.Join(c.cfg.LogDir, "serve.log"))
+	if err != nil {
+		return err
+	}
+	args := []string{"serve", "--site", c.cfg.Site, "--artifacts", c.cfg.Artifacts,
+		"--listen", c.Lab.Server + ":8080", "--server-ip", c.Lab.Server, "--dhcp-interface", "br0", "--dns", c.Lab.Server + ":53"}
+	if c.cfg.State != "" {
+		args = append(args, "--state", c.cfg.State)
+	}
+	if err := c.Lab.Start(ctx, logf, c.cfg.Plinth, args...); err != nil {
+		logf.Close()
+		return err
+	}
+	// The file stays open for the server; the lab's Close ends it.
+	for {
+		if _, err := c.Lab.Get(ctx, c.Server+api.PathMachines); err == nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("boot server did not answer (log: %s): %w", logf.Name(), ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	b, err := json.Marshal(Info{Netns: c.Lab.Name(), Server: c.Server})
+	if err != nil {
+		return err
+	}
+	return fsutil.WriteFileAtomic(filepath.Join(c.cfg.LogDir, InfoFile), b, 0o644)
+}
+
+// boot starts one machine's VM, netbooting from the lab.
+func (c *Cluster) boot(ctx context.Context, m *profiles.Machine) error {
+	// The KVM probe (run by the first Start) boots a built image's kernel:
+	// a KVM that runs firmware but hangs in the kernel is not used.
+	if qemu.ProbeKernel == "" {
+		qemu.ProbeKernel = filepath.Join(c.cfg.Artifacts, m.Image, manifest.KernelFile)
+	}
+	netdev, err := c.Lab.AddTap(ctx)
+	if err != nil {
+		return err
+	}
+	mem, cpus := roles.Get(m.Role).MachineSize(c.cfg.Memory, c.cfg.CPUs)
+	vm, err := qemu.Start(ctx, nil, qemu.Config{Name: m.Name, Memory: mem, CPUs: cpus, Boot: "n", Wrap: c.Lab.Wrap(), LogDir: c.cfg.LogDir,
+		NICs: []qemu.NIC{{MAC: m.MAC, Netdev: netdev}}})
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.vms[m.Name] = vm
+	c.mu.Unlock()
+	return nil
+}
+
+// Boot netboots the named machines of the site as it is now (one added
+// while the lab runs, say) and waits until they are ready.
+func (c *Cluster) Boot(ctx context.Context, names ...string) error {
+	site, err := profiles.LoadSite(c.cfg.Site)
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		m := site.Machine(n)
+		if m == nil {
+			return fmt.Errorf("no machine %q in %s", n, c.cfg.Site)
+		}
+		if err := c.boot(ctx, m); err != nil {
+			return err
+		}
+	}
+	return c.WaitReady(ctx, names...)
+}
+
+// VM is the named machine's VM (nil before it booted).
+func (c *Cluster) VM(name string) *qemu.VM {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.vms[name]
+}
+
+// Booted is how many machines the lab has booted.
+func (c *Cluster) Booted() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.vms)
+}
+
+// ReadyAfter is how long after its QEMU start a machine was first seen
+// ready (to the 3 s poll); false while it has not been.
+func (c *Cluster) ReadyAfter(name string) (time.Duration, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	d, ok := c.readyAt[name]
+	return d, ok
+}
+
+// Machines is the boot server's view of every machine, by name.
+func (c *Cluster) Machines(ctx context.Context) (map[string]bootserver.MachineStatus, error) {
+	b, err := c.Lab.Get(ctx, c.Server+api.PathMachines)
+	if err != nil {
+		return nil, err
+	}
+	var list []bootserver.MachineStatus
+	if err := json.Unmarshal(b, &list); err != nil {
+		return nil, fmt.Errorf("%s: %w", api.PathMachines, err)
+	}
+	out := map[string]bootserver.MachineStatus{}
+	for _, st := range list {
+		out[st.Name] = st
+	}
+	return out, nil
+}
+
+// Close stops the VMs and the boot server and deletes the lab's network.
+func (c *Cluster) Close() error {
+	os.Remove(filepath.Join(c.cfg.LogDir, InfoFile))
+	return c.Lab.Close()
+}
+
+// WaitReady polls the boot server until every named machine is ready,
+// writing their states to the Config's Out whenever they change. It fails
+// when a machine not yet ready shows nothing new for the Config's Stall,
+// after saving the journals it sent into the log directory, and when a
+// machine's QEMU exits.
+func (c *Cluster) WaitReady(ctx context.Context, names ...string) error {
+	progress := NewProgress(c.cfg.Stall)
+	for {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("machines not ready: %w; last states:%s", ctx.Err(), c.last)
+		case <-time.After(3 * time.Second):
+		}
+		byName, err := c.Machines(ctx)
+		if err != nil {
+			continue
+		}
+		now := time.Now()
+		var waiting []string
+		var list []bootserver.MachineStatus
+		var sb strings.Builder
+		tw := tabwriter.NewWriter(&sb, 2, 4, 2, ' ', 0)
+		for _, n := range names {
+			st := byName[n]
+			st.Name = n
+			list = append(list, st)
+			vm := c.VM(n)
+			if st.State == api.StageReady {
+				c.mu.Lock()
+				if _, ok := c.readyAt[n]; !ok && vm != nil {
+					c.readyAt[n] = vm.Uptime()
+					c.upAt[n] = now.Sub(c.start)
+				}
+				c.mu.Unlock()
+			} else {
+				waiting = append(waiting, n)
+				if vm != nil && vm.Exited() {
+					return fmt.Errorf("%s: QEMU exited (console: %s)", n, filepath.Join(c.cfg.LogDir, n+".console.log"))
+				}
+			}
+			event, _, _ := strings.Cut(st.LastEvent, "\n") // a health check's report can run to many lines
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", n, st.Role, st.IP, orWaiting(st.State), event)
+		}
+		tw.Flush()
+		if s := sb.String(); s != c.last {
+			fmt.Fprintf(c.cfg.Out, "[%4.0fs]\n%s", now.Sub(c.start).Seconds(), s)
+			c.last = s
+		}
+		if len(waiting) == 0 {
+			c.mu.Lock()
+			for _, n := range names {
+				fmt.Fprintf(c.cfg.Out, "  %s ready %.0fs after the lab started\n", n, c.upAt[n].Seconds())
+			}
+			c.mu.Unlock()
+			return nil
+		}
+		if stalled := progress.Observe(now, waiting, list); len(stalled) > 0 {
+			var msgs []string
+			for _, n := range stalled {
+				st := byName[n]
+				st.Name = n
+				saved := c.SaveJournals(ctx, st)
+				fields, _ := json.Marshal(st.Fields)
+				msg := fmt.Sprintf("%s (%s) showed nothing new for %s; last: %s; agent fields: %s", n, orWaiting(st.State), progress.Stall, orWaiting(st.LastEvent), fields)
+				if len(saved) > 0 {
+					msg += "; journals: " + strings.Join(saved, " ")
+				}
+				msgs = append(msgs, msg)
+			}
+			return fmt.Errorf("machines stalled (consoles in %s):\n  %s", c.cfg.LogDir, strings.Join(msgs, "\n  "))
+		}
+	}
+}
+
+// SaveJournals writes each journal a machine sent into the log directory
+// and returns the files written.
+func (c *Cluster) SaveJournals(ctx context.Context, st bootserver.MachineStatus) []string {
+	var saved []string
+	for _, u := range st.Journals {
+		b, err := c.Lab.Get(ctx, c.Server+api.LogPath(st.Name, u))
+		if err != nil {
+			continue
+		}
+		p := filepath.Join(c.cfg.LogDir, st.Name+"."+u+".log")
+		if fsutil.WriteFileAtomic(p, b, 0o644) == nil {
+			saved = append(saved, p)
+		}
+	}
+	return saved
+}
+
+func orWaiting(s string) string {
+	if s == "" {
+		return "waiting"
+	}
+	return s
+}
+
+// BootGroups orders the machines to boot (those built says can) into the
+// groups that start one after the other, by their roles' boot group, in
+// the site's order within each. A rack comes up this way: etcd members,
+// then masters, then minions and anything else. All at once works, but on
+// a few host cores under TCG the later machines' boots starve etcd's
+// heartbeats.
+func BootGroups(machines []*profiles.Machine, built func(*profiles.Machine) bool) [][]*profiles.Machine {
+	var groups [][]*profiles.Machine
+	for g := roles.GroupStore; g <= roles.GroupWorkers; g++ {
+		var group []*profiles.Machine
+		for _, m := range machines {
+			if roles.Get(m.Role).Group == g && built(m) {
+				group = append(group, m)
+			}
+		}
+		if len(group) > 0 {
+			groups = append(groups, group)
+		}
+	}
+	return groups
+}
