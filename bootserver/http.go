@@ -28,16 +28,16 @@ func (s *Server) routes() http.Handler {
 		mux.Handle(pattern, s.instrument(route, h))
 	}
 	handle("GET "+api.PathBootScript, "boot.ipxe", s.bootScript)
-	handle("GET /artifacts/sha256/{hex}", "artifact", s.artifact)
-	handle("HEAD /artifacts/sha256/{hex}", "artifact", s.artifact)
+	handle("GET "+api.PathArtifact, "artifact", s.artifact)
+	handle("HEAD "+api.PathArtifact, "artifact", s.artifact)
 	handle("GET "+api.PathProfile, "config", s.profile)
 	handle("POST "+api.PathEvents, "events", s.event)
 	handle("GET "+api.PathMachines, "machines", s.machines)
 	handle("POST "+api.PathLogs, "logs", s.uploadLog)
 	handle("GET "+api.PathLogs, "logs", s.serveLog)
-	handle("GET /v1/events/stream", "stream", s.stream)
+	handle("GET "+api.PathEventStream, "stream", s.stream)
 	handle("GET /{$}", "status", s.statusPage)
-	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
+	mux.Handle("GET "+api.PathMetrics, promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
 	return mux
 }
 

@@ -30,6 +30,7 @@ func (s *Site) Render(m *Machine, bootServer string) (*node.Config, error) {
 		return nil, fmt.Errorf("render %s: %w", m.Name, err)
 	}
 	c := &node.Config{
+		Version:  node.SchemaVersion,
 		Machine:  m.Name,
 		Hostname: m.Hostname,
 		Domain:   s.Domain,

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/plinth-dev/plinth/bootserver/api"
 	"github.com/plinth-dev/plinth/lab"
 	"github.com/plinth-dev/plinth/lab/qemu"
 	"github.com/plinth-dev/plinth/manifest"
@@ -243,7 +244,7 @@ func serveBundleAndBoot(t *testing.T, ctx context.Context, far, bundle string) {
 			t.Logf("plinth serve log:\n%s", b)
 		}
 	})
-	waitFor(t, ctx, "boot server", func() bool { _, err := l.Get(ctx, server+"/v1/machines"); return err == nil })
+	waitFor(t, ctx, "boot server", func() bool { _, err := l.Get(ctx, server+api.PathMachines); return err == nil })
 	netdev, err := l.AddTap(ctx)
 	if err != nil {
 		t.Fatal(err)

@@ -103,7 +103,7 @@ func TestClusterE2E(t *testing.T) {
 			t.Logf("consoles and the server log are in %s", logDir)
 		}
 	})
-	waitFor(t, ctx, "boot server", func() bool { _, err := l.Get(ctx, server+"/v1/machines"); return err == nil })
+	waitFor(t, ctx, "boot server", func() bool { _, err := l.Get(ctx, server+api.PathMachines); return err == nil })
 
 	vms := map[string]*qemu.VM{}
 	var mu sync.Mutex
@@ -327,7 +327,7 @@ func waitReady(t *testing.T, ctx context.Context, l *lab.Lab, server string, vms
 
 func machines(ctx context.Context, l *lab.Lab, server string) map[string]bootserver.MachineStatus {
 	out := map[string]bootserver.MachineStatus{}
-	b, err := l.Get(ctx, server+"/v1/machines")
+	b, err := l.Get(ctx, server+api.PathMachines)
 	if err != nil {
 		return out
 	}

@@ -55,7 +55,7 @@ func corruptEmbedded(t *testing.T, ctx context.Context, art string) string {
 	add("plinth", cpio.TypeDir|0o755, nil)
 	add("plinth/rootfs.squashfs", cpio.TypeReg|0o644, root)
 	add("plinth/rootfs.digest", cpio.TypeReg|0o644, []byte(m.File(manifest.Rootfs).SHA256+"\n"))
-	add("plinth/config.json", cpio.TypeReg|0o600, []byte(`{"machine":"smoke-1","hostname":"smoke-one"}`))
+	add("plinth/config.json", cpio.TypeReg|0o600, []byte(`{"version":1,"machine":"smoke-1","hostname":"smoke-one"}`))
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
 	}

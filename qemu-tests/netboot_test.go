@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/plinth-dev/plinth/bootserver"
+	"github.com/plinth-dev/plinth/bootserver/api"
 	"github.com/plinth-dev/plinth/lab"
 	"github.com/plinth-dev/plinth/lab/qemu"
 )
@@ -88,7 +89,7 @@ dns         = ["10.77.0.1"]
 			t.Logf("plinth serve log:\n%s", b)
 		}
 	})
-	waitFor(t, ctx, "boot server", func() bool { _, err := l.Get(ctx, server+"/v1/machines"); return err == nil })
+	waitFor(t, ctx, "boot server", func() bool { _, err := l.Get(ctx, server+api.PathMachines); return err == nil })
 
 	var wg sync.WaitGroup
 	errs := make([]error, len(machines))
@@ -129,7 +130,7 @@ dns         = ["10.77.0.1"]
 	// The server heard each machine report its own host name and role.
 	var list []bootserver.MachineStatus
 	waitFor(t, ctx, "ready events", func() bool {
-		b, err := l.Get(ctx, server+"/v1/machines")
+		b, err := l.Get(ctx, server+api.PathMachines)
 		if err != nil || json.Unmarshal(b, &list) != nil {
 			return false
 		}

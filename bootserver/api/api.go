@@ -21,11 +21,14 @@ const (
 
 // HTTP paths served by the boot server.
 const (
-	PathBootScript = "/boot.ipxe"               // ?mac=..&uuid=..&arch=..
-	PathArtifacts  = "/artifacts/"              // + "sha256/<hex>"
-	PathProfile    = "/v1/machines/{id}/config" // GET: node.Config as JSON
-	PathEvents     = "/v1/events"               // POST: Event
-	PathMachines   = "/v1/machines"             // GET: []MachineStatus
+	PathBootScript  = "/boot.ipxe"               // ?mac=..&uuid=..&arch=..
+	PathArtifacts   = "/artifacts/"              // + "sha256/<hex>"
+	PathProfile     = "/v1/machines/{id}/config" // GET: node.Config as JSON
+	PathArtifact    = "/artifacts/sha256/{hex}"  // GET, HEAD: one artifact by digest
+	PathEvents      = "/v1/events"               // POST: Event
+	PathEventStream = "/v1/events/stream"        // GET: MachineStatus as server-sent events
+	PathMachines    = "/v1/machines"             // GET: []MachineStatus
+	PathMetrics     = "/metrics"                 // GET: Prometheus metrics
 	// PathLogs is one unit's journal on one machine. The agent POSTs it
 	// (text, at most MaxLogBytes) when the unit is down or slow, or when an
 	// EventReply asks for it; GET returns the last upload, and with
@@ -35,10 +38,14 @@ const (
 )
 
 // ArtifactPath is the URL path of an artifact with digest "sha256:<hex>".
-func ArtifactPath(digestHex string) string { return PathArtifacts + "sha256/" + digestHex }
+func ArtifactPath(digestHex string) string {
+	return strings.Replace(PathArtifact, "{hex}", digestHex, 1)
+}
 
 // LogPath is the URL path of a unit's journal on a machine.
-func LogPath(machine, unit string) string { return "/v1/machines/" + machine + "/logs/" + unit }
+func LogPath(machine, unit string) string {
+	return strings.NewReplacer("{id}", machine, "{unit}", unit).Replace(PathLogs)
+}
 
 // MaxLogBytes caps one journal upload; the agent sends the newest lines.
 const MaxLogBytes = 512 << 10
@@ -55,7 +62,7 @@ type EventReply struct {
 }
 
 // ProfilePath is the URL path of a machine's rendered config.
-func ProfilePath(machine string) string { return "/v1/machines/" + machine + "/config" }
+func ProfilePath(machine string) string { return strings.Replace(PathProfile, "{id}", machine, 1) }
 
 // Boot stages, in boot order; every event carries one, and stage 1 and
 // the agent post no other (the boot server refuses an unknown stage).

@@ -4,6 +4,9 @@ import (
 	"go/ast"
 	"go/parser"
 	"go/token"
+	"maps"
+	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strconv"
 	"strings"
@@ -76,5 +79,31 @@ func TestStagesReturnsACopy(t *testing.T) {
 	Stages()[0] = "changed"
 	if Stages()[0] != StageKernel {
 		t.Error("changing the returned slice changed Stages")
+	}
+}
+
+// TestPathHelpersMatchTheServedPatterns: the paths the machine side builds
+// are the ones the server's mux routes, with the values where it reads them.
+func TestPathHelpersMatchTheServedPatterns(t *testing.T) {
+	for _, tc := range []struct {
+		pattern, path string
+		want          map[string]string
+	}{
+		{PathProfile, ProfilePath("etcd-1"), map[string]string{"id": "etcd-1"}},
+		{PathLogs, LogPath("master-1", "kubelet.service"), map[string]string{"id": "master-1", "unit": "kubelet.service"}},
+		{PathArtifact, ArtifactPath("ab12"), map[string]string{"hex": "ab12"}},
+	} {
+		mux := http.NewServeMux()
+		got := map[string]string{}
+		mux.HandleFunc("GET "+tc.pattern, func(w http.ResponseWriter, r *http.Request) {
+			for k := range tc.want {
+				got[k] = r.PathValue(k)
+			}
+		})
+		rec := httptest.NewRecorder()
+		mux.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, tc.path, nil))
+		if rec.Code != http.StatusOK || !maps.Equal(got, tc.want) {
+			t.Errorf("%s on %s: %d %v, want %v", tc.path, tc.pattern, rec.Code, got, tc.want)
+		}
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/plinth-dev/plinth/bootserver"
+	"github.com/plinth-dev/plinth/bootserver/api"
 	"github.com/plinth-dev/plinth/manifest"
 )
 
@@ -99,7 +100,7 @@ http {
 	hexd := strings.TrimPrefix(m.File(manifest.Rootfs).SHA256, "sha256:")
 	fmt.Printf("artifact %d MB, wrk %s per run, loopback, %d cores\n", sizeMB, dur, runtime.NumCPU())
 	for _, c := range []int{200, 500} {
-		p, err := wrk(dur, c, plinthURL+"/artifacts/sha256/"+hexd)
+		p, err := wrk(dur, c, plinthURL+api.ArtifactPath(hexd))
 		if err != nil {
 			return err
 		}

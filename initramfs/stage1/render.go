@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"sort"
 	"strings"
 
 	"github.com/coreos/go-systemd/v22/unit"
@@ -65,11 +64,6 @@ func Render(root role.Root, cfg *node.Config, n *NetInfo) error {
 	nw := NetworkdFile(cfg, n)
 	if networkd && nw != "" {
 		files = append(files, file{networkFile, 0o644, nw})
-	}
-	extra := append([]node.File(nil), cfg.Files...)
-	sort.SliceStable(extra, func(i, j int) bool { return extra[i].Path < extra[j].Path })
-	for _, f := range extra {
-		files = append(files, file{f.Path, os.FileMode(f.Mode), f.Content})
 	}
 	b, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {

@@ -81,11 +81,7 @@ func imageWithNetworkd(t *testing.T) string {
 func TestRenderGolden(t *testing.T) {
 	static := &node.Config{Machine: "m1", Hostname: "node-one", Domain: "lab.example", Role: "etcd",
 		Network: &node.Network{Address: "10.0.0.5/24", Gateway: "10.0.0.1", DNS: []string{"10.0.0.2"}},
-		Cluster: &node.Cluster{Name: "lab", BootServer: "http://10.0.0.1:8080"},
-		Files: []node.File{
-			{Path: "/etc/motd", Mode: 0o644, Content: "hello\n"},
-			{Path: "/etc/ssl/private/node.key", Mode: 0o600, Content: "KEY"},
-		}}
+		Cluster: &node.Cluster{Name: "lab", BootServer: "http://10.0.0.1:8080"}}
 	dhcp := &node.Config{Machine: "m2", Hostname: "node-two"}
 	nic := &NetInfo{Iface: "eth0", MAC: "52:54:00:00:00:01", Address: "10.0.0.99/24", DNS: []string{"10.0.0.9"}, Domain: "dhcp.example", DHCP: true}
 	for _, tc := range []struct {

@@ -392,7 +392,7 @@ func (s *Stage1) configure(ctx context.Context) error {
 	if err := InstallAgent(root, self); err != nil {
 		return permanent{fmt.Errorf("agent: %w", err)}
 	}
-	s.Con.Step(ctx, api.StageConfig, "hostname %s, %d profile files, %s, agent installed", s.Config.Hostname, len(s.Config.Files), msg)
+	s.Con.Step(ctx, api.StageConfig, "hostname %s, %s, agent installed", s.Config.Hostname, msg)
 	return nil
 }
 

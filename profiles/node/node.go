@@ -5,15 +5,21 @@
 package node
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
-	"path"
 	"strings"
 )
 
 // Config is everything that differs between two machines running one image.
 type Config struct {
+	// Version is the schema of the document (SchemaVersion when the
+	// boot server rendered it). A machine refuses any other, so an image
+	// and a boot server of different schemas fail at the profile stage
+	// with both versions named, not later with a half-applied profile.
+	Version  int    `json:"version"`
 	Machine  string `json:"machine"`  // the machine's name in the site
 	Hostname string `json:"hostname"` // short host name
 	Domain   string `json:"domain,omitempty"`
@@ -23,8 +29,6 @@ type Config struct {
 	Rootfs  string   `json:"rootfs,omitempty"`
 	Network *Network `json:"network,omitempty"`
 	Cluster *Cluster `json:"cluster,omitempty"`
-	// Files are extra files written into the overlay before switch_root.
-	Files []File `json:"files,omitempty"`
 	// TLS material issued to this machine only (issue: cluster).
 	TLS *TLS `json:"tls,omitempty"`
 }
@@ -67,13 +71,6 @@ type Proxy struct {
 	HTTP    string `json:"http,omitempty"`
 	HTTPS   string `json:"https,omitempty"`
 	NoProxy string `json:"no_proxy,omitempty"`
-}
-
-// File is one file written into the machine's overlay.
-type File struct {
-	Path    string `json:"path"` // absolute path inside the root
-	Mode    uint32 `json:"mode"` // permission bits, e.g. 0644
-	Content string `json:"content"`
 }
 
 // TLS is the machine's certificate material, issued by the boot server's
@@ -119,11 +116,27 @@ const (
 	IdentityKubeProxy = "kube-proxy"
 )
 
-// Decode parses and validates a Config.
+// SchemaVersion is the version of Config this tree writes and reads.
+// Raise it with any change an older reader would misread (a field
+// renamed, removed or given a new meaning); a new optional field does not
+// need it, but an older machine refuses the document that carries one.
+const SchemaVersion = 1
+
+// Decode parses and validates a Config. It is strict: an unknown field, a
+// second document or another schema version is an error, so a profile a
+// machine cannot fully apply is refused rather than partly applied.
 func Decode(b []byte) (*Config, error) {
 	var c Config
-	if err := json.Unmarshal(b, &c); err != nil {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
 		return nil, fmt.Errorf("machine config: %w", err)
+	}
+	if dec.More() {
+		return nil, errors.New("machine config: more than one document")
+	}
+	if c.Version != SchemaVersion {
+		return nil, fmt.Errorf("machine config: schema version %d, this image reads %d (image and boot server are of different plinth releases)", c.Version, SchemaVersion)
 	}
 	if err := c.Validate(); err != nil {
 		return nil, err
@@ -139,14 +152,6 @@ func (c *Config) Validate() error {
 	if c.Network != nil && c.Network.Address != "" {
 		if _, err := netip.ParsePrefix(c.Network.Address); err != nil {
 			return fmt.Errorf("machine config: network.address: %w", err)
-		}
-	}
-	for _, f := range c.Files {
-		if !path.IsAbs(f.Path) || path.Clean(f.Path) != f.Path || f.Path == "/" {
-			return fmt.Errorf("machine config: file path %q must be absolute and clean", f.Path)
-		}
-		if f.Mode&^0o7777 != 0 {
-			return fmt.Errorf("machine config: file %s: mode %o has more than permission bits", f.Path, f.Mode)
 		}
 	}
 	return nil
