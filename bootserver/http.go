@@ -190,6 +190,10 @@ func (s *Server) bootScript(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, http.StatusNotFound, fmt.Sprintf("boot.ipxe: machine %s: image %q is not built in %s", m.Name, m.Image, s.cfg.ArtifactsDir), "machine", m.Name)
 		return
 	}
+	if err := profiles.CheckImageRole(m.Role, m.Image, im.m.Role); err != nil {
+		s.fail(w, r, http.StatusConflict, fmt.Sprintf("boot.ipxe: machine %s: %v", m.Name, err), "machine", m.Name)
+		return
+	}
 	k, i, root, err := im.bootFiles()
 	if err != nil {
 		s.fail(w, r, http.StatusNotFound, "boot.ipxe: "+err.Error(), "machine", m.Name)

@@ -45,7 +45,7 @@ func TestServeWatchesTheSiteAndStopsWithAStatusPageOpen(t *testing.T) {
 
 	siteFile := filepath.Join(s.cfg.SiteDir, "site.toml")
 	good, _ := os.ReadFile(siteFile)
-	added := string(good) + "[[machine]]\nname = \"node-3\"\nmac = \"52:54:00:00:00:03\"\nimage = \"img\"\n"
+	added := string(good) + "[[machine]]\nname = \"node-3\"\nmac = \"52:54:00:00:00:03\"\nrole = \"minion\"\nimage = \"img\"\n"
 	if err := replaceFile(siteFile, added); err != nil {
 		t.Fatal(err)
 	}

@@ -41,7 +41,7 @@ image = "img"
 name = "node-2"
 mac = "52:54:00:00:00:02"
 role = "master"
-image = "img"
+image = "img-master"
 address = "10.77.0.12/24"
 `
 
@@ -52,19 +52,22 @@ func fixture(t testing.TB, enrolment string) (*Server, map[string]string) {
 	site := filepath.Join(dir, "site")
 	os.MkdirAll(site, 0o755)
 	os.WriteFile(filepath.Join(site, "site.toml"), []byte(strings.Replace(siteTOML, "%s", enrolment, 1)), 0o644)
-	img := filepath.Join(dir, "artifacts", "img")
-	os.MkdirAll(img, 0o755)
-	m := &manifest.Manifest{Schema: manifest.Schema, Name: "img", Cmdline: "console=ttyS0"}
+	// One build of the files as two images: img for minions, img-master.
 	digests := map[string]string{}
-	for name, body := range map[string]string{manifest.KernelFile: "KERNEL", manifest.Initramfs: "INITRD", manifest.Rootfs: strings.Repeat("R", 10000)} {
-		p := filepath.Join(img, name)
-		os.WriteFile(p, []byte(body), 0o644)
-		d, n, _ := manifest.FileDigest(p)
-		m.Files = append(m.Files, manifest.File{Name: name, SHA256: d, Size: n})
-		digests[name] = d
+	for name, role := range map[string]string{"img": "minion", "img-master": "master"} {
+		img := filepath.Join(dir, "artifacts", name)
+		os.MkdirAll(img, 0o755)
+		m := &manifest.Manifest{Schema: manifest.Schema, Name: name, Role: role, Cmdline: "console=ttyS0"}
+		for name, body := range map[string]string{manifest.KernelFile: "KERNEL", manifest.Initramfs: "INITRD", manifest.Rootfs: strings.Repeat("R", 10000)} {
+			p := filepath.Join(img, name)
+			os.WriteFile(p, []byte(body), 0o644)
+			d, n, _ := manifest.FileDigest(p)
+			m.Files = append(m.Files, manifest.File{Name: name, SHA256: d, Size: n})
+			digests[name] = d
+		}
+		b, _ := m.Encode()
+		os.WriteFile(filepath.Join(img, manifest.FileName), b, 0o644)
 	}
-	b, _ := m.Encode()
-	os.WriteFile(filepath.Join(img, manifest.FileName), b, 0o644)
 	s, err := New(Config{SiteDir: site, ArtifactsDir: filepath.Join(dir, "artifacts"), PublicURL: "http://10.77.0.1:8080", ServerIP: netip.MustParseAddr("10.77.0.1")})
 	if err != nil {
 		t.Fatal(err)
@@ -302,5 +305,23 @@ func TestBootScriptsMatchGoldenFiles(t *testing.T) {
 		if got := w.Body.String(); got != string(want) {
 			t.Errorf("%s differs from %s:\n%s", tc.golden, p, got)
 		}
+	}
+}
+
+// TestAMachineWhoseImageIsOfAnotherRoleGetsNoBootScript: a master told to
+// boot the minion image would start kubelet and Docker with a master's
+// profile; the server refuses it, naming both roles, instead.
+func TestAMachineWhoseImageIsOfAnotherRoleGetsNoBootScript(t *testing.T) {
+	s, _ := fixture(t, "none")
+	siteFile := filepath.Join(s.cfg.SiteDir, "site.toml")
+	b, _ := os.ReadFile(siteFile)
+	os.WriteFile(siteFile, []byte(strings.Replace(string(b), `image = "img-master"`, `image = "img"`, 1)), 0o644)
+	if err := s.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	w := get(t, s.Handler(), "/boot.ipxe?mac=52:54:00:00:00:02")
+	if w.Code != http.StatusConflict || strings.Contains(w.Body.String(), "kernel ") ||
+		!strings.Contains(w.Body.String(), `machine node-2: role "master", but image "img" was built for role "minion"`) {
+		t.Errorf("%d %q", w.Code, w.Body)
 	}
 }

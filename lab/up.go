@@ -122,13 +122,21 @@ func Up(ctx context.Context, cfg Config) (*Cluster, error) {
 	if err := os.MkdirAll(cfg.LogDir, 0o755); err != nil {
 		return nil, err
 	}
+	var mismatched []error
 	groups := BootGroups(site.Machines, func(m *profiles.Machine) bool {
-		if _, err := manifest.Read(filepath.Join(cfg.Artifacts, m.Image)); err != nil {
+		im, err := manifest.Read(filepath.Join(cfg.Artifacts, m.Image))
+		if err != nil {
 			cfg.Log.Warn("not booting: image not built", "machine", m.Name, "image", m.Image)
 			return false
 		}
+		if err := profiles.CheckImageRole(m.Role, m.Image, im.Role); err != nil {
+			mismatched = append(mismatched, fmt.Errorf("%s: machine %s: %w", m.File, m.Name, err))
+		}
 		return true
 	})
+	if err := errors.Join(mismatched...); err != nil {
+		return nil, err // the boot server would refuse these machines
+	}
 	if len(groups) == 0 {
 		return nil, fmt.Errorf("no machine of %s has a built image in %s", cfg.Site, cfg.Artifacts)
 	}

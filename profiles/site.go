@@ -31,6 +31,9 @@ type Site struct {
 	Machines []*Machine // in file name order, then in file order
 	Dir      string
 	digest   string
+
+	pos      *tomlx.Report // where each key is written, for later checks
+	defaults string        // the file with [default]
 }
 
 // SiteInfo is the [site] table.
@@ -171,6 +174,7 @@ func LoadSite(dir string) (*Site, error) {
 	if err := rep.Err(); err != nil {
 		return nil, err
 	}
+	s.pos, s.defaults = rep, owner["default"] // no problems: only positions
 	s.digest = "sha256:" + hex.EncodeToString(h.Sum(nil))
 	return s, nil
 }

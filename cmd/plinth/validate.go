@@ -5,27 +5,33 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/BurntSushi/toml"
 	"github.com/spf13/cobra"
 
 	"github.com/plinth-dev/plinth/images"
+	"github.com/plinth-dev/plinth/manifest"
 	"github.com/plinth-dev/plinth/profiles"
 )
 
 func newValidateCmd(g *globals) *cobra.Command {
 	var verbose bool
+	var artifacts string
 	c := &cobra.Command{
 		Use:   "validate FILE|SITE_DIR...",
 		Short: "Check image specs and site profiles without building anything",
 		Long: `Check image specs (TOML files) and site profiles (a directory of TOML files, or
 one file of it) and report every problem at once as file:line:col: field: what
-is wrong. Exit status 1 when anything is wrong. Nothing is written.`,
+is wrong. Exit status 1 when anything is wrong. Nothing is written.
+
+With --artifacts, a site is also checked against the images built there:
+every machine's image must be built, for the machine's role.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var errs []error
 			for _, a := range args {
-				kind, err := validateOne(a, verbose)
+				kind, err := validateOne(a, artifacts, verbose)
 				if err != nil {
 					errs = append(errs, err)
 					continue
@@ -39,16 +45,17 @@ is wrong. Exit status 1 when anything is wrong. Nothing is written.`,
 		},
 	}
 	c.Flags().BoolVarP(&verbose, "verbose", "v", false, "print each spec with its defaults applied")
+	c.Flags().StringVar(&artifacts, "artifacts", "", "check each site machine's image is built in this directory, for its role")
 	return c
 }
 
-func validateOne(path string, verbose bool) (string, error) {
+func validateOne(path, artifacts string, verbose bool) (string, error) {
 	st, err := os.Stat(path)
 	if err != nil {
 		return "", err
 	}
 	if st.IsDir() {
-		site, err := profiles.LoadSite(path)
+		site, err := loadSiteWithImages(path, artifacts)
 		if err != nil {
 			return "", err
 		}
@@ -58,7 +65,7 @@ func validateOne(path string, verbose bool) (string, error) {
 		return fmt.Sprintf("site %q (%d machines)", site.Name, len(site.Machines)), nil
 	}
 	if isSiteFile(path) {
-		site, err := profiles.LoadSite(filepath.Dir(path))
+		site, err := loadSiteWithImages(filepath.Dir(path), artifacts)
 		if err != nil {
 			return "", err
 		}
@@ -92,4 +99,32 @@ func isSiteFile(path string) bool {
 
 func printTOML(v any) {
 	_ = toml.NewEncoder(os.Stdout).Encode(v)
+}
+
+// loadSiteWithImages loads a site and, with an artifacts directory, checks
+// its machines against the images built there.
+func loadSiteWithImages(dir, artifacts string) (*profiles.Site, error) {
+	site, err := profiles.LoadSite(dir)
+	if err != nil || artifacts == "" {
+		return site, err
+	}
+	paths, err := filepath.Glob(filepath.Join(artifacts, "*", manifest.FileName))
+	if err != nil {
+		return nil, err
+	}
+	built := map[string]string{} // image → role
+	for _, p := range paths {
+		if strings.HasPrefix(filepath.Base(filepath.Dir(p)), ".") {
+			continue // a build in progress
+		}
+		m, err := manifest.Read(filepath.Dir(p))
+		if err != nil {
+			return nil, err
+		}
+		built[m.Name] = m.Role
+	}
+	if err := site.CheckImages(func(image string) (string, bool) { r, ok := built[image]; return r, ok }); err != nil {
+		return nil, err
+	}
+	return site, nil
 }
