@@ -66,6 +66,7 @@ demo-expect:
 test: fixtures unit qemu-test
 
 unit:
+	@mkdir -p build; $(GO) mod tidy -diff >build/tidy.diff 2>build/tidy.log || { cat build/tidy.diff; grep -v '^go: downloading' build/tidy.log; echo "make unit: go.mod/go.sum are not what go mod tidy makes them (diff above)"; exit 1; }
 	$(GO) vet ./...
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v "/qemu-tests$$")
 
