@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/plinth-dev/plinth/internal/tomlx"
+	"github.com/plinth-dev/plinth/roles"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files under testdata/")
@@ -404,5 +405,43 @@ image = "minion"
 				t.Errorf("network %s, want %s", network, tc.network)
 			}
 		})
+	}
+}
+
+// TestARegisteredRoleIsOneDescriptorAway: a role added with roles.Register
+// loads in a site, renders with what its descriptor says (here an etcd
+// member outside Kubernetes), and nothing else needs to list it.
+func TestARegisteredRoleIsOneDescriptorAway(t *testing.T) {
+	remove, err := roles.Register(roles.Role{Name: "witness", Group: roles.GroupStore, Services: []string{"etcd.service"}, EtcdMember: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer remove()
+	dir := writeSite(t, map[string]string{"a.toml": `
+[site]
+name = "s"
+[[machine]]
+name = "etcd-1"
+mac = "52:54:00:00:00:01"
+role = "etcd"
+image = "etcd"
+[[machine]]
+name = "w-1"
+mac = "52:54:00:00:00:02"
+role = "witness"
+image = "witness"
+`})
+	s := mustLoad(t, dir)
+	c, err := s.Render(s.Machine("w-1"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	members, _ := json.Marshal(c.Cluster.EtcdMembers)
+	if c.Role != "witness" || c.Cluster.ServiceCIDR != "" || string(members) != `[{"name":"etcd-1","address":"etcd-1"},{"name":"w-1","address":"w-1"}]` {
+		t.Errorf("rendered role %q, service CIDR %q, members %s", c.Role, c.Cluster.ServiceCIDR, members)
+	}
+	remove()
+	if _, err := LoadSite(dir); err == nil || !strings.Contains(err.Error(), `machine[1].role: unknown role "witness"`) {
+		t.Errorf("after the role is removed: %v", err)
 	}
 }

@@ -1,6 +1,10 @@
 package roles
 
 import (
+	"go/parser"
+	"go/token"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -99,5 +103,30 @@ func TestRegisterChecksTheDescriptor(t *testing.T) {
 	remove()
 	if _, err := Lookup("storage"); err == nil {
 		t.Error("the removed role is still known")
+	}
+}
+
+// TestImportsOnlyTheStandardLibraryAndNode keeps the descriptors usable
+// from the initramfs, which must not pull in the builder's dependencies.
+func TestImportsOnlyTheStandardLibraryAndNode(t *testing.T) {
+	fset := token.NewFileSet()
+	files, err := filepath.Glob("*.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range files {
+		if strings.HasSuffix(name, "_test.go") {
+			continue
+		}
+		f, err := parser.ParseFile(fset, name, nil, parser.ImportsOnly)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, imp := range f.Imports {
+			p, _ := strconv.Unquote(imp.Path.Value)
+			if first, _, _ := strings.Cut(p, "/"); strings.Contains(first, ".") && p != "github.com/plinth-dev/plinth/profiles/node" {
+				t.Errorf("%s imports %s: roles must stay standard library (and profiles/node) only", name, p)
+			}
+		}
 	}
 }
