@@ -21,6 +21,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/plinth-dev/plinth/internal/fsutil"
 )
 
 // Files of a state directory.
@@ -275,43 +277,9 @@ func create(dir, site string) (*CA, error) {
 		name, data string
 		mode       os.FileMode
 	}{{SAKeyFile, saPEM, 0o600}, {KeyFile, keyPEM, 0o600}, {CertFile, certPEM, 0o644}} {
-		if err := WriteFile(filepath.Join(dir, f.name), []byte(f.data), f.mode); err != nil {
+		if err := fsutil.WriteFileAtomic(filepath.Join(dir, f.name), []byte(f.data), f.mode); err != nil {
 			return nil, fmt.Errorf("state: %w", err)
 		}
 	}
 	return &CA{dir: dir, cert: cert, certPEM: certPEM, key: key, saPEM: saPEM, now: time.Now}, nil
-}
-
-// WriteFile writes data to path atomically: a temp file in the same
-// directory with mode, synced, then renamed over path.
-func WriteFile(path string, data []byte, mode os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // a no-op once renamed
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	if d, err := os.Open(filepath.Dir(path)); err == nil {
-		_ = d.Sync()
-		d.Close()
-	}
-	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/plinth-dev/plinth/internal/fsutil"
 	"github.com/plinth-dev/plinth/roles"
 )
 
@@ -47,7 +48,7 @@ func (ca *CA) WriteCredentials(dir, cluster, server string) ([]string, error) {
 	var out []string
 	for _, f := range files {
 		p := filepath.Join(dir, f.name)
-		if err := WriteFile(p, []byte(f.data), f.mode); err != nil {
+		if err := fsutil.WriteFileAtomic(p, []byte(f.data), f.mode); err != nil {
 			return out, fmt.Errorf("credentials: %w", err)
 		}
 		out = append(out, p)

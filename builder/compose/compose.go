@@ -36,6 +36,7 @@ import (
 	"github.com/u-root/uio/llog"
 
 	"github.com/plinth-dev/plinth/builder/kernel"
+	"github.com/plinth-dev/plinth/internal/fsutil"
 	"github.com/plinth-dev/plinth/manifest"
 )
 
@@ -171,66 +172,54 @@ func Build(ctx context.Context, c Config, out string) error {
 
 // build writes the archive parts around the compiled busybox archive bb.
 func build(c Config, bb, out string) error {
-	tmp, err := os.CreateTemp(filepath.Dir(out), "."+filepath.Base(out)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	defer tmp.Close()
-	bw := bufio.NewWriterSize(tmp, 1<<20)
-	var zw io.WriteCloser
-	switch c.Compression {
-	case "", "zstd":
-		zw, err = zstd.NewWriter(bw, zstd.WithEncoderLevel(zstd.SpeedBestCompression), zstd.WithEncoderConcurrency(1))
-	case "gzip":
-		zw, err = gzip.NewWriterLevel(bw, gzip.BestCompression)
-	default:
-		err = fmt.Errorf("compression %q: want zstd or gzip", c.Compression)
-	}
-	if err != nil {
-		return err
-	}
-	if err := copyFile(zw, bb); err != nil {
-		return fmt.Errorf("busybox archive: %w", err)
-	}
-	if err := writeStage1Extras(zw, c); err != nil {
-		return err
-	}
-	if err := zw.Close(); err != nil {
-		return err
-	}
-	if c.Embedded != nil {
-		if err := bw.Flush(); err != nil {
-			return err
+	return fsutil.WriteAtomic(out, 0o644, func(w io.Writer) error {
+		// WriteAtomic hands over its *os.File: the padding before an
+		// embedded root needs the size written so far.
+		tmp := w.(*os.File)
+		bw := bufio.NewWriterSize(tmp, 1<<20)
+		var zw io.WriteCloser
+		var err error
+		switch c.Compression {
+		case "", "zstd":
+			zw, err = zstd.NewWriter(bw, zstd.WithEncoderLevel(zstd.SpeedBestCompression), zstd.WithEncoderConcurrency(1))
+		case "gzip":
+			zw, err = gzip.NewWriterLevel(bw, gzip.BestCompression)
+		default:
+			err = fmt.Errorf("compression %q: want zstd or gzip", c.Compression)
 		}
-		st, err := tmp.Stat()
 		if err != nil {
 			return err
 		}
-		if pad := (embeddedAlgn - st.Size()%embeddedAlgn) % embeddedAlgn; pad > 0 {
-			if _, err := bw.Write(make([]byte, pad)); err != nil {
+		if err := copyFile(zw, bb); err != nil {
+			return fmt.Errorf("busybox archive: %w", err)
+		}
+		if err := writeStage1Extras(zw, c); err != nil {
+			return err
+		}
+		if err := zw.Close(); err != nil {
+			return err
+		}
+		if c.Embedded != nil {
+			if err := bw.Flush(); err != nil {
+				return err
+			}
+			st, err := tmp.Stat()
+			if err != nil {
+				return err
+			}
+			if pad := (embeddedAlgn - st.Size()%embeddedAlgn) % embeddedAlgn; pad > 0 {
+				if _, err := bw.Write(make([]byte, pad)); err != nil {
+					return err
+				}
+			}
+			// The squashfs is compressed already: a raw part costs nothing and
+			// lets the kernel copy it without a decompressor pass.
+			if err := writeEmbedded(bw, c); err != nil {
 				return err
 			}
 		}
-		// The squashfs is compressed already: a raw part costs nothing and
-		// lets the kernel copy it without a decompressor pass.
-		if err := writeEmbedded(bw, c); err != nil {
-			return err
-		}
-	}
-	if err := bw.Flush(); err != nil {
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), out)
+		return bw.Flush()
+	})
 }
 
 // busybox returns the path of the compiled u-root archive, from the cache
@@ -283,7 +272,7 @@ func busybox(ctx context.Context, c Config) (string, error) {
 		return "", fmt.Errorf("initramfs: u-root: %w", err)
 	}
 	// Renamed into place whole, so a concurrent build sees all or nothing.
-	if err := os.Rename(tmpOut, path); err != nil {
+	if err := fsutil.CommitFile(tmpOut, path, 0o644); err != nil {
 		return "", fmt.Errorf("initramfs: busybox cache: %w", err)
 	}
 	c.log().Info("initramfs busybox", "key", key[:12], "cache_hit", false, "elapsed", time.Since(start).Round(time.Millisecond))

@@ -26,6 +26,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sys/unix"
+
+	"github.com/plinth-dev/plinth/internal/fsutil"
 )
 
 // RefName is the annotation that names an image inside a layout.
@@ -187,31 +189,25 @@ func LayerFromDir(dir, tmpDir string, epoch time.Time) (v1.Layer, error) {
 // through a temporary file beside it. The encoder runs single-threaded with
 // fixed options so the same tree always gives the same bytes.
 func WriteDirLayer(dir, out string, epoch time.Time) error {
-	f, err := os.CreateTemp(filepath.Dir(out), ".plinth-layer-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name()) // a no-op once renamed
-	bw := bufio.NewWriterSize(f, 1<<20)
-	zw, err := zstd.NewWriter(bw, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedDefault))
-	if err != nil {
-		f.Close()
-		return err
-	}
-	err = WriteDirTar(dir, epoch, zw)
-	if cerr := zw.Close(); err == nil {
-		err = cerr
-	}
-	if ferr := bw.Flush(); err == nil {
-		err = ferr
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
+	err := fsutil.WriteAtomic(out, 0o644, func(f io.Writer) error {
+		bw := bufio.NewWriterSize(f, 1<<20)
+		zw, err := zstd.NewWriter(bw, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedDefault))
+		if err != nil {
+			return err
+		}
+		err = WriteDirTar(dir, epoch, zw)
+		if cerr := zw.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return err
+		}
+		return bw.Flush()
+	})
 	if err != nil {
 		return fmt.Errorf("dir:%s: %w", dir, err)
 	}
-	return os.Rename(f.Name(), out)
+	return nil
 }
 
 // LayerFromTar makes a layer of a tar file, plain or compressed with gzip or

@@ -22,6 +22,7 @@ import (
 
 	"github.com/plinth-dev/plinth/builder/ocitar"
 	"github.com/plinth-dev/plinth/images"
+	"github.com/plinth-dev/plinth/internal/fsutil"
 )
 
 var majorRE = regexp.MustCompile(`^v[0-9]+$`)
@@ -149,18 +150,12 @@ func (r *Resolver) binaryTar(bin, out string) error {
 	if err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(filepath.Dir(out), ".plinth-go-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name()) // a no-op once renamed
-	zw, err := zstd.NewWriter(f, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedDefault))
-	if err != nil {
-		f.Close()
-		return err
-	}
-	tw := tar.NewWriter(zw)
-	err = func() error {
+	err = fsutil.WriteAtomic(out, 0o644, func(f io.Writer) error {
+		zw, err := zstd.NewWriter(f, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedDefault))
+		if err != nil {
+			return err
+		}
+		tw := tar.NewWriter(zw)
 		for _, d := range []string{"usr/", "usr/bin/"} {
 			if err := tw.WriteHeader(&tar.Header{Name: d, Typeflag: tar.TypeDir, Mode: 0o755, ModTime: r.Epoch, Format: tar.FormatPAX}); err != nil {
 				return err
@@ -177,12 +172,9 @@ func (r *Resolver) binaryTar(bin, out string) error {
 			return err
 		}
 		return zw.Close()
-	}()
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
+	})
 	if err != nil {
 		return fmt.Errorf("layer for %s: %w", bin, err)
 	}
-	return os.Rename(f.Name(), out)
+	return nil
 }

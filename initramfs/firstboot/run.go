@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/plinth-dev/plinth/initramfs/role"
+	"github.com/plinth-dev/plinth/internal/fsutil"
 	"github.com/plinth-dev/plinth/profiles/node"
 )
 
@@ -60,11 +61,7 @@ func writeAtomic(path, data string, mode os.FileMode) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(data), mode); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return fsutil.WriteFileAtomic(path, []byte(data), mode)
 }
 
 func etcdJoin(ctx context.Context, log *slog.Logger, _ []string) error {
