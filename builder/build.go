@@ -49,6 +49,11 @@ type Options struct {
 	// Rescue adds u-root's shell and a few tools to the initramfs, for
 	// plinth.rescue=1 on the kernel command line.
 	Rescue bool
+	// GoEnv is added to the environment of the go commands that compile
+	// the initramfs: a mirror's (mirror.GoEnv), for an offline build. (In
+	// such a build go: sources come from the mirror as layers: nothing else
+	// runs go.)
+	GoEnv []string
 }
 
 // Result says what a build did.

@@ -101,6 +101,7 @@ func (b *build) planInitramfs(ctx context.Context) (*initramfsPlan, error) {
 		Epoch:       b.o.Epoch,
 		CacheDir:    filepath.Join(b.o.CacheDir, "initramfs"),
 		WorkDir:     b.o.SrcDir,
+		GoEnv:       b.o.GoEnv,
 		Log:         b.log,
 	}
 	if b.spec.Stage1.CA != "" {

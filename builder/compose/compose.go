@@ -67,7 +67,10 @@ type Config struct {
 	Epoch       time.Time
 	CacheDir    string // compiled busybox archives, by input hash
 	WorkDir     string // the Go module the commands are resolved in
-	Log         *slog.Logger
+	// GoEnv is added to the environment of the go commands run here, after
+	// the process's own: an offline build's GOPROXY into a mirror.
+	GoEnv []string
+	Log   *slog.Logger
 }
 
 // Embedded is what an embedded image carries.
@@ -97,7 +100,7 @@ func Key(c Config) (string, error) {
 	}
 	h := sha256.New()
 	fmt.Fprintf(h, "busybox v1\n%s\n", strings.Join(c.commands(), "\n"))
-	ver, err := goCmd(c.WorkDir, "env", "GOVERSION")
+	ver, err := goCmd(c.WorkDir, c.GoEnv, "env", "GOVERSION")
 	if err != nil {
 		return "", err
 	}
@@ -109,7 +112,7 @@ func Key(c Config) (string, error) {
 		}
 		h.Write(b)
 	}
-	out, err := goCmd(c.WorkDir, append([]string{"list", "-deps", "-f",
+	out, err := goCmd(c.WorkDir, c.GoEnv, append([]string{"list", "-deps", "-f",
 		`{{if and .Module .Module.Main}}{{.Dir}}{{"\t"}}{{join .GoFiles " "}} {{join .EmbedFiles " "}}{{end}}`}, c.commands()...)...)
 	if err != nil {
 		return "", err
@@ -131,10 +134,10 @@ func Key(c Config) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-func goCmd(dir string, args ...string) (string, error) {
+func goCmd(dir string, env []string, args ...string) (string, error) {
 	cmd := exec.Command("go", args...)
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "GOOS=linux", "GOARCH=amd64", "CGO_ENABLED=0")
+	cmd.Env = append(append(os.Environ(), "GOOS=linux", "GOARCH=amd64", "CGO_ENABLED=0"), env...)
 	out, err := cmd.Output()
 	if err != nil {
 		var ee *exec.ExitError
@@ -248,10 +251,14 @@ func busybox(ctx context.Context, c Config) (string, error) {
 	tmpOut := filepath.Join(tmpDir, "busybox.cpio")
 	start := time.Now()
 	c.log().Info("compiling initramfs busybox (gobusybox)", "commands", len(c.commands()))
-	goroot, err := goCmd(c.WorkDir, "env", "GOROOT")
+	goroot, err := goCmd(c.WorkDir, c.GoEnv, "env", "GOROOT")
 	if err != nil {
 		return "", err
 	}
+	// gobusybox runs go with the process's environment and no more, so it
+	// does not see GoEnv. It needs nothing from it: Key, above, has listed
+	// the same packages for the same platform under GoEnv, which put every
+	// module they need in the module cache, and the toolchain is GOROOT's.
 	logger := llog.New(slog.LevelWarn, func(format string, v ...any) { c.log().Debug(fmt.Sprintf(format, v...)) })
 	mods := []uimage.Modifier{
 		uimage.WithEnv(golang.DisableCGO(), golang.WithGOOS("linux"), golang.WithGOARCH("amd64"), golang.WithWorkingDir(c.WorkDir),

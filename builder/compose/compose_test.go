@@ -333,3 +333,23 @@ func TestBuildRefusesBadConfigs(t *testing.T) {
 		})
 	}
 }
+
+// TestGoEnvReachesTheGoCommands gives the go commands, through GoEnv alone,
+// an empty module cache and no proxy: listing stage 1's packages must then
+// fail for want of its modules, and the process's environment is left as
+// it was.
+func TestGoEnvReachesTheGoCommands(t *testing.T) {
+	c := testConfig(t, nil)
+	c.Commands = []string{"github.com/plinth-dev/plinth/initramfs/cmd/init"} // needs modules besides plinth
+	if _, err := Key(c); err != nil {
+		t.Fatalf("Key without GoEnv: %v", err)
+	}
+	before := os.Environ()
+	c.GoEnv = []string{"GOMODCACHE=" + t.TempDir(), "GOPROXY=off"}
+	if _, err := Key(c); err == nil || !strings.Contains(err.Error(), "GOPROXY=off") {
+		t.Errorf("Key with an empty module cache and GOPROXY=off in GoEnv: %v, want go's refusal to look modules up", err)
+	}
+	if after := os.Environ(); !slices.Equal(after, before) {
+		t.Error("Key changed the process's environment")
+	}
+}

@@ -8,8 +8,7 @@ import (
 	"os"
 	"path"
 	"slices"
-	"strconv"
-	"sync"
+	"strings"
 	"time"
 
 	"github.com/diskfs/go-diskfs/disk"
@@ -51,30 +50,23 @@ func fatTime(epoch time.Time) time.Time {
 	return epoch.UTC()
 }
 
-var envMu sync.Mutex
-
 // writeFAT makes a FAT file system of type fstype on partition part of d
 // (0: the whole image) and copies files into it, directories first, every
 // entry stamped with the epoch.
 func writeFAT(ctx context.Context, d *disk.Disk, part int, fstype filesystem.Type, label string, files []file, epoch time.Time) error {
-	// go-diskfs stamps new entries (the label, "." and "..", which Chtimes
-	// cannot reach) with SOURCE_DATE_EPOCH from the environment, or the wall
-	// clock. Set it to the build's epoch while writing; a lock keeps two
-	// writers in one process from restoring each other's value.
-	envMu.Lock()
-	defer envMu.Unlock()
-	old, had := os.LookupEnv("SOURCE_DATE_EPOCH")
-	os.Setenv("SOURCE_DATE_EPOCH", strconv.FormatInt(fatTime(epoch).Unix(), 10))
-	defer func() {
-		if had {
-			os.Setenv("SOURCE_DATE_EPOCH", old)
-		} else {
-			os.Unsetenv("SOURCE_DATE_EPOCH")
-		}
-	}()
 	fs, err := d.CreateFilesystem(disk.FilesystemSpec{Partition: part, FSType: fstype, VolumeLabel: label, Reproducible: true})
 	if err != nil {
 		return fmt.Errorf("mkfs %v: %w", fstype, err)
+	}
+	// go-diskfs stamps the entries it makes itself (the label, "." and ".."
+	// of each directory) with SOURCE_DATE_EPOCH from the environment, or the
+	// wall clock. Setting that variable would change the whole process's
+	// environment under its other goroutines; instead every entry is stamped
+	// with Chtimes, which reaches all of them by name. The label first, while
+	// the root holds nothing else that could share its name.
+	t := fatTime(epoch)
+	if err := fs.Chtimes("/"+labelEntryName(label), t, t, t); err != nil {
+		return fmt.Errorf("chtimes label: %w", err)
 	}
 	var dirs []string
 	for _, f := range files {
@@ -98,13 +90,41 @@ func writeFAT(ctx context.Context, d *disk.Disk, part int, fstype filesystem.Typ
 			return fmt.Errorf("%s: %w", f.name, err)
 		}
 	}
-	t := fatTime(epoch)
 	for _, name := range append(dirs, names(files)...) {
 		if err := fs.Chtimes("/"+name, t, t, t); err != nil {
 			return fmt.Errorf("chtimes %s: %w", name, err)
 		}
 	}
+	for _, dir := range dirs {
+		if err := fs.Chtimes("/"+dir+"/.", t, t, t); err != nil {
+			return fmt.Errorf("chtimes %s/.: %w", dir, err)
+		}
+		// ".." copies its parent's entry, and the root has none: go-diskfs
+		// leaves the creation and access times of a top-level directory's
+		// ".." zero. Kept so, to write the bytes it always wrote.
+		created := t
+		if path.Dir(dir) == "." {
+			created = time.Time{}
+		}
+		if err := fs.Chtimes("/"+dir+"/..", created, created, t); err != nil {
+			return fmt.Errorf("chtimes %s/..: %w", dir, err)
+		}
+	}
 	return nil
+}
+
+// labelEntryName is the name under which go-diskfs finds the volume label's
+// entry in the root directory: the label as it pads it to 8.3, with a dot.
+func labelEntryName(label string) string {
+	if label == "" {
+		label = "NO NAME" // go-diskfs's default
+	}
+	l := fmt.Sprintf("%-11.11s", label)
+	name, ext := strings.TrimRight(l[:8], " "), strings.TrimRight(l[8:], " ")
+	if ext == "" {
+		return name
+	}
+	return name + "." + ext
 }
 
 func copyInto(fs filesystem.FileSystem, f file) error {

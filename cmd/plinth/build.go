@@ -63,9 +63,10 @@ previous output untouched.`,
 			if err := errors.Join(errs...); err != nil {
 				return err
 			}
+			var goEnv []string
 			if f.mirror != "" {
 				f.offline = true
-				if err := useMirror(cmd, f.mirror, cache, specs, g); err != nil {
+				if goEnv, err = useMirror(cmd, f.mirror, cache, specs, g); err != nil {
 					return err
 				}
 			}
@@ -75,7 +76,7 @@ previous output untouched.`,
 				}
 				res, err := builder.Build(ctx, s, builder.Options{
 					Out: f.out, CacheDir: cache, Epoch: epoch, Offline: f.offline,
-					Log: g.log, Progress: prog, SrcDir: src, Rescue: f.rescue,
+					Log: g.log, Progress: prog, SrcDir: src, Rescue: f.rescue, GoEnv: goEnv,
 				})
 				if err != nil {
 					return fmt.Errorf("build %s: %w", s.Name, err)

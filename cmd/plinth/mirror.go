@@ -3,9 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -91,11 +89,12 @@ func loadSpecs(paths []string) ([]*images.Spec, error) {
 }
 
 // useMirror points specs into the mirror at dir for an offline build and
-// makes every go command plinth runs find modules in the mirror only.
-func useMirror(cmd *cobra.Command, dir, cache string, specs []*images.Spec, g *globals) error {
+// returns the environment under which go finds modules in the mirror only
+// (for builder.Options.GoEnv).
+func useMirror(cmd *cobra.Command, dir, cache string, specs []*images.Spec, g *globals) ([]string, error) {
 	m, err := mirror.Open(dir)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	r := &source.Resolver{CacheDir: filepath.Join(cache, "sources"), Offline: true, Log: g.log}
 	var errs []error
@@ -105,14 +104,8 @@ func useMirror(cmd *cobra.Command, dir, cache string, specs []*images.Spec, g *g
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
-		return err
-	}
-	for _, kv := range m.GoEnv() {
-		k, v, _ := strings.Cut(kv, "=")
-		if err := os.Setenv(k, v); err != nil {
-			return err
-		}
+		return nil, err
 	}
 	g.log.Info("building from mirror", "mirror", m.Dir, "sources", len(m.Index.Sources), "go_modules", len(m.Index.GoModules))
-	return nil
+	return m.GoEnv(), nil
 }
