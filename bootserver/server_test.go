@@ -3,7 +3,6 @@ package bootserver
 import (
 	"bytes"
 	"encoding/json"
-	"flag"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -12,9 +11,10 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/prometheus/client_golang/prometheus/testutil"
+	promtestutil "github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/plinth-dev/plinth/bootserver/api"
+	"github.com/plinth-dev/plinth/internal/testutil"
 	"github.com/plinth-dev/plinth/manifest"
 	"github.com/plinth-dev/plinth/profiles/node"
 )
@@ -119,7 +119,7 @@ func TestUnknownMachineIsRefusedAndRecorded(t *testing.T) {
 	if !ok || st.State != "unknown" {
 		t.Errorf("the refused machine was not recorded: %+v", st)
 	}
-	if n := testutil.ToFloat64(s.metrics.refused); n != 1 {
+	if n := promtestutil.ToFloat64(s.metrics.refused); n != 1 {
 		t.Errorf("refusals counted: %v", n)
 	}
 	// Listed for the operator, but it cannot post events as if enrolled.
@@ -272,8 +272,6 @@ func FuzzDecodeEvent(f *testing.F) {
 	})
 }
 
-var update = flag.Bool("update", false, "rewrite the golden files under testdata/")
-
 // TestBootScriptsMatchGoldenFiles pins every script iPXE can get: the chain
 // that adds the machine's identity, a known machine's boot, and the refusal
 // an unknown machine retries from.
@@ -289,22 +287,7 @@ func TestBootScriptsMatchGoldenFiles(t *testing.T) {
 		if w.Code != http.StatusOK {
 			t.Fatalf("%s: %d %s", tc.golden, w.Code, w.Body)
 		}
-		p := filepath.Join("testdata", tc.golden)
-		if *update {
-			if err := os.MkdirAll("testdata", 0o755); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(p, w.Body.Bytes(), 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-		want, err := os.ReadFile(p)
-		if err != nil {
-			t.Fatalf("%v (run go test -update)", err)
-		}
-		if got := w.Body.String(); got != string(want) {
-			t.Errorf("%s differs from %s:\n%s", tc.golden, p, got)
-		}
+		testutil.Golden(t, filepath.Join("testdata", tc.golden), w.Body.Bytes())
 	}
 }
 

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/plinth-dev/plinth/bootserver/api"
+	"github.com/plinth-dev/plinth/internal/testutil"
 )
 
 // TestStatusPageUpdatesLiveInABrowser opens the status page in headless
@@ -28,10 +29,7 @@ import (
 // --dump-dom --virtual-time-budget never returns while an event stream is
 // open.
 func TestStatusPageUpdatesLiveInABrowser(t *testing.T) {
-	chromium, err := exec.LookPath("chromium")
-	if err != nil {
-		t.Skip("chromium is not installed: apt-get install -y chromium (make deps does)")
-	}
+	chromium := testutil.NeedTool(t, "chromium", "apt-get install -y chromium (make deps does)")
 	s, _ := fixture(t, "none")
 	ts := httptest.NewServer(s.Handler())
 	defer ts.Close()

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/plinth-dev/plinth/images"
+	"github.com/plinth-dev/plinth/internal/testutil"
 )
 
 // benchSpec stacks the Debian base fixture (~230 MB) and ~96 MB of
@@ -22,9 +23,8 @@ func benchSpec(b *testing.B) (*images.Spec, int64) {
 		fx = filepath.Join(home, ".cache", "plinth", "fixtures")
 	}
 	base := filepath.Join(fx, "oci")
-	if _, err := os.Stat(filepath.Join(base, "index.json")); err != nil {
-		b.Skip("no Debian base fixture: make fixtures")
-	}
+	_, err := os.Stat(filepath.Join(base, "index.json"))
+	testutil.Need(b, err == nil, "no Debian base fixture: make fixtures")
 	dir := b.TempDir()
 	rng := rand.New(rand.NewSource(1))
 	var extra int64

@@ -12,17 +12,13 @@ import (
 
 	"github.com/plinth-dev/plinth/builder/squashfs"
 	"github.com/plinth-dev/plinth/images"
+	"github.com/plinth-dev/plinth/internal/testutil"
 	"github.com/plinth-dev/plinth/manifest"
 )
 
 func needPacker(t testing.TB) {
 	t.Helper()
-	if _, err := exec.LookPath(squashfs.Tool); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s missing: make deps", squashfs.Tool)
-		}
-		t.Skipf("%s missing: make deps", squashfs.Tool)
-	}
+	testutil.NeedTool(t, squashfs.Tool, "make deps")
 }
 
 // project writes a spec with two dir: layers (the second deletes a file of

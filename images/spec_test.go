@@ -3,7 +3,6 @@ package images
 import (
 	"bytes"
 	"errors"
-	"flag"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -12,28 +11,9 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/plinth-dev/plinth/internal/testutil"
 	"github.com/plinth-dev/plinth/internal/tomlx"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden files under testdata/")
-
-// golden compares got with the file, or rewrites it under -update.
-func golden(t *testing.T, path string, got []byte) {
-	t.Helper()
-	if *update {
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run with -update to create it)", err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Errorf("%s differs:\n--- got\n%s--- want\n%s", path, got, want)
-	}
-}
 
 // TestLoadReportsEveryProblemOfABadSpec loads each testdata/bad/*.toml and
 // compares the whole report, one `file:line:col: field: msg` a line, with
@@ -58,7 +38,7 @@ func TestLoadReportsEveryProblemOfABadSpec(t *testing.T) {
 					t.Errorf("problem without a position: %s", pr)
 				}
 			}
-			golden(t, strings.TrimSuffix(p, ".toml")+".golden", []byte(err.Error()+"\n"))
+			testutil.Golden(t, strings.TrimSuffix(p, ".toml")+".golden", []byte(err.Error()+"\n"))
 		})
 	}
 }

@@ -4,36 +4,16 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"flag"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 
+	"github.com/plinth-dev/plinth/internal/testutil"
 	"github.com/plinth-dev/plinth/internal/tomlx"
 	"github.com/plinth-dev/plinth/roles"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden files under testdata/")
-
-// golden compares got with the file, or rewrites it under -update.
-func golden(t *testing.T, path string, got []byte) {
-	t.Helper()
-	if *update {
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run with -update to create it)", err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Errorf("%s differs:\n--- got\n%s--- want\n%s", path, got, want)
-	}
-}
 
 func writeSite(t *testing.T, files map[string]string) string {
 	t.Helper()
@@ -83,7 +63,7 @@ func TestLoadSiteReportsEveryProblemOfABadSite(t *testing.T) {
 					t.Errorf("problem without a position: %s", p)
 				}
 			}
-			golden(t, dir+".golden", []byte(err.Error()+"\n"))
+			testutil.Golden(t, dir+".golden", []byte(err.Error()+"\n"))
 		})
 	}
 }
@@ -266,7 +246,7 @@ func TestRenderGolden(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				golden(t, filepath.Join("testdata", "render", ex, m.Name+".json"), append(got, '\n'))
+				testutil.Golden(t, filepath.Join("testdata", "render", ex, m.Name+".json"), append(got, '\n'))
 			})
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/plinth-dev/plinth/builder/kernel"
+	"github.com/plinth-dev/plinth/internal/testutil"
 )
 
 // TestImageBootsInQEMU boots the Debian fixture kernel (TCG, no KVM needed)
@@ -17,19 +18,14 @@ import (
 // kernel unpacks both the compressed stage 1 and the raw embedded part.
 func TestImageBootsInQEMU(t *testing.T) {
 	compiles(t)
-	qemu, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		t.Skip("no qemu-system-x86_64")
-	}
+	qemu := testutil.NeedTool(t, "qemu-system-x86_64", "apt-get install qemu-system-x86 (make deps does)")
 	home, _ := os.UserHomeDir()
 	fx := os.Getenv("PLINTH_FIXTURES")
 	if fx == "" {
 		fx = filepath.Join(home, ".cache", "plinth", "fixtures")
 	}
 	k, err := kernel.Find(filepath.Join(fx, "kernel"))
-	if err != nil {
-		t.Skipf("no Debian kernel fixture: %v", err)
-	}
+	testutil.Need(t, err == nil, "no Debian kernel fixture (make fixtures): %v", err)
 	c := withEmbedded(t, testConfig(t, nil))
 	img := buildImage(t, c)
 

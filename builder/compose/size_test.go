@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/plinth-dev/plinth/builder/kernel"
+	"github.com/plinth-dev/plinth/internal/testutil"
 )
 
 // stage1Budget is the most a netboot stage 1 may weigh compressed: it is
@@ -25,12 +26,9 @@ func TestStage1FitsTheBudget(t *testing.T) {
 		fx = filepath.Join(home, ".cache", "plinth", "fixtures")
 	}
 	k, err := kernel.Find(filepath.Join(fx, "kernel"))
-	if err != nil {
-		t.Skipf("no Debian kernel fixture: %v", err)
-	}
-	if _, err := os.Stat(filepath.Join(srcDir(), "initramfs", "cmd", "init")); err != nil {
-		t.Skipf("no stage-1 init yet: %v", err)
-	}
+	testutil.Need(t, err == nil, "no Debian kernel fixture (make fixtures): %v", err)
+	_, err = os.Stat(filepath.Join(srcDir(), "initramfs", "cmd", "init"))
+	testutil.Need(t, err == nil, "no stage-1 init yet: %v", err)
 	mods, err := k.Resolve([]string{"squashfs", "overlay", "loop", "virtio_net", "virtio_blk", "vxlan", "br_netfilter", "e1000e", "ext4"})
 	if err != nil {
 		t.Fatal(err)

@@ -11,6 +11,8 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
+
+	"github.com/plinth-dev/plinth/internal/testutil"
 )
 
 const fakeDep = `kernel/fs/squashfs/squashfs.ko:
@@ -163,9 +165,7 @@ func debianKernel(t *testing.T) *Kernel {
 		fx = filepath.Join(home, ".cache", "plinth", "fixtures")
 	}
 	k, err := Find(filepath.Join(fx, "kernel"))
-	if err != nil {
-		t.Skipf("no Debian kernel fixture (run qemu-tests/fixtures): %v", err)
-	}
+	testutil.Need(t, err == nil, "no Debian kernel fixture (make fixtures): %v", err)
 	return k
 }
 

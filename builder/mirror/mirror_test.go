@@ -5,7 +5,6 @@ import (
 	"context"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -17,6 +16,7 @@ import (
 	"github.com/plinth-dev/plinth/builder/source"
 	"github.com/plinth-dev/plinth/builder/squashfs"
 	"github.com/plinth-dev/plinth/images"
+	"github.com/plinth-dev/plinth/internal/testutil"
 	"github.com/plinth-dev/plinth/manifest"
 )
 
@@ -225,12 +225,7 @@ func TestKernelMirrorKeepsWhatTheBuildTakes(t *testing.T) {
 // mirrors it, deletes every original source and builds the mirror's copy of
 // the spec offline: the manifests and the root file systems are identical.
 func TestOfflineBuildFromMirrorGivesTheSameArtifacts(t *testing.T) {
-	if _, err := exec.LookPath(squashfs.Tool); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s missing: make deps", squashfs.Tool)
-		}
-		t.Skipf("%s missing: make deps", squashfs.Tool)
-	}
+	testutil.NeedTool(t, squashfs.Tool, "make deps")
 	ctx := context.Background()
 	root := t.TempDir()
 	_, fxs := project(t, root)

@@ -19,6 +19,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sys/unix"
+
+	"github.com/plinth-dev/plinth/internal/testutil"
 )
 
 var epoch = time.Unix(1700000000, 0).UTC()
@@ -62,9 +64,7 @@ func readTar(t *testing.T, r io.Reader) (map[string]*tar.Header, []string) {
 }
 
 func TestWriteDirTarKeepsKindsOwnersAndLinks(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("chown needs root")
-	}
+	testutil.NeedRoot(t, "chown")
 	dir := tree(t)
 	var buf bytes.Buffer
 	if err := WriteDirTar(dir, epoch, &buf); err != nil {
@@ -95,9 +95,8 @@ func TestWriteDirTarKeepsKindsOwnersAndLinks(t *testing.T) {
 
 func TestWriteDirTarKeepsDeviceNodesFifosAndXattrs(t *testing.T) {
 	dir := t.TempDir()
-	if err := unix.Mknod(filepath.Join(dir, "null"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))); err != nil {
-		t.Skipf("mknod: %v", err)
-	}
+	err := unix.Mknod(filepath.Join(dir, "null"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3)))
+	testutil.Need(t, err == nil, "mknod (needs CAP_MKNOD): %v", err)
 	if err := unix.Mkfifo(filepath.Join(dir, "fifo"), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -106,9 +105,8 @@ func TestWriteDirTarKeepsDeviceNodesFifosAndXattrs(t *testing.T) {
 		t.Fatal(err)
 	}
 	capv := "\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
-	if err := unix.Lsetxattr(bin, "security.capability", []byte(capv), 0); err != nil {
-		t.Skipf("setxattr: %v", err)
-	}
+	err = unix.Lsetxattr(bin, "security.capability", []byte(capv), 0)
+	testutil.Need(t, err == nil, "setxattr security.capability (needs CAP_SETFCAP): %v", err)
 	var buf bytes.Buffer
 	if err := WriteDirTar(dir, epoch, &buf); err != nil {
 		t.Fatal(err)

@@ -24,6 +24,7 @@ import (
 
 	"github.com/plinth-dev/plinth/builder/ocitar"
 	"github.com/plinth-dev/plinth/images"
+	"github.com/plinth-dev/plinth/internal/testutil"
 )
 
 var epoch = time.Unix(1700000000, 0)
@@ -199,9 +200,7 @@ func TestRegistrySourcePinnedByDigestIsFetchedOnce(t *testing.T) {
 }
 
 func TestGoSourceBuildsStaticBinaryIntoUsrBin(t *testing.T) {
-	if _, err := exec.LookPath("go"); err != nil {
-		t.Skip("no go command")
-	}
+	testutil.NeedTool(t, "go", "see https://go.dev/doc/install")
 	wd, _ := os.Getwd()
 	r := &Resolver{Epoch: epoch, BaseDir: wd, CacheDir: t.TempDir()}
 	img := resolve(t, r, "go:github.com/plinth-dev/plinth/builder/source/testdata/hello")
@@ -352,9 +351,7 @@ func goProxy(t *testing.T, mod, version, msg string) string {
 }
 
 func TestGoSourceWithVersionBuildsInThrowawayModuleAndIsCached(t *testing.T) {
-	if _, err := exec.LookPath("go"); err != nil {
-		t.Skip("no go command")
-	}
+	testutil.NeedTool(t, "go", "see https://go.dev/doc/install")
 	proxy := goProxy(t, "example.com/greet/v2", "v2.1.0", "hello from a pinned module")
 	base := []string{"GOSUMDB=off", "GOTOOLCHAIN=local", "GOMODCACHE=" + t.TempDir(), "GOFLAGS=-mod=mod -modcacherw"}
 	r := &Resolver{Epoch: epoch, CacheDir: t.TempDir(), GoEnv: append(base, "GOPROXY="+proxy)}

@@ -10,16 +10,13 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/plinth-dev/plinth/internal/testutil"
 )
 
 func needTool(t *testing.T) {
 	t.Helper()
-	if _, err := exec.LookPath(Tool); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s missing: make deps installs squashfs-tools-ng", Tool)
-		}
-		t.Skipf("%s missing: apt-get install squashfs-tools-ng", Tool)
-	}
+	testutil.NeedTool(t, Tool, "apt-get install squashfs-tools-ng (make deps does)")
 }
 
 // testTar builds a small tree with the entry kinds a root filesystem has.

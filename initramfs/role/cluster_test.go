@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/plinth-dev/plinth/internal/testutil"
 	"github.com/plinth-dev/plinth/profiles"
 	"github.com/plinth-dev/plinth/profiles/node"
 	"github.com/plinth-dev/plinth/roles"
@@ -105,7 +106,7 @@ func TestRolesRenderTheLabProfile(t *testing.T) {
 	for _, machine := range []string{"etcd-1", "master-1", "minion-1"} {
 		t.Run(machine, func(t *testing.T) {
 			dir := configureLab(t, machine)
-			golden(t, "roles/"+machine+".txt", []byte(dump(t, dir)))
+			testutil.Golden(t, filepath.Join("testdata", "roles", machine+".txt"), []byte(dump(t, dir)))
 			// Keys are readable by root only.
 			for _, k := range []string{NodeKey, SAKeyFile, IdentityKey(node.IdentityKubelet), IdentityKey(node.IdentityAdmin)} {
 				if fi, err := os.Stat(filepath.Join(dir, k)); err == nil && fi.Mode().Perm() != 0o600 {

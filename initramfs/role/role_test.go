@@ -2,7 +2,6 @@ package role
 
 import (
 	"context"
-	"flag"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,27 +9,9 @@ import (
 
 	"github.com/coreos/go-systemd/v22/unit"
 
+	"github.com/plinth-dev/plinth/internal/testutil"
 	"github.com/plinth-dev/plinth/profiles/node"
 )
-
-var update = flag.Bool("update", false, "rewrite golden files under testdata/")
-
-func golden(t *testing.T, name string, got []byte) {
-	t.Helper()
-	p := filepath.Join("testdata", name)
-	if *update {
-		if err := os.WriteFile(p, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatalf("%v (run with -update)", err)
-	}
-	if string(got) != string(want) {
-		t.Errorf("%s differs:\n--- got\n%s\n--- want\n%s", name, got, want)
-	}
-}
 
 func TestRegistryMapsTheEmptyRoleToNoneAndNamesWhatItHas(t *testing.T) {
 	r := Builtin()
@@ -138,7 +119,7 @@ func TestWriteUnitRendersAndEnables(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	golden(t, "etcd.service", b)
+	testutil.Golden(t, filepath.Join("testdata", "etcd.service"), b)
 	if l, err := os.Readlink(filepath.Join(dir, "etc/systemd/system/multi-user.target.wants/etcd.service")); err != nil || l != "/etc/systemd/system/etcd.service" {
 		t.Errorf("wants link %q, %v", l, err)
 	}

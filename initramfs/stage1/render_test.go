@@ -2,7 +2,6 @@ package stage1
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io/fs"
 	"os"
@@ -11,11 +10,10 @@ import (
 	"testing"
 
 	"github.com/plinth-dev/plinth/initramfs/role"
+	"github.com/plinth-dev/plinth/internal/testutil"
 	"github.com/plinth-dev/plinth/profiles/node"
 	"github.com/plinth-dev/plinth/roles"
 )
-
-var update = flag.Bool("update", false, "rewrite golden files under testdata/")
 
 // dumpTree renders every file and link under dir, with modes, sorted: the
 // form golden files compare.
@@ -50,23 +48,6 @@ func dumpTree(t *testing.T, dir string) string {
 		t.Fatal(err)
 	}
 	return b.String()
-}
-
-func golden(t *testing.T, name, got string) {
-	t.Helper()
-	p := filepath.Join("testdata", name)
-	if *update {
-		if err := os.WriteFile(p, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatalf("%v (run go test -update)", err)
-	}
-	if got != string(want) {
-		t.Errorf("%s differs from the golden file:\n--- got\n%s\n--- want\n%s", name, got, want)
-	}
 }
 
 // imageWithNetworkd is a root whose image ships systemd-networkd.
@@ -104,7 +85,7 @@ func TestRenderGolden(t *testing.T) {
 				t.Fatal(err)
 			}
 			os.RemoveAll(filepath.Join(dir, "usr/lib/systemd/systemd-networkd"))
-			golden(t, "render-"+tc.name+".txt", dumpTree(t, dir))
+			testutil.Golden(t, filepath.Join("testdata", "render-"+tc.name+".txt"), []byte(dumpTree(t, dir)))
 		})
 	}
 }
@@ -126,7 +107,7 @@ func TestInstallAgentGolden(t *testing.T) {
 	if err := InstallAgent(role.DirRoot(dir), []byte("\x7fELF")); err != nil {
 		t.Fatal(err)
 	}
-	golden(t, "agent.txt", dumpTree(t, dir))
+	testutil.Golden(t, filepath.Join("testdata", "agent.txt"), []byte(dumpTree(t, dir)))
 }
 
 type failingRole struct{}

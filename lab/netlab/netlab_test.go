@@ -16,6 +16,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/plinth-dev/plinth/internal/testutil"
 )
 
 // The test binary doubles as the programs run inside labs: with
@@ -417,10 +419,7 @@ func TestRemoveStaleDeletesOnlyLabsOfDeadProcesses(t *testing.T) {
 }
 
 func TestQEMUAttachesToTapInsideTheLab(t *testing.T) {
-	qemu, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		t.Skip("no qemu-system-x86_64")
-	}
+	qemu := testutil.NeedTool(t, "qemu-system-x86_64", "apt-get install qemu-system-x86 (make deps does)")
 	l := newLab(t, "qemu")
 	tap, err := l.AddTap(t.Context(), "")
 	if err != nil {
