@@ -77,28 +77,47 @@ func (l *Lab) Start(cmd *exec.Cmd) (<-chan error, error) {
 // sockets f creates (net.Listen, net.ListenPacket, a Dialer's connection)
 // live in the lab and stay there after f returns. Only what f does on its
 // own goroutine is in the lab: goroutines it starts are not. The thread
-// is discarded afterwards, so no other goroutine ever runs in the lab.
+// returns to its own namespace before any other goroutine may run on it.
 func (l *Lab) Do(f func() error) error { return Enter(l.ns, f) }
 
 // Enter runs f on an OS thread that has entered the network namespace ns
 // (a name under /run/netns), as Do does for a lab of this process.
+//
+// The thread is put back in its namespace afterwards and reused, not
+// ended: a child started with Pdeathsig (every lab process and VM) gets
+// that signal when the thread that forked it exits, and the runtime ends
+// the thread of a goroutine that exits locked to it. Ending threads here
+// killed the boot server started earlier from the same thread. Only if
+// the way back fails is the thread left to end (it must never run
+// another goroutine inside the lab).
 func Enter(ns string, f func() error) error {
 	errc := make(chan error, 1)
 	go func() {
-		// Never unlocked: the Go runtime ends a goroutine's locked
-		// thread with it, instead of reusing a thread left in the lab.
 		runtime.LockOSThread()
+		home, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("enter lab %s: this thread's namespace: %w", ns, err)
+			return
+		}
+		defer unix.Close(home)
 		fd, err := unix.Open(nsPath(ns), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
+			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("enter lab %s: %w", ns, err)
 			return
 		}
 		defer unix.Close(fd)
 		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("enter lab %s: setns: %w", ns, err)
 			return
 		}
-		errc <- f()
+		err = f()
+		if unix.Setns(home, unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
 	}()
 	return <-errc
 }

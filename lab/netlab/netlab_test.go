@@ -553,3 +553,33 @@ func FuzzParseName(f *testing.F) {
 		}
 	})
 }
+
+// TestDoLeavesTheLabsProcessesRunning: a lab process has Pdeathsig, which
+// fires when the thread that forked it exits. Do must not end threads: a
+// boot server started, then asked for its status with Do's goroutine on
+// the very thread that forked it (the usual schedule: the caller blocks
+// at once), died with no word, and the air-gap test waited 17 minutes.
+func TestDoLeavesTheLabsProcessesRunning(t *testing.T) {
+	l := newLab(t, "dokeep")
+	var procs []<-chan error
+	for range 4 {
+		ended, err := l.Start(l.Command(t.Context(), "sleep", "600"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		procs = append(procs, ended)
+		for range 10 {
+			if err := l.Do(func() error { return nil }); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	for i, ended := range procs {
+		select {
+		case err := <-ended:
+			t.Errorf("process %d ended while the lab ran: %v", i, err)
+		default:
+		}
+	}
+}
