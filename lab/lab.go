@@ -75,7 +75,9 @@ func (l *Lab) Dial(ctx context.Context, network, addr string) (net.Conn, error) 
 func (l *Lab) Client() *http.Client { return ClientIn(l.nl.Name()) }
 
 // ClientIn is an HTTP client whose connections are made inside the
-// network namespace ns (a running lab's, by name).
+// network namespace ns (a running lab's, by name). It sets no timeout:
+// requests are bounded by their context (a journal asked for with
+// ?fresh=45 takes that long).
 func ClientIn(ns string) *http.Client {
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -83,7 +85,7 @@ func ClientIn(ns string) *http.Client {
 		},
 		DisableKeepAlives: true,
 	}
-	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	return &http.Client{Transport: tr}
 }
 
 func dialIn(ctx context.Context, ns, network, addr string) (net.Conn, error) {
@@ -97,9 +99,11 @@ func dialIn(ctx context.Context, ns, network, addr string) (net.Conn, error) {
 	return c, err
 }
 
-// Get fetches url from inside the lab; a status other than 200 is an
-// error.
+// Get fetches url from inside the lab, giving up after 10 s; a status
+// other than 200 is an error.
 func (l *Lab) Get(ctx context.Context, url string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, err
