@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/plinth-dev/plinth/internal/tomlx"
+	"github.com/plinth-dev/plinth/profiles/node"
 	"github.com/plinth-dev/plinth/roles"
 )
 
@@ -41,6 +42,7 @@ func (s *Site) check(rep *tomlx.Report, owner map[string]string) {
 	for _, m := range s.Machines {
 		checkMachine(rep, m)
 	}
+	s.checkState(rep, at("state"))
 	s.checkUnique(rep)
 }
 
@@ -363,4 +365,60 @@ func normUUID(u string) (string, bool) {
 		}
 	}
 	return u, true
+}
+
+// checkState checks the role defaults of [state] and each machine's state.
+func (s *Site) checkState(rep *tomlx.Report, f string) {
+	for _, name := range slices.Sorted(maps.Keys(s.State)) {
+		d, key := s.State[name], "state."+tomlKey(name)
+		r, err := roles.Lookup(name)
+		switch {
+		case d == nil:
+			continue
+		case name == "" || err != nil:
+			rep.Addf(f, key, "%v", err)
+			continue
+		case len(r.State) == 0:
+			rep.Addf(f, key, "role %s keeps no state on disk (its state is in etcd): drop this table", name)
+		}
+		if d.Wipe {
+			rep.Addf(f, key+".wipe", "a role default may not wipe disks: say wipe = true in the state of each machine whose disk may be erased")
+		}
+		if d.Disk == "" {
+			rep.Addf(f, key+".disk", "missing: a state disk selector (/dev/disk/by-id/..., serial:S, wwn:W, min-size:8GiB or none)")
+		} else if _, err := node.ParseDiskSelector(d.Disk); err != nil {
+			rep.Addf(f, key+".disk", "%v", err)
+		}
+	}
+	for _, m := range s.Machines {
+		d := m.State
+		if d == nil {
+			continue
+		}
+		key := m.at + ".state"
+		if d.Disk == "" {
+			rep.Addf(m.File, key+".disk", "missing: a state disk selector (/dev/disk/by-id/..., serial:S, wwn:W, min-size:8GiB or none)")
+		} else if sel, err := node.ParseDiskSelector(d.Disk); err != nil {
+			rep.Addf(m.File, key+".disk", "%v", err)
+		} else if sel.Kind == node.DiskNone && d.Wipe {
+			rep.Addf(m.File, key+".wipe", "no state disk to wipe (disk = \"none\")")
+		}
+		if r := roles.Get(m.Role); len(r.State) == 0 && d.Disk != "none" {
+			rep.Addf(m.File, key, "role %q keeps no state on disk: a state disk would hold nothing", m.Role)
+		}
+	}
+}
+
+// Volatile lists the machines whose role keeps state but that have no
+// state disk: what they keep is lost at every reboot (for an etcd member,
+// its data). plinth validate says so.
+func (s *Site) Volatile() []string {
+	var out []string
+	for _, m := range s.Machines {
+		if r := roles.Get(m.Role); len(r.State) > 0 && s.StateOf(m) == nil {
+			out = append(out, fmt.Sprintf("%s: machine %s (%s): no state disk: %s live in RAM and are lost at every reboot",
+				where(s.pos, m.File, m.at), m.Name, m.Role, strings.Join(r.State, ", ")))
+		}
+	}
+	return out
 }

@@ -72,13 +72,16 @@ func (s *Site) Render(m *Machine, bootServer string) (*node.Config, error) {
 			}
 			addr = p.Addr().String()
 		}
-		cl.EtcdMembers = append(cl.EtcdMembers, node.Member{Name: e.Name, Address: addr})
+		cl.EtcdMembers = append(cl.EtcdMembers, node.Member{Name: e.Name, Address: addr, Durable: s.StateOf(e) != nil})
 	}
 	slices.SortFunc(cl.EtcdMembers, func(a, b node.Member) int { return strings.Compare(a.Name, b.Name) })
 	if s.Proxy != (Proxy{}) {
 		cl.Proxy = &node.Proxy{HTTP: s.Proxy.HTTP, HTTPS: s.Proxy.HTTPS, NoProxy: s.Proxy.NoProxy}
 	}
 	c.Cluster = cl
+	if d := s.StateOf(m); d != nil {
+		c.State = &node.State{Disk: d.Disk, Wipe: d.Wipe, PartUUID: node.StatePartUUID(s.Name, m.Name)}
+	}
 	if err := c.Validate(); err != nil {
 		return nil, fmt.Errorf("render %s: %w", m.Name, err)
 	}

@@ -24,10 +24,12 @@ import (
 // Site is a loaded, checked site directory.
 type Site struct {
 	SiteInfo
-	Network  Network
-	Proxy    Proxy
-	Default  Default
-	DHCP     DHCP
+	Network Network
+	Proxy   Proxy
+	Default Default
+	DHCP    DHCP
+	// State is the [state] table: each role's default state disk.
+	State    map[string]*StateDisk
 	Machines []*Machine // in file name order, then in file order
 	Dir      string
 	digest   string
@@ -80,6 +82,17 @@ type DHCP struct {
 	Lease      string   `toml:"lease"` // a Go duration, e.g. 1h
 }
 
+// StateDisk is a machine's state disk ([[machine]] state) or a role's
+// default one ([state.ROLE]).
+type StateDisk struct {
+	// Disk selects the disk (node.ParseDiskSelector): a /dev/disk/by-id or
+	// by-path link, serial:S, wwn:W, min-size:N or none.
+	Disk string `toml:"disk"`
+	// Wipe lets the machine erase a disk holding anything else (only in a
+	// machine's own state; never in a role default).
+	Wipe bool `toml:"wipe"`
+}
+
 // Machine is one [[machine]].
 type Machine struct {
 	Name     string            `toml:"name,required"`
@@ -92,19 +105,21 @@ type Machine struct {
 	Address  string            `toml:"address"`  // static CIDR; "" means DHCP
 	Gateway  string            `toml:"gateway"`
 	DNS      []string          `toml:"dns"`
-	File     string            `toml:"-"` // the file that defines it
+	State    *StateDisk        `toml:"state"` // its own state disk; nil: its role's default
+	File     string            `toml:"-"`     // the file that defines it
 
 	at string // its key path in File, e.g. machine[2], for positions
 }
 
 // file is one TOML file of a site directory.
 type file struct {
-	Site     *SiteInfo  `toml:"site"`
-	Network  *Network   `toml:"network"`
-	Proxy    *Proxy     `toml:"proxy"`
-	Default  *Default   `toml:"default"`
-	DHCP     *DHCP      `toml:"dhcp"`
-	Machines []*Machine `toml:"machine"`
+	Site     *SiteInfo             `toml:"site"`
+	Network  *Network              `toml:"network"`
+	Proxy    *Proxy                `toml:"proxy"`
+	Default  *Default              `toml:"default"`
+	DHCP     *DHCP                 `toml:"dhcp"`
+	State    map[string]*StateDisk `toml:"state"`
+	Machines []*Machine            `toml:"machine"`
 }
 
 // ErrUnknownMachine is returned by Match for a machine the site refuses.
@@ -160,6 +175,9 @@ func LoadSite(dir string) (*Site, error) {
 		}
 		if f.DHCP != nil {
 			one("dhcp", p, func() { s.DHCP = *f.DHCP })
+		}
+		if f.State != nil {
+			one("state", p, func() { s.State = f.State })
 		}
 		for i, m := range f.Machines {
 			if m == nil { // a [[machine]] of the wrong type, already reported
@@ -228,4 +246,17 @@ func (s *Site) Machine(name string) *Machine {
 		}
 	}
 	return nil
+}
+
+// StateOf is the state disk machine m has: its own, else its role's
+// default; nil when it has none (its state lives in RAM).
+func (s *Site) StateOf(m *Machine) *StateDisk {
+	d := m.State
+	if d == nil {
+		d = s.State[m.Role]
+	}
+	if d == nil || d.Disk == "" || d.Disk == "none" {
+		return nil
+	}
+	return d
 }

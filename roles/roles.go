@@ -45,6 +45,9 @@ type Role struct {
 	// Kubernetes marks roles that take part in Kubernetes: their profiles
 	// carry the service network and the API port.
 	Kubernetes bool
+	// State are the directories the role keeps on the machine's state
+	// disk when it has one (in RAM otherwise): what must survive a reboot.
+	State []string
 	// APIServer marks roles that serve the Kubernetes API: the boot
 	// server puts the ready ones in the API name's DNS pool, and their
 	// certificates carry the API names.
@@ -177,7 +180,8 @@ func builtin() []Role {
 			Listen:     []Port{{Proto: "tcp", Number: EtcdClientPort}, {Proto: "tcp", Number: EtcdPeerPort}},
 			Probes:     []Probe{{Unit: "etcd.service", Scheme: "https", Port: EtcdClientPort, Path: "/health", Want: `"health":"true"`, Client: ClientNode}},
 			TLS:        TLS{Node: true},
-			Steps:      []string{"etcd-join"},
+			Steps:      []string{"etcd-join", "etcd-promote"},
+			State:      []string{"/var/lib/etcd"},
 			EtcdMember: true,
 			Lab:        Lab{MemoryMiB: 768},
 		},
@@ -207,6 +211,7 @@ func builtin() []Role {
 				{Name: node.IdentityKubeProxy, CommonName: "system:kube-proxy"},
 			}},
 			Steps:      []string{"flannel-config", "flannel-net", "import-images"},
+			State:      []string{"/var/lib/containerd", "/var/lib/docker", "/var/lib/kubelet"},
 			Kubernetes: true,
 			Lab:        Lab{MemoryMiB: 1536},
 		},
@@ -302,6 +307,11 @@ func (r Role) check() error {
 	}
 	if r.Group < GroupStore || r.Group > GroupWorkers {
 		return fmt.Errorf("role %s: boot group %d out of range", r.Name, r.Group)
+	}
+	for _, d := range r.State {
+		if !strings.HasPrefix(d, "/var/lib/") || strings.Contains(d[len("/var/lib/"):], "/") || strings.ContainsAny(d, " \t\n\\") {
+			return fmt.Errorf("role %s: state directory %q: want /var/lib/NAME", r.Name, d)
+		}
 	}
 	for _, p := range r.Listen {
 		if p.Proto != "tcp" && p.Proto != "udp" {

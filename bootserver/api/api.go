@@ -77,6 +77,8 @@ const (
 	StageMount    = "mount"    // overlay mounted
 	StageConfig   = "config"   // first-boot configuration written
 	StageSwitch   = "switch"   // switch_root to the image's init
+	StageState    = "state"    // agent: state disk checked, formatted or mounted (or refused: Message says why)
+	StageEtcd     = "etcd"     // agent: how this etcd member starts (with its data, joined as a learner, founded, restored, waiting)
 	StageServices = "services" // agent: waiting for the role's services
 	StageReady    = "ready"    // agent: services up
 	StageError    = "error"    // something failed; Message says what
@@ -90,7 +92,7 @@ func Stages() []string {
 	return []string{
 		StageKernel, StageInit, StageModules, StageNetwork, StageProfile,
 		StageMedium, StageRootfs, StageMount, StageConfig, StageSwitch,
-		StageServices, StageReady, StageError, StageRetry, StageRescue,
+		StageState, StageEtcd, StageServices, StageReady, StageError, StageRetry, StageRescue,
 	}
 }
 

@@ -31,6 +31,8 @@ type Config struct {
 	Cluster *Cluster `json:"cluster,omitempty"`
 	// TLS material issued to this machine only (issue: cluster).
 	TLS *TLS `json:"tls,omitempty"`
+	// State is the machine's state disk; nil keeps state in RAM.
+	State *State `json:"state,omitempty"`
 }
 
 // Network is a static address for the boot interface; nil means DHCP.
@@ -58,12 +60,32 @@ type Cluster struct {
 	ServiceCIDR string `json:"service_cidr,omitempty"`
 	// APIPort is the port kube-apiserver serves on every master (6443).
 	APIPort int `json:"api_port,omitempty"`
+	// EtcdClusterID is the ID of the site's etcd cluster as the boot
+	// server last saw it (hex); "" when it has never seen one. A member
+	// that boots with no data never founds a cluster while it is set.
+	EtcdClusterID string `json:"etcd_cluster_id,omitempty"`
+	// EtcdRestore, when set, has members that boot with no data and find
+	// no running cluster restore this snapshot instead of founding an
+	// empty cluster (plinth etcd restore).
+	EtcdRestore *EtcdRestore `json:"etcd_restore,omitempty"`
+}
+
+// EtcdRestore is a snapshot the site's etcd cluster is restored from.
+type EtcdRestore struct {
+	// URL is where the member fetches the snapshot (from the boot server).
+	URL string `json:"url"`
+	// SHA256 is the snapshot file's digest, hex.
+	SHA256 string `json:"sha256"`
 }
 
 // Member is one etcd member: name and peer address.
 type Member struct {
 	Name    string `json:"name"`
 	Address string `json:"address"` // IP or host name
+	// Durable is set when the member has a state disk: its data may
+	// outlive a reboot, so a member with none waits for it rather than
+	// found a cluster beside it.
+	Durable bool `json:"durable,omitempty"`
 }
 
 // Proxy is the site's HTTP proxy for image pulls.
@@ -149,6 +171,14 @@ func (c *Config) Validate() error {
 	if !validHostname(c.Hostname) {
 		return fmt.Errorf("machine config: hostname %q is not a valid host name", c.Hostname)
 	}
+	if c.State != nil {
+		if _, err := ParseDiskSelector(c.State.Disk); err != nil {
+			return fmt.Errorf("machine config: state.disk: %w", err)
+		}
+		if !validUUID(c.State.PartUUID) {
+			return fmt.Errorf("machine config: state.part_uuid %q is not a UUID", c.State.PartUUID)
+		}
+	}
 	if c.Network != nil && c.Network.Address != "" {
 		if _, err := netip.ParsePrefix(c.Network.Address); err != nil {
 			return fmt.Errorf("machine config: network.address: %w", err)
@@ -170,4 +200,23 @@ func validHostname(h string) bool {
 		}
 	}
 	return !strings.HasPrefix(h, "-")
+}
+
+// validUUID accepts a lower-case 8-4-4-4-12 UUID.
+func validUUID(u string) bool {
+	if len(u) != 36 {
+		return false
+	}
+	for i, r := range u {
+		switch {
+		case i == 8 || i == 13 || i == 18 || i == 23:
+			if r != '-' {
+				return false
+			}
+		case r >= '0' && r <= '9', r >= 'a' && r <= 'f':
+		default:
+			return false
+		}
+	}
+	return true
 }
