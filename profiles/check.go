@@ -416,7 +416,7 @@ func (s *Site) Volatile() []string {
 	var out []string
 	for _, m := range s.Machines {
 		if r := roles.Get(m.Role); len(r.State) > 0 && s.StateOf(m) == nil {
-			out = append(out, fmt.Sprintf("%s: machine %s (%s): no state disk: %s live in RAM and are lost at every reboot",
+			out = append(out, fmt.Sprintf("%s: machine %s (%s): no state disk: what it keeps (%s) is in RAM, lost at every reboot",
 				where(s.pos, m.File, m.at), m.Name, m.Role, strings.Join(r.State, ", ")))
 		}
 	}

@@ -176,7 +176,7 @@ func builtin() []Role {
 		{
 			Name:       "etcd",
 			Group:      GroupStore,
-			Services:   []string{"etcd.service"},
+			Services:   []string{"etcd.service", "plinth-etcd-promote.service"},
 			Listen:     []Port{{Proto: "tcp", Number: EtcdClientPort}, {Proto: "tcp", Number: EtcdPeerPort}},
 			Probes:     []Probe{{Unit: "etcd.service", Scheme: "https", Port: EtcdClientPort, Path: "/health", Want: `"health":"true"`, Client: ClientNode}},
 			TLS:        TLS{Node: true},

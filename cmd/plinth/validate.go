@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -31,7 +32,7 @@ every machine's image must be built, for the machine's role.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var errs []error
 			for _, a := range args {
-				kind, err := validateOne(a, artifacts, verbose)
+				kind, err := validateOne(a, artifacts, verbose, cmd.ErrOrStderr())
 				if err != nil {
 					errs = append(errs, err)
 					continue
@@ -49,7 +50,7 @@ every machine's image must be built, for the machine's role.`,
 	return c
 }
 
-func validateOne(path, artifacts string, verbose bool) (string, error) {
+func validateOne(path, artifacts string, verbose bool, warn io.Writer) (string, error) {
 	st, err := os.Stat(path)
 	if err != nil {
 		return "", err
@@ -62,6 +63,7 @@ func validateOne(path, artifacts string, verbose bool) (string, error) {
 		if verbose {
 			printTOML(site)
 		}
+		warnVolatile(warn, site)
 		return fmt.Sprintf("site %q (%d machines)", site.Name, len(site.Machines)), nil
 	}
 	if isSiteFile(path) {
@@ -69,6 +71,7 @@ func validateOne(path, artifacts string, verbose bool) (string, error) {
 		if err != nil {
 			return "", err
 		}
+		warnVolatile(warn, site)
 		return fmt.Sprintf("site %q (directory %s)", site.Name, filepath.Dir(path)), nil
 	}
 	// ValidateFile also checks what the spec points at on disk (local
@@ -84,6 +87,14 @@ func validateOne(path, artifacts string, verbose bool) (string, error) {
 		printTOML(s)
 	}
 	return fmt.Sprintf("image spec %q", s.Name), nil
+}
+
+// warnVolatile says which machines keep their role's state in RAM: valid,
+// but an etcd member without a state disk loses its data at every reboot.
+func warnVolatile(w io.Writer, site *profiles.Site) {
+	for _, v := range site.Volatile() {
+		fmt.Fprintln(w, "warning: "+v)
+	}
 }
 
 // isSiteFile tells a site profile file (it has [site] or [[machine]]) from an image spec.

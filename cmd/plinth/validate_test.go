@@ -1,8 +1,10 @@
 package main
 
 import (
+	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/plinth-dev/plinth/manifest"
@@ -46,10 +48,15 @@ image = "minion-v2"
 		b, _ := (&manifest.Manifest{Schema: manifest.Schema, Name: name, Role: role}).Encode()
 		os.WriteFile(filepath.Join(art, name, manifest.FileName), b, 0o644)
 	}
-	if _, err := validateOne(site, "", false); err != nil {
+	var warn strings.Builder
+	if _, err := validateOne(site, "", false, &warn); err != nil {
 		t.Fatalf("without --artifacts: %v", err)
 	}
-	_, err := validateOne(site, art, false)
+	// The etcd member has no state disk: valid, and said.
+	if w := warn.String(); !strings.Contains(w, "(etcd): no state disk: what it keeps (/var/lib/etcd) is in RAM, lost at every reboot") {
+		t.Errorf("warnings %q", w)
+	}
+	_, err := validateOne(site, art, false, io.Discard)
 	want := site + `/site.toml:7:1: default.role: role "master", but image "minion" was built for role "minion"
 ` + site + `/site.toml:18:1: machine[1].role: role "master", but image "minion" was built for role "minion"
 ` + site + `/site.toml:25:1: machine[2].image: image "minion-v2" is not built`

@@ -7,6 +7,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -68,6 +69,9 @@ type Report struct {
 	Logs map[string]string
 	// Restarts counts each unit's automatic restarts (only those > 0).
 	Restarts map[string]int
+	// State says where the role's state lives: the state disk step's
+	// message, or that it is in RAM and lost at every reboot.
+	State string
 	// Load is the 1-minute load average and Memory the memory available
 	// of the total ("412/1987 MiB"): what a slow machine is short of.
 	Load, Memory string
@@ -117,6 +121,12 @@ func Check(ctx context.Context, sys System) (*Report, *node.Config) {
 	if err := sys.ProbeWrite("/"); err != nil {
 		r.Problems = append(r.Problems, "/ is not writable: "+err.Error())
 	}
+	if cfg != nil {
+		msg, refused := stateOf(sys, cfg)
+		if r.State = msg; refused {
+			r.Problems = append(r.Problems, msg)
+		}
+	}
 	services, err := readServices(sys)
 	if err != nil {
 		r.Problems = append(r.Problems, err.Error())
@@ -163,6 +173,28 @@ func Check(ctx context.Context, sys System) (*Report, *node.Config) {
 	return r, cfg
 }
 
+// stateOf says where a role that keeps state keeps it: what the state
+// disk step reported (refused: the role cannot start), or that it lives in
+// RAM.
+func stateOf(sys System, cfg *node.Config) (msg string, refused bool) {
+	dirs := roles.Get(cfg.Role).State
+	if len(dirs) == 0 {
+		return "", false
+	}
+	if cfg.State == nil {
+		return "no state disk: " + strings.Join(dirs, ", ") + " in RAM, lost at every reboot", false
+	}
+	b, err := sys.ReadFile(role.StateStatusFile)
+	if err != nil {
+		return "state disk " + cfg.State.Disk + ": not prepared yet", false
+	}
+	var st struct{ Status, Message string }
+	if err := json.Unmarshal(b, &st); err != nil {
+		return role.StateStatusFile + ": " + err.Error(), true
+	}
+	return st.Message, st.Status == "refused"
+}
+
 // bootTarget is the unit whose activation ends systemd's boot.
 const bootTarget = "default.target"
 
@@ -196,6 +228,9 @@ func (r *Report) fields() map[string]string {
 	}
 	if r.Memory != "" {
 		f["memory"] = r.Memory
+	}
+	if r.State != "" {
+		f["state"] = r.State
 	}
 	f["listen"] = strings.Join(r.Listen, " ")
 	if len(r.Unexpected) > 0 {

@@ -21,6 +21,7 @@ import (
 	"github.com/plinth-dev/plinth/bootserver/api"
 	"github.com/plinth-dev/plinth/initramfs/role"
 	"github.com/plinth-dev/plinth/initramfs/stage1/events"
+	"github.com/plinth-dev/plinth/profiles/node"
 )
 
 func readSample(t *testing.T, name string) string {
@@ -255,6 +256,7 @@ func TestRunReportsReadyOnTheConsoleAndToTheServer(t *testing.T) {
 	}
 	ev := events()
 	if len(ev) != 1 || ev[0].Stage != api.StageReady || ev[0].Machine != "etcd-1" || ev[0].Fields["etcd.service"] != "active" ||
+		ev[0].Fields["state"] != "no state disk: /var/lib/etcd in RAM, lost at every reboot" ||
 		ev[0].Fields["listen"] != "tcp/2379 tcp/2380 tcp/8080" || ev[0].Fields["unexpected"] != "tcp/8080" {
 		t.Errorf("events %+v", ev)
 	}
@@ -274,6 +276,11 @@ func TestRunSaysWhyItIsNotReady(t *testing.T) {
 		{"root not writable", func(f *fakeSystem) { f.readOnly = true }, "/ is not writable"},
 		{"no profile", func(f *fakeSystem) { delete(f.files, role.ConfigPath) }, "no profile"},
 		{"not an overlay", func(f *fakeSystem) { f.files["/proc/self/mountinfo"] = readSample(t, "host-ext4.txt") }, "not an overlay"},
+		{"state disk refused", func(f *fakeSystem) {
+			f.files[role.ConfigPath] = strings.Replace(f.files[role.ConfigPath], `"role":"etcd",`,
+				`"role":"etcd","state":{"disk":"min-size:4GiB","part_uuid":"`+node.StatePartUUID("lab", "etcd-1")+`"},`, 1)
+			f.files[role.StateStatusFile] = `{"status":"refused","disk":"/dev/vdb","message":"state disk /dev/vdb (8.0 GiB) holds ext4 at 0x438: not plinth's, left untouched"}`
+		}, "state disk /dev/vdb (8.0 GiB) holds ext4 at 0x438: not plinth's, left untouched"},
 	} {
 		m := machine(t, srv.URL)
 		tc.change(m)

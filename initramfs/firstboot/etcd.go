@@ -22,6 +22,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -102,14 +103,16 @@ type Member struct {
 	Name       string   `json:"name"`
 	PeerURLs   []string `json:"peerURLs"`
 	ClientURLs []string `json:"clientURLs"`
+	IsLearner  bool     `json:"isLearner"`
 }
 
 type memberList struct {
 	Members []Member `json:"members"`
 }
 
-// Members asks the endpoints in turn for the member list; it returns the
-// first answer and the endpoint that gave it.
+// Members asks the endpoints in turn for the member list (a linearizable
+// read: only a cluster with quorum answers); it returns the first answer
+// and the endpoint that gave it.
 func (e *Etcd) Members(ctx context.Context, endpoints []string) ([]Member, string, error) {
 	if len(endpoints) == 0 {
 		return nil, "", errors.New("no etcd endpoint to ask")
@@ -117,7 +120,7 @@ func (e *Etcd) Members(ctx context.Context, endpoints []string) ([]Member, strin
 	var errs []error
 	for _, ep := range endpoints {
 		var l memberList
-		if err := e.call(ctx, ep, "/v3/cluster/member/list", struct{}{}, &l); err != nil {
+		if err := e.call(ctx, ep, "/v3/cluster/member/list", map[string]any{"linearizable": true}, &l); err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -126,10 +129,31 @@ func (e *Etcd) Members(ctx context.Context, endpoints []string) ([]Member, strin
 	return nil, "", errors.Join(errs...)
 }
 
-// Add adds a member by its peer URL and returns the members after it.
-func (e *Etcd) Add(ctx context.Context, endpoint, peerURL string) ([]Member, error) {
+// Alive lists the endpoints whose etcd answers at all (/livez), quorum or
+// not.
+func (e *Etcd) Alive(ctx context.Context, endpoints []string) []string {
+	var out []string
+	for _, ep := range endpoints {
+		ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		r, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(ep, "/")+"/livez", nil)
+		if err == nil {
+			var res *http.Response
+			if res, err = e.Client.Do(r); err == nil {
+				res.Body.Close()
+				out = append(out, ep)
+			}
+		}
+		cancel()
+	}
+	return out
+}
+
+// AddLearner adds a member as a learner by its peer URL and returns the
+// members after it. A learner gets the log without a vote, so a new
+// member that is slow to start never costs the cluster its quorum.
+func (e *Etcd) AddLearner(ctx context.Context, endpoint, peerURL string) ([]Member, error) {
 	var l memberList
-	err := e.call(ctx, endpoint, "/v3/cluster/member/add", map[string]any{"peerURLs": []string{peerURL}}, &l)
+	err := e.call(ctx, endpoint, "/v3/cluster/member/add", map[string]any{"peerURLs": []string{peerURL}, "isLearner": true}, &l)
 	return l.Members, err
 }
 
@@ -139,11 +163,21 @@ func (e *Etcd) Remove(ctx context.Context, endpoint, id string) error {
 	return e.call(ctx, endpoint, "/v3/cluster/member/remove", map[string]any{"ID": id}, &l)
 }
 
+// Promote makes a learner a voting member; etcd refuses while the learner
+// has not caught up with the leader.
+func (e *Etcd) Promote(ctx context.Context, endpoint, id string) error {
+	var l memberList
+	return e.call(ctx, endpoint, "/v3/cluster/member/promote", map[string]any{"ID": id}, &l)
+}
+
 // JoinPlan is what etcd-join decided.
 type JoinPlan struct {
 	State   string // new | existing
 	Initial string // --initial-cluster: name=peerURL,...
 	Why     string
+	// Restore: restore the profile's snapshot into the data directory
+	// before etcd starts (every member does, into a new cluster).
+	Restore bool
 }
 
 // Env is the plan as etcd's environment file (role.EtcdEnvFile).
@@ -151,22 +185,26 @@ func (j JoinPlan) Env() string {
 	return fmt.Sprintf("# plinth etcd-join: %s\nETCD_INITIAL_CLUSTER_STATE=%s\nETCD_INITIAL_CLUSTER=%s\n", j.Why, j.State, j.Initial)
 }
 
-// Join decides how this member starts, changing the cluster's membership
-// when it must:
-//   - no other member answers: the cluster does not exist yet, found it
-//     with the profile's members (state new);
-//   - the cluster lists this member's peer URL and the member never
-//     started (no client URLs): it was founded or added with it, start
-//     (state existing);
-//   - the cluster lists it as started: this machine rebooted and lost its
-//     data (etcd lives on tmpfs), so it is removed and added again: a
-//     member must never rejoin with its log gone;
-//   - the cluster does not list it: a member added to the profile later;
-//     add it, then start (state existing).
-//
-// Membership changes go through the cluster, which refuses one that would
-// cost it quorum (etcd's strict reconfiguration check).
-func (e *Etcd) Join(ctx context.Context, cfg *node.Config) (JoinPlan, error) {
+// ErrWait is the error of a Join that must wait: trying again later may
+// find the cluster; starting now could split it.
+var ErrWait = errors.New("waiting")
+
+// Join decides how this member starts, from its data first and the
+// running cluster second, changing the membership only when it must:
+//   - its data directory holds a member: it starts as itself, whatever
+//     the others do (no remove, no add; etcd ignores the initial cluster);
+//     members that all come back with their data re-form the cluster;
+//   - no data, and the cluster answers with quorum: if the cluster lists
+//     this member as started, its old self is removed; it is then added as
+//     a learner (unless listed and never started: founded or added before
+//     it ran) and promoted once caught up (etcd-promote);
+//   - no data, members answer but without quorum: wait (ErrWait), never
+//     found a second cluster beside a living one;
+//   - no data and nobody answers: restore the profile's snapshot when it
+//     names one; found a new cluster when no other member can hold data
+//     (none has a state disk) or the boot server has never seen the
+//     site's cluster; otherwise wait for the members that may hold it.
+func (e *Etcd) Join(ctx context.Context, cfg *node.Config, hasData bool) (JoinPlan, error) {
 	if cfg.Cluster == nil {
 		return JoinPlan{}, errors.New("the profile has no cluster settings")
 	}
@@ -177,41 +215,66 @@ func (e *Etcd) Join(ctx context.Context, cfg *node.Config) (JoinPlan, error) {
 	}
 	self := ms[i]
 	selfPeer := role.PeerURL(self.Address)
-	var others []string
+	var all []string
+	var others, durable []string
 	byPeer := map[string]string{}
 	for _, m := range ms {
+		all = append(all, m.Name+"="+role.PeerURL(m.Address))
 		byPeer[role.PeerURL(m.Address)] = m.Name
 		if m.Name != self.Name {
 			others = append(others, role.ClientURL(m.Address))
+			if m.Durable {
+				durable = append(durable, m.Name)
+			}
 		}
+	}
+	founding := JoinPlan{State: "new", Initial: strings.Join(all, ",")}
+	if hasData {
+		return JoinPlan{State: "existing", Initial: founding.Initial,
+			Why: "its data is on disk: starting as itself, no membership change"}, nil
 	}
 	members, ep, err := e.Members(ctx, others)
 	if err != nil {
-		var parts []string
-		for _, m := range ms {
-			parts = append(parts, m.Name+"="+role.PeerURL(m.Address))
+		alive := e.Alive(ctx, others)
+		id := cfg.Cluster.EtcdClusterID
+		switch {
+		case len(alive) > 0:
+			return JoinPlan{}, fmt.Errorf("%w: %s answer but the cluster has no quorum; this member has no data and waits for the others (it never founds a second cluster)", ErrWait, strings.Join(alive, ", "))
+		case cfg.Cluster.EtcdRestore != nil:
+			founding.Restore = true
+			founding.Why = "no member answers and the boot server offers a snapshot: restoring it (sha256 " + cfg.Cluster.EtcdRestore.SHA256 + ")"
+			return founding, nil
+		case id != "" && len(durable) > 0:
+			return JoinPlan{}, fmt.Errorf("%w: no other member answers, this member has no data, and the site's etcd cluster %s exists with members that keep data on disk (%s): waiting for them (to start over from a snapshot: plinth etcd restore)",
+				ErrWait, id, strings.Join(durable, ", "))
+		case id != "":
+			founding.Why = "no other member answers and none keeps data on disk: founding a NEW, EMPTY cluster in place of " + id + " (its data is gone; plinth etcd restore brings a snapshot back)"
+		default:
+			founding.Why = "no other member answers: founding the cluster"
 		}
-		return JoinPlan{State: "new", Initial: strings.Join(parts, ","),
-			Why: "no other member answers: founding the cluster"}, nil
+		return founding, nil
 	}
-	why := ""
+	var why string
 	j := slices.IndexFunc(members, func(m Member) bool { return slices.Contains(m.PeerURLs, selfPeer) })
 	switch {
 	case j >= 0 && len(members[j].ClientURLs) == 0:
 		why = "listed by the running cluster, never started: joining"
+		if members[j].IsLearner {
+			why += " as a learner"
+		}
 	case j >= 0:
 		if err := e.Remove(ctx, ep, members[j].ID); err != nil {
 			return JoinPlan{}, fmt.Errorf("remove this member's old self (%s) to rejoin with no data: %w", members[j].ID, err)
 		}
-		if members, err = e.Add(ctx, ep, selfPeer); err != nil {
-			return JoinPlan{}, fmt.Errorf("add this member again: %w", err)
+		if members, err = e.AddLearner(ctx, ep, selfPeer); err != nil {
+			return JoinPlan{}, fmt.Errorf("add this member again as a learner: %w", err)
 		}
-		why = "rebooted with no data: removed and added again"
+		why = "rebooted with no data: removed its old self, added again as a learner"
 	default:
-		if members, err = e.Add(ctx, ep, selfPeer); err != nil {
-			return JoinPlan{}, fmt.Errorf("add this member to the running cluster: %w", err)
+		if members, err = e.AddLearner(ctx, ep, selfPeer); err != nil {
+			return JoinPlan{}, fmt.Errorf("add this member to the running cluster as a learner: %w", err)
 		}
-		why = "new to the running cluster: added"
+		why = "new to the running cluster: added as a learner"
 	}
 	var parts []string
 	for _, m := range members {
@@ -231,4 +294,30 @@ func (e *Etcd) Join(ctx context.Context, cfg *node.Config) (JoinPlan, error) {
 	}
 	slices.Sort(parts)
 	return JoinPlan{State: "existing", Initial: strings.Join(parts, ","), Why: why}, nil
+}
+
+// PromoteSelf promotes this member (by its peer URL) when it is a learner;
+// it reports whether it is a voting member now.
+func (e *Etcd) PromoteSelf(ctx context.Context, endpoint, peerURL string) (bool, error) {
+	ms, ep, err := e.Members(ctx, []string{endpoint})
+	if err != nil {
+		return false, err
+	}
+	j := slices.IndexFunc(ms, func(m Member) bool { return slices.Contains(m.PeerURLs, peerURL) })
+	if j < 0 {
+		return false, fmt.Errorf("the cluster does not list %s", peerURL)
+	}
+	if !ms[j].IsLearner {
+		return true, nil
+	}
+	if err := e.Promote(ctx, ep, ms[j].ID); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// HasEtcdData reports whether dir holds an etcd member's data (its WAL).
+func HasEtcdData(dir string) bool {
+	m, _ := filepath.Glob(filepath.Join(dir, "member", "wal", "*.wal"))
+	return len(m) > 0
 }

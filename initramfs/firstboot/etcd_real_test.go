@@ -7,13 +7,17 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/pem"
+	"errors"
 	"fmt"
+	"maps"
 	"math/big"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -80,10 +84,13 @@ func testPKI(t *testing.T, dir string) (ca, cert, key string) {
 }
 
 // TestJoinAgainstRealEtcd runs real etcd members on loopback addresses
-// (127.0.0.1-4, the profile's "machines") the way the etcd role does: each
-// asks Join how to start, then starts with that. Three found the cluster;
-// a fourth, added to the profile later, joins it while it serves; a member
-// that restarts with its data gone is replaced and rejoins.
+// (127.0.0.1-4, the profile's "machines", all with state disks) the way
+// the etcd role does: each asks Join how to start, then starts with that.
+// Three found the cluster; a fourth, added to the profile later, joins as
+// a learner and is promoted; a member that restarts with its data starts
+// as itself; one that lost its data is replaced by a learner; members
+// without quorum make a member with no data wait; and after every member
+// is killed at once (a power cut) the cluster re-forms with its data.
 func TestJoinAgainstRealEtcd(t *testing.T) {
 	bin := etcdBinary(t)
 	dir := t.TempDir()
@@ -93,15 +100,19 @@ func TestJoinAgainstRealEtcd(t *testing.T) {
 		t.Fatal(err)
 	}
 	e := &Etcd{Client: client, Timeout: 2 * time.Second}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 
 	profile := func(n int) []node.Member {
 		var ms []node.Member
 		for i := 1; i <= n; i++ {
-			ms = append(ms, node.Member{Name: fmt.Sprintf("etcd-%d", i), Address: fmt.Sprintf("127.0.0.%d", i)})
+			ms = append(ms, node.Member{Name: fmt.Sprintf("etcd-%d", i), Address: fmt.Sprintf("127.0.0.%d", i), Durable: true})
 		}
 		return ms
+	}
+	clusterID := ""
+	config := func(name string, members []node.Member) *node.Config {
+		return &node.Config{Machine: name, Hostname: name, Cluster: &node.Cluster{Name: "lab", EtcdMembers: members, EtcdClusterID: clusterID}}
 	}
 	procs := map[string]*exec.Cmd{}
 	t.Cleanup(func() {
@@ -110,13 +121,22 @@ func TestJoinAgainstRealEtcd(t *testing.T) {
 			p.Wait()
 		}
 	})
+	kill := func(names ...string) {
+		for _, n := range names {
+			procs[n].Process.Kill()
+			procs[n].Wait()
+			delete(procs, n)
+		}
+	}
+	dataDir := func(name string) string { return filepath.Join(dir, name) }
+	// start asks Join until it has a plan (it may have to wait, as the
+	// step does), then starts etcd with it.
 	start := func(name string, members []node.Member) JoinPlan {
 		t.Helper()
-		cfg := &node.Config{Machine: name, Hostname: name, Cluster: &node.Cluster{Name: "lab", EtcdMembers: members}}
 		var plan JoinPlan
 		var err error
 		for {
-			if plan, err = e.Join(ctx, cfg); err == nil {
+			if plan, err = e.Join(ctx, config(name, members), HasEtcdData(dataDir(name))); err == nil {
 				break
 			}
 			if ctx.Err() != nil {
@@ -130,16 +150,14 @@ func TestJoinAgainstRealEtcd(t *testing.T) {
 				self = m
 			}
 		}
-		data := filepath.Join(dir, name)
-		os.RemoveAll(data) // etcd lives on tmpfs: a reboot loses it
-		cmd := exec.Command(bin, "--name="+name, "--data-dir="+data,
+		cmd := exec.Command(bin, "--name="+name, "--data-dir="+dataDir(name),
 			"--listen-peer-urls="+role.PeerURL(self.Address), "--listen-client-urls="+role.ClientURL(self.Address),
 			"--advertise-client-urls="+role.ClientURL(self.Address), "--initial-advertise-peer-urls="+role.PeerURL(self.Address),
 			"--initial-cluster-token=lab", "--listen-metrics-urls=",
 			"--cert-file="+cert, "--key-file="+key, "--trusted-ca-file="+ca, "--client-cert-auth",
 			"--peer-cert-file="+cert, "--peer-key-file="+key, "--peer-trusted-ca-file="+ca, "--peer-client-cert-auth")
 		cmd.Env = append(os.Environ(), "ETCD_INITIAL_CLUSTER="+plan.Initial, "ETCD_INITIAL_CLUSTER_STATE="+plan.State)
-		logf, _ := os.Create(filepath.Join(dir, name+".log"))
+		logf, _ := os.OpenFile(filepath.Join(dir, name+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 		cmd.Stdout, cmd.Stderr = logf, logf
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -170,23 +188,75 @@ func TestJoinAgainstRealEtcd(t *testing.T) {
 			}
 		}
 	}
-	started := func(n int) {
+	// members lists the cluster: ID by name, and the learners.
+	members := func() (map[string]string, []string) {
 		t.Helper()
 		ms, _, err := e.Members(ctx, []string{role.ClientURL("127.0.0.1")})
 		if err != nil {
 			t.Fatal(err)
 		}
-		got := 0
+		ids := map[string]string{}
+		var learners []string
 		for _, m := range ms {
-			if len(m.ClientURLs) > 0 {
-				got++
+			ids[m.Name] = m.ID
+			if m.IsLearner {
+				learners = append(learners, m.Name)
 			}
 		}
-		if len(ms) != n || got != n {
-			t.Fatalf("members %+v, want %d started", ms, n)
+		return ids, learners
+	}
+	// promote does what the etcd-promote step does, until it is a voter.
+	promote := func(m node.Member) time.Duration {
+		t.Helper()
+		began := time.Now()
+		for {
+			ok, err := e.PromoteSelf(ctx, role.ClientURL(m.Address), role.PeerURL(m.Address))
+			if ok {
+				return time.Since(began)
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("%s never promoted: %v", m.Name, err)
+			}
+			time.Sleep(500 * time.Millisecond)
 		}
 	}
+	status := func(ep string) string {
+		t.Helper()
+		var st struct {
+			Header struct {
+				ClusterID string `json:"cluster_id"`
+			} `json:"header"`
+		}
+		if err := e.call(ctx, ep, "/v3/maintenance/status", struct{}{}, &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Header.ClusterID
+	}
+	put := func(k, v string) {
+		t.Helper()
+		var r map[string]any
+		if err := e.call(ctx, role.ClientURL("127.0.0.1"), "/v3/kv/put", map[string]string{"key": b64(k), "value": b64(v)}, &r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	get := func(ep, k string) string {
+		t.Helper()
+		var r struct {
+			KVs []struct {
+				Value string `json:"value"`
+			} `json:"kvs"`
+		}
+		if err := e.call(ctx, ep, "/v3/kv/range", map[string]string{"key": b64(k)}, &r); err != nil {
+			t.Fatal(err)
+		}
+		if len(r.KVs) == 0 {
+			return ""
+		}
+		v, _ := base64.StdEncoding.DecodeString(r.KVs[0].Value)
+		return string(v)
+	}
 
+	// Founding: nobody has data, the boot server has seen no cluster.
 	three := profile(3)
 	for _, m := range three[:2] {
 		if p := start(m.Name, three); p.State != "new" {
@@ -199,26 +269,78 @@ func TestJoinAgainstRealEtcd(t *testing.T) {
 		t.Errorf("etcd-3: %+v", p)
 	}
 	healthy(three)
-	started(3)
+	clusterID = status(role.ClientURL("127.0.0.1")) // what the boot server records
+	put("/plinth/test/a", "before")
 
-	// A fourth member added to the profile joins the running cluster.
+	// A fourth member added to the profile joins as a learner, and is
+	// promoted once caught up.
 	four := profile(4)
-	if p := start("etcd-4", four); p.State != "existing" || !strings.Contains(p.Why, "added") {
+	if p := start("etcd-4", four); p.State != "existing" || !strings.Contains(p.Why, "added as a learner") {
 		t.Errorf("etcd-4: %+v", p)
 	}
+	if _, learners := members(); !slices.Equal(learners, []string{"etcd-4"}) {
+		t.Errorf("learners %v, want etcd-4", learners)
+	}
+	t.Logf("etcd-4 promoted %s after it was started", promote(four[3]))
 	healthy(four)
-	started(4)
+	ids, learners := members()
+	if len(ids) != 4 || len(learners) != 0 {
+		t.Fatalf("members %v, learners %v", ids, learners)
+	}
 
-	// etcd-2 reboots: its data is gone, so it is replaced and rejoins.
-	procs["etcd-2"].Process.Kill()
-	procs["etcd-2"].Wait()
-	// (When etcd refuses the add right after the remove, as it does while
-	// the cluster settles, the next try finds it gone and adds it.)
-	if p := start("etcd-2", four); p.State != "existing" || !strings.Contains(p.Why, "added") {
-		t.Errorf("etcd-2 after reboot: %+v", p)
+	// etcd-2 restarts with its data: it starts as itself.
+	kill("etcd-2")
+	if p := start("etcd-2", four); !strings.Contains(p.Why, "starting as itself") {
+		t.Errorf("etcd-2 restarted with data: %+v", p)
 	}
 	healthy(four)
-	started(4)
+	if now, _ := members(); !maps.Equal(now, ids) {
+		t.Errorf("membership changed by a restart with data: %v, was %v", now, ids)
+	}
+
+	// etcd-3 loses its data (a new disk): its old self is removed and it
+	// rejoins as a learner, then is promoted; nothing written is lost.
+	kill("etcd-3")
+	os.RemoveAll(dataDir("etcd-3"))
+	if p := start("etcd-3", four); !strings.Contains(p.Why, "removed its old self, added again as a learner") {
+		t.Errorf("etcd-3 with no data: %+v", p)
+	}
+	promote(four[2])
+	healthy(four)
+	if v := get(role.ClientURL("127.0.0.3"), "/plinth/test/a"); v != "before" {
+		t.Errorf("etcd-3 reads %q after rejoining, want before", v)
+	}
+	ids, _ = members()
+
+	// Three of four down: etcd-1 runs without quorum. A member with no
+	// data waits, and says why; so does one when nobody answers at all.
+	kill("etcd-2", "etcd-3", "etcd-4")
+	os.RemoveAll(dataDir("etcd-4"))
+	if p, err := e.Join(ctx, config("etcd-4", four), false); !errors.Is(err, ErrWait) || !strings.Contains(err.Error(), "no quorum") {
+		t.Errorf("etcd-4 with no data, cluster without quorum: %+v, %v", p, err)
+	}
+	kill("etcd-1")
+	if p, err := e.Join(ctx, config("etcd-4", four), false); !errors.Is(err, ErrWait) || !strings.Contains(err.Error(), "waiting for them") {
+		t.Errorf("etcd-4 with no data, nobody answering: %+v, %v", p, err)
+	}
+
+	// Power comes back: the members with data start as themselves and the
+	// cluster re-forms; etcd-4, which lost its data, rejoins as a learner.
+	for _, n := range []string{"etcd-1", "etcd-2", "etcd-3"} {
+		if p := start(n, four); !strings.Contains(p.Why, "starting as itself") {
+			t.Errorf("%s after the power cut: %+v", n, p)
+		}
+	}
+	healthy(four[:3])
+	if id := status(role.ClientURL("127.0.0.2")); id != clusterID {
+		t.Errorf("cluster ID %s after the power cut, was %s", id, clusterID)
+	}
+	if v := get(role.ClientURL("127.0.0.2"), "/plinth/test/a"); v != "before" {
+		t.Errorf("read %q after the power cut, want before", v)
+	}
+	start("etcd-4", four)
+	promote(four[3])
+	healthy(four)
 
 	// The flannel config is written once: a second writer keeps the first.
 	eps := EtcdEndpoints(&node.Cluster{EtcdMembers: four})
@@ -231,3 +353,5 @@ func TestJoinAgainstRealEtcd(t *testing.T) {
 		t.Fatalf("second put: %q %v %v", v, set, err)
 	}
 }
+
+func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }

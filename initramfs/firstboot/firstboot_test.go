@@ -3,11 +3,13 @@ package firstboot
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/plinth-dev/plinth/profiles/node"
 	"github.com/plinth-dev/plinth/roles"
@@ -53,6 +55,8 @@ type fakeEtcd struct {
 	members []Member
 	calls   []string
 	next    int
+	// noQuorum: the members run (livez answers) but reads time out.
+	noQuorum bool
 }
 
 func (f *fakeEtcd) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -61,6 +65,14 @@ func (f *fakeEtcd) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.calls = append(f.calls, r.URL.Path)
 	var req map[string]any
 	json.NewDecoder(r.Body).Decode(&req)
+	switch {
+	case r.URL.Path == "/livez":
+		w.Write([]byte("ok"))
+		return
+	case f.noQuorum:
+		http.Error(w, `{"error":"etcdserver: request timed out"}`, http.StatusServiceUnavailable)
+		return
+	}
 	switch r.URL.Path {
 	case "/v3/cluster/member/list":
 	case "/v3/cluster/member/add":
@@ -69,7 +81,8 @@ func (f *fakeEtcd) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		for _, u := range req["peerURLs"].([]any) {
 			urls = append(urls, u.(string))
 		}
-		f.members = append(f.members, Member{ID: "9" + string(rune('0'+f.next)), PeerURLs: urls})
+		learner, _ := req["isLearner"].(bool)
+		f.members = append(f.members, Member{ID: "9" + string(rune('0'+f.next)), PeerURLs: urls, IsLearner: learner})
 	case "/v3/cluster/member/remove":
 		for i, m := range f.members {
 			if m.ID == req["ID"] {
@@ -99,7 +112,7 @@ func TestJoinFoundsTheClusterWhenNoMemberAnswers(t *testing.T) {
 	cfg := joinConfig("etcd-1", map[string]string{"etcd-1": "10.0.0.1", "etcd-2": "127.0.0.1:1", "etcd-3": "127.0.0.1:2"})
 	// Addresses with a port are not etcd members' addresses; ClientURL
 	// adds :2379, so nothing answers there.
-	p, err := e.Join(context.Background(), cfg)
+	p, err := e.Join(context.Background(), cfg, false)
 	if err != nil || p.State != "new" || p.Initial != "etcd-1=https://10.0.0.1:2380,etcd-2=https://127.0.0.1:1:2380,etcd-3=https://127.0.0.1:2:2380" {
 		t.Errorf("plan %+v, %v", p, err)
 	}
@@ -112,7 +125,7 @@ func TestJoinFoundsASingleMemberCluster(t *testing.T) {
 	// The only etcd machine of a site has nobody to ask: it founds the
 	// cluster alone rather than trying to join one.
 	e := gateway(t, &fakeEtcd{})
-	p, err := e.Join(context.Background(), joinConfig("etcd-1", map[string]string{"etcd-1": "10.0.0.1"}))
+	p, err := e.Join(context.Background(), joinConfig("etcd-1", map[string]string{"etcd-1": "10.0.0.1"}), false)
 	if err != nil || p.State != "new" || p.Initial != "etcd-1=https://10.0.0.1:2380" {
 		t.Errorf("plan %+v, %v", p, err)
 	}
@@ -149,7 +162,7 @@ func TestJoinAddsAMemberNewToTheProfile(t *testing.T) {
 	}}
 	e := gateway(t, f)
 	cfg := joinConfig("etcd-4", map[string]string{"etcd-1": "10.0.0.1", "etcd-2": "10.0.0.2", "etcd-3": "10.0.0.3", "etcd-4": "10.0.0.4"})
-	p, err := e.Join(context.Background(), cfg)
+	p, err := e.Join(context.Background(), cfg, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,7 +170,7 @@ func TestJoinAddsAMemberNewToTheProfile(t *testing.T) {
 	if p.State != "existing" || p.Initial != want || !strings.Contains(p.Why, "added") {
 		t.Errorf("plan %+v", p)
 	}
-	if len(f.members) != 4 || strings.Join(f.calls, " ") != "/v3/cluster/member/list /v3/cluster/member/add" {
+	if len(f.members) != 4 || !f.members[3].IsLearner || strings.Join(f.calls, " ") != "/v3/cluster/member/list /v3/cluster/member/add" {
 		t.Errorf("members %v calls %v", f.members, f.calls)
 	}
 }
@@ -169,7 +182,7 @@ func TestJoinStartsAFoundingMemberThatNeverRan(t *testing.T) {
 		{ID: "3", Name: "etcd-3", PeerURLs: []string{"https://10.0.0.3:2380"}},
 	}}
 	e := gateway(t, f)
-	p, err := e.Join(context.Background(), joinConfig("etcd-3", map[string]string{"etcd-1": "10.0.0.1", "etcd-2": "10.0.0.2", "etcd-3": "10.0.0.3"}))
+	p, err := e.Join(context.Background(), joinConfig("etcd-3", map[string]string{"etcd-1": "10.0.0.1", "etcd-2": "10.0.0.2", "etcd-3": "10.0.0.3"}), false)
 	if err != nil || p.State != "existing" || len(f.calls) != 1 || len(f.members) != 3 {
 		t.Errorf("plan %+v %v, calls %v", p, err, f.calls)
 	}
@@ -181,7 +194,7 @@ func TestJoinReplacesARebootedMember(t *testing.T) {
 		{ID: "2", Name: "etcd-2", PeerURLs: []string{"https://10.0.0.2:2380"}, ClientURLs: []string{"https://10.0.0.2:2379"}},
 	}}
 	e := gateway(t, f)
-	p, err := e.Join(context.Background(), joinConfig("etcd-2", map[string]string{"etcd-1": "10.0.0.1", "etcd-2": "10.0.0.2"}))
+	p, err := e.Join(context.Background(), joinConfig("etcd-2", map[string]string{"etcd-1": "10.0.0.1", "etcd-2": "10.0.0.2"}), false)
 	if err != nil || p.State != "existing" || p.Initial != "etcd-1=https://10.0.0.1:2380,etcd-2=https://10.0.0.2:2380" {
 		t.Errorf("plan %+v %v", p, err)
 	}
@@ -192,6 +205,77 @@ func TestJoinReplacesARebootedMember(t *testing.T) {
 		if m.ID == "2" {
 			t.Errorf("the old member is still there: %v", f.members)
 		}
+	}
+	if !f.members[len(f.members)-1].IsLearner {
+		t.Errorf("rejoined as a voting member: %+v", f.members)
+	}
+}
+
+func TestJoinStartsAMemberWithDataAsItselfWithoutAskingAnyone(t *testing.T) {
+	f := &fakeEtcd{}
+	e := gateway(t, f)
+	p, err := e.Join(context.Background(), joinConfig("etcd-2", map[string]string{"etcd-1": "10.0.0.1", "etcd-2": "10.0.0.2"}), true)
+	if err != nil || p.State != "existing" || !strings.Contains(p.Why, "starting as itself") || len(f.calls) != 0 {
+		t.Errorf("plan %+v %v, calls %v", p, err, f.calls)
+	}
+}
+
+func TestJoinWaitsWhenMembersAnswerWithoutQuorum(t *testing.T) {
+	f := &fakeEtcd{noQuorum: true, members: []Member{
+		{ID: "1", Name: "etcd-1", PeerURLs: []string{"https://10.0.0.1:2380"}, ClientURLs: []string{"https://10.0.0.1:2379"}},
+	}}
+	e := gateway(t, f)
+	cfg := joinConfig("etcd-2", map[string]string{"etcd-1": "10.0.0.1", "etcd-2": "10.0.0.2", "etcd-3": "10.0.0.3"})
+	p, err := e.Join(context.Background(), cfg, false)
+	if !errors.Is(err, ErrWait) || !strings.Contains(err.Error(), "no quorum") || p.State != "" {
+		t.Errorf("plan %+v, %v", p, err)
+	}
+	for _, c := range f.calls {
+		if strings.Contains(c, "add") || strings.Contains(c, "remove") {
+			t.Errorf("membership changed without quorum: %v", f.calls)
+		}
+	}
+}
+
+// TestJoinFoundsOnlyWhenNoMemberCanHoldData: nobody answers. A member
+// with no data founds a cluster only when the boot server never saw one
+// or no other member keeps data on disk; restores when a snapshot is
+// offered; otherwise it waits for the members that may hold the data.
+func TestJoinFoundsOnlyWhenNoMemberCanHoldData(t *testing.T) {
+	e := &Etcd{Client: http.DefaultClient, Timeout: time.Second}
+	for _, tc := range []struct {
+		name     string
+		durable  bool
+		id       string
+		restore  bool
+		want     string // plan's Why, or the error
+		wantWait bool
+	}{
+		{"fresh site", true, "", false, "founding the cluster", false},
+		{"durable members, cluster seen", true, "abc123", false, "waiting for them", true},
+		{"no durable member, cluster seen", false, "abc123", false, "founding a NEW, EMPTY cluster in place of abc123", false},
+		{"snapshot offered", true, "abc123", true, "restoring it", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := joinConfig("etcd-1", map[string]string{"etcd-1": "10.0.0.1", "etcd-2": "127.0.0.1:1", "etcd-3": "127.0.0.1:2"})
+			for i := range cfg.Cluster.EtcdMembers {
+				cfg.Cluster.EtcdMembers[i].Durable = tc.durable
+			}
+			cfg.Cluster.EtcdClusterID = tc.id
+			if tc.restore {
+				cfg.Cluster.EtcdRestore = &node.EtcdRestore{URL: "http://10.0.0.254:8080/x", SHA256: "00"}
+			}
+			p, err := e.Join(context.Background(), cfg, false)
+			if tc.wantWait {
+				if !errors.Is(err, ErrWait) || !strings.Contains(err.Error(), tc.want) {
+					t.Errorf("plan %+v, %v; want to wait: %s", p, err, tc.want)
+				}
+				return
+			}
+			if err != nil || p.State != "new" || !strings.Contains(p.Why, tc.want) || p.Restore != tc.restore {
+				t.Errorf("plan %+v, %v; want %q", p, err, tc.want)
+			}
+		})
 	}
 }
 

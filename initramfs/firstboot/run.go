@@ -9,9 +9,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"time"
 
+	"github.com/plinth-dev/plinth/bootserver/api"
 	"github.com/plinth-dev/plinth/initramfs/role"
+	"github.com/plinth-dev/plinth/initramfs/stage1/events"
 	"github.com/plinth-dev/plinth/internal/fsutil"
 	"github.com/plinth-dev/plinth/profiles/node"
 )
@@ -19,6 +22,8 @@ import (
 // Steps are the subcommands of plinth-agent this package provides.
 var Steps = map[string]func(ctx context.Context, log *slog.Logger, args []string) error{
 	"etcd-join":      etcdJoin,
+	"etcd-promote":   etcdPromote,
+	"state-disk":     stateDisk,
 	"flannel-config": flannelConfig,
 	"flannel-net":    flannelNet,
 	"import-images":  importImages,
@@ -37,6 +42,19 @@ func retry(ctx context.Context, log *slog.Logger, what string, every time.Durati
 			return fmt.Errorf("%s: %w (last error: %v)", what, ctx.Err(), err)
 		case <-time.After(every):
 		}
+	}
+}
+
+// postEvent tells the boot server (when the profile names one) what a
+// step decided, best effort: a step never fails because the operator's
+// screen is unreachable.
+func postEvent(ctx context.Context, log *slog.Logger, cfg *node.Config, stage, msg string) {
+	if cfg.Cluster == nil || cfg.Cluster.BootServer == "" {
+		return
+	}
+	p := events.Poster{URL: strings.TrimRight(cfg.Cluster.BootServer, "/") + api.PathEvents, Machine: cfg.Machine, Timeout: 10 * time.Second}
+	if err := p.Send(ctx, api.Event{Stage: stage, Message: msg}); err != nil {
+		log.Warn("event not posted", "stage", stage, "err", err)
 	}
 }
 
@@ -62,27 +80,6 @@ func writeAtomic(path, data string, mode os.FileMode) error {
 		return err
 	}
 	return fsutil.WriteFileAtomic(path, []byte(data), mode)
-}
-
-func etcdJoin(ctx context.Context, log *slog.Logger, _ []string) error {
-	cfg, err := loadConfig()
-	if err != nil {
-		return err
-	}
-	e, err := nodeEtcd()
-	if err != nil {
-		return err
-	}
-	var plan JoinPlan
-	err = retry(ctx, log, "etcd-join", 5*time.Second, func() error {
-		plan, err = e.Join(ctx, cfg)
-		return err
-	})
-	if err != nil {
-		return err
-	}
-	log.Info("etcd member", "state", plan.State, "initial_cluster", plan.Initial, "why", plan.Why)
-	return writeAtomic(role.EtcdEnvFile, plan.Env(), 0o644)
 }
 
 func flannelConfig(ctx context.Context, log *slog.Logger, _ []string) error {

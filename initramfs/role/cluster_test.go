@@ -103,7 +103,7 @@ func configureLab(t *testing.T, machine string) string {
 // TestRolesRenderTheLabProfile is the renderers' golden test: a profile
 // in, the files and units each role writes out.
 func TestRolesRenderTheLabProfile(t *testing.T) {
-	for _, machine := range []string{"etcd-1", "master-1", "minion-1"} {
+	for _, machine := range []string{"etcd-1", "master-1", "minion-1", "minion-2"} {
 		t.Run(machine, func(t *testing.T) {
 			dir := configureLab(t, machine)
 			testutil.Golden(t, filepath.Join("testdata", "roles", machine+".txt"), []byte(dump(t, dir)))
@@ -147,7 +147,7 @@ func TestRolesRefuseAProfileTheyCannotRun(t *testing.T) {
 // role's units run are the ones its descriptor lists (and package
 // firstboot checks it implements each).
 func TestEveryRoleRunsTheStepsItsDescriptorNames(t *testing.T) {
-	for _, machine := range []string{"etcd-1", "master-1", "minion-1"} {
+	for _, machine := range []string{"etcd-1", "master-1", "minion-1", "minion-2"} {
 		cfg := labConfig(t, machine)
 		dir := configureLab(t, machine)
 		units, _ := filepath.Glob(filepath.Join(dir, UnitDir, "*.service"))
@@ -165,7 +165,11 @@ func TestEveryRoleRunsTheStepsItsDescriptorNames(t *testing.T) {
 			}
 		}
 		slices.Sort(steps)
-		want := slices.Sorted(slices.Values(roles.Get(cfg.Role).Steps))
+		want := slices.Clone(roles.Get(cfg.Role).Steps)
+		if cfg.State != nil {
+			want = append(want, "state-disk") // every role that keeps state, with a state disk
+		}
+		slices.Sort(want)
 		if !slices.Equal(slices.Compact(steps), want) {
 			t.Errorf("%s (%s): units run the steps %v, the descriptor lists %v", machine, cfg.Role, steps, want)
 		}
@@ -176,7 +180,7 @@ func TestEveryRoleRunsTheStepsItsDescriptorNames(t *testing.T) {
 // wants never runs; the minion's image import once sat there while
 // kubelet went to a registry for its pause image.
 func TestEveryUnitARoleWritesIsPulledIn(t *testing.T) {
-	for _, machine := range []string{"etcd-1", "master-1", "minion-1"} {
+	for _, machine := range []string{"etcd-1", "master-1", "minion-1", "minion-2"} {
 		t.Run(machine, func(t *testing.T) {
 			dir := configureLab(t, machine)
 			pulled := map[string]bool{}

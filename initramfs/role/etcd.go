@@ -30,8 +30,18 @@ func (e Etcd) Configure(_ context.Context, root Root, cfg *node.Config) error {
 	return p.Apply(root)
 }
 
-// EtcdDataDir is etcd's data directory, on its own tmpfs.
+// EtcdDataDir is etcd's data directory: on the state disk when the machine
+// has one, else on its own tmpfs.
 const EtcdDataDir = "/var/lib/etcd"
+
+// EtcdClusterToken is the etcd cluster's --initial-cluster-token: the
+// site's name.
+func EtcdClusterToken(cl *node.Cluster) string {
+	if cl.Name == "" {
+		return "plinth"
+	}
+	return cl.Name
+}
 
 // Plan renders the etcd member's files and units.
 func (Etcd) Plan(cfg *node.Config) (*Plan, error) {
@@ -59,7 +69,9 @@ func (Etcd) Plan(cfg *node.Config) (*Plan, error) {
 		"ETCDCTL_CERT=" + NodeCert,
 		"ETCDCTL_KEY=" + NodeKey,
 	}, "\n")+"\n")
-	p.unit(tmpfsMount(EtcdDataDir))
+	if err := stateMounts(p, cfg, roles.Get("etcd").State); err != nil {
+		return nil, err
+	}
 
 	join, err := agentUnit("plinth-etcd-join.service", "plinth: found or join the etcd cluster",
 		[]string{"etcd-join"},
@@ -71,10 +83,7 @@ func (Etcd) Plan(cfg *node.Config) (*Plan, error) {
 	}
 	p.unit(join)
 
-	cluster := cl.Name
-	if cluster == "" {
-		cluster = "plinth"
-	}
+	cluster := EtcdClusterToken(cl)
 	exec, err := cmdline("/usr/bin/etcd",
 		"--name="+self.Name,
 		"--data-dir="+EtcdDataDir,
@@ -95,6 +104,19 @@ func (Etcd) Plan(cfg *node.Config) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A member that joined as a learner is promoted to a voting member
+	// once it has caught up with the leader; the agent waits for it.
+	promote, err := agentUnit("plinth-etcd-promote.service", "plinth: promote this etcd member once it has caught up",
+		[]string{"etcd-promote"},
+		opt("Unit", "Requires", "etcd.service"),
+		opt("Unit", "After", "etcd.service"),
+		opt("Install", "WantedBy", "multi-user.target"))
+	if err != nil {
+		return nil, err
+	}
+	promote.WantedBy = "multi-user.target"
+	p.unit(promote)
+
 	p.unit(Unit{
 		Name: "etcd.service",
 		Options: []*unit.UnitOption{

@@ -68,8 +68,9 @@ func (Minion) Plan(cfg *node.Config) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	p.unit(tmpfsMount("/var/lib/docker"))
-	p.unit(tmpfsMount("/var/lib/containerd"))
+	if err := stateMounts(p, cfg, roles.Get("minion").State); err != nil {
+		return nil, err
+	}
 
 	// The subnet split, after flanneld has a lease, before the runtimes.
 	nw, err := agentUnit("plinth-flannel-net.service", "plinth: Docker and pod networks on the flannel subnet",
@@ -138,7 +139,8 @@ func (Minion) Plan(cfg *node.Config) (*Plan, error) {
 	// nothing else pulls that in, and without it the sandbox image is
 	// looked for in a registry.
 	if err := service(p, "kubelet.service", "Kubernetes node agent", kubelet,
-		"containerd.service plinth-images.service plinth-flannel-net.service", "containerd.service plinth-images.service"); err != nil {
+		"containerd.service plinth-images.service plinth-flannel-net.service var-lib-kubelet.mount",
+		"containerd.service plinth-images.service var-lib-kubelet.mount"); err != nil {
 		return nil, err
 	}
 

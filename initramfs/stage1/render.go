@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/coreos/go-systemd/v22/unit"
@@ -204,8 +205,14 @@ func ConfigureRole(ctx context.Context, cs role.Registry, root role.Root, cfg *n
 	if err := c.Configure(ctx, root, cfg); err != nil {
 		return "", fmt.Errorf("role %s: %w", c.Name(), err)
 	}
-	if err := role.WriteServices(root, d.Services); err != nil {
+	services := d.Services
+	if cfg.State != nil && len(d.State) > 0 {
+		// The agent reports the state disk step: a refused disk is why
+		// the role's services never start.
+		services = append(slices.Clone(services), role.StateUnit)
+	}
+	if err := role.WriteServices(root, services); err != nil {
 		return "", fmt.Errorf("role %s: %w", c.Name(), err)
 	}
-	return fmt.Sprintf("role %s configured (%d services)", c.Name(), len(d.Services)), nil
+	return fmt.Sprintf("role %s configured (%d services)", c.Name(), len(services)), nil
 }

@@ -129,10 +129,10 @@ func TestConfigureRole(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	msg, err := ConfigureRole(ctx, role.NewRegistry(servicesRole{}), role.DirRoot(dir), cfg)
-	if err != nil || msg != "role etcd configured (1 services)" {
+	if err != nil || msg != "role etcd configured (2 services)" {
 		t.Errorf("msg %q err %v", msg, err)
 	}
-	if b, _ := os.ReadFile(filepath.Join(dir, "etc/plinth/services")); string(b) != "etcd.service\n" {
+	if b, _ := os.ReadFile(filepath.Join(dir, "etc/plinth/services")); string(b) != "etcd.service\nplinth-etcd-promote.service\n" {
 		t.Errorf("services file %q", b)
 	}
 	if _, err := ConfigureRole(ctx, role.NewRegistry(failingRole{}), role.DirRoot(t.TempDir()), cfg); err == nil || !strings.Contains(err.Error(), "role etcd: no etcd members") {

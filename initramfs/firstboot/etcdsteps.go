@@ -1,0 +1,187 @@
+package firstboot
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/plinth-dev/plinth/bootserver/api"
+	"github.com/plinth-dev/plinth/initramfs/role"
+	"github.com/plinth-dev/plinth/profiles/node"
+)
+
+// etcdJoin decides how this member starts (Join), restores a snapshot when
+// that is the plan, and writes etcd's environment. What it decides, and
+// what it waits for, is posted as an event each time it changes.
+func etcdJoin(ctx context.Context, log *slog.Logger, _ []string) error {
+	cfg, err := loadConfig()
+	if err != nil {
+		return err
+	}
+	e, err := nodeEtcd()
+	if err != nil {
+		return err
+	}
+	hasData := HasEtcdData(role.EtcdDataDir)
+	var plan JoinPlan
+	said := ""
+	for i := 1; ; i++ {
+		plan, err = e.Join(ctx, cfg, hasData)
+		if err == nil {
+			break
+		}
+		log.Info("not yet", "try", i, "err", err)
+		if msg := err.Error(); errors.Is(err, ErrWait) && msg != said {
+			postEvent(ctx, log, cfg, api.StageEtcd, msg)
+			said = msg
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("etcd-join: %w (last: %v)", ctx.Err(), err)
+		case <-time.After(5 * time.Second):
+		}
+	}
+	if plan.Restore {
+		if err := restoreSnapshot(ctx, log, e.Client, cfg); err != nil {
+			postEvent(ctx, log, cfg, api.StageError, "etcd restore: "+err.Error())
+			return err
+		}
+	}
+	log.Info("etcd member", "state", plan.State, "initial_cluster", plan.Initial, "why", plan.Why)
+	postEvent(ctx, log, cfg, api.StageEtcd, plan.Why)
+	return writeAtomic(role.EtcdEnvFile, plan.Env(), 0o644)
+}
+
+// etcdPromote promotes this member once it has caught up, when it joined
+// as a learner; a voting member has nothing to do.
+func etcdPromote(ctx context.Context, log *slog.Logger, _ []string) error {
+	cfg, err := loadConfig()
+	if err != nil {
+		return err
+	}
+	e, err := nodeEtcd()
+	if err != nil {
+		return err
+	}
+	var self *node.Member
+	for i, m := range cfg.Cluster.EtcdMembers {
+		if m.Name == cfg.Machine {
+			self = &cfg.Cluster.EtcdMembers[i]
+		}
+	}
+	if self == nil {
+		return fmt.Errorf("machine %s is not among the site's etcd members", cfg.Machine)
+	}
+	start := time.Now()
+	learner := false
+	err = retry(ctx, log, "etcd-promote", 5*time.Second, func() error {
+		ms, _, err := e.Members(ctx, []string{role.ClientURL("127.0.0.1")})
+		if err != nil {
+			return err
+		}
+		for _, m := range ms {
+			if m.IsLearner && len(m.PeerURLs) > 0 && m.PeerURLs[0] == role.PeerURL(self.Address) {
+				learner = true
+			}
+		}
+		_, err = e.PromoteSelf(ctx, role.ClientURL("127.0.0.1"), role.PeerURL(self.Address))
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if learner {
+		msg := fmt.Sprintf("promoted from learner to voting member after %s", time.Since(start).Round(time.Second))
+		log.Info(msg)
+		postEvent(ctx, log, cfg, api.StageEtcd, msg)
+	}
+	return nil
+}
+
+// restoreSnapshot fetches the profile's snapshot, checks its digest and
+// restores it into the (empty) data directory with etcdutl, as this
+// member of a new cluster of the profile's members. The revision is
+// bumped and marked compacted, so watchers (the API servers) that saw a
+// later revision of the lost cluster start over instead of waiting.
+func restoreSnapshot(ctx context.Context, log *slog.Logger, client *http.Client, cfg *node.Config) error {
+	r := cfg.Cluster.EtcdRestore
+	var self node.Member
+	var all []string
+	for _, m := range cfg.Cluster.EtcdMembers {
+		all = append(all, m.Name+"="+role.PeerURL(m.Address))
+		if m.Name == cfg.Machine {
+			self = m
+		}
+	}
+	work := filepath.Join(role.EtcdDataDir, ".restore")
+	if err := os.RemoveAll(work); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(work, 0o700); err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	snap := filepath.Join(work, "snapshot.db")
+	if err := download(ctx, client, r.URL, snap, r.SHA256); err != nil {
+		return err
+	}
+	data := filepath.Join(work, "data")
+	out, err := exec.CommandContext(ctx, "etcdutl", "snapshot", "restore", snap,
+		"--name", self.Name, "--initial-cluster", strings.Join(all, ","),
+		"--initial-cluster-token", role.EtcdClusterToken(cfg.Cluster),
+		"--initial-advertise-peer-urls", role.PeerURL(self.Address),
+		"--data-dir", data, "--bump-revision", "1000000000", "--mark-compacted").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("etcdutl snapshot restore: %v: %s", err, strings.TrimSpace(string(out)))
+	}
+	if err := os.Rename(filepath.Join(data, "member"), filepath.Join(role.EtcdDataDir, "member")); err != nil {
+		return err
+	}
+	log.Info("snapshot restored", "sha256", r.SHA256, "data_dir", role.EtcdDataDir)
+	return nil
+}
+
+// download fetches url into path and checks its sha256.
+func download(ctx context.Context, client *http.Client, url, path, want string) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	res, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(res.Body, 512))
+		return fmt.Errorf("GET %s: %s: %s", url, res.Status, strings.TrimSpace(string(b)))
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	h := sha256.New()
+	_, err = io.Copy(io.MultiWriter(f, h), res.Body)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("GET %s: %w", url, err)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != strings.ToLower(want) {
+		return fmt.Errorf("GET %s: sha256 %s, the boot server said %s: refused", url, got, want)
+	}
+	return nil
+}
