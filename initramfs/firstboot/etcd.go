@@ -201,9 +201,10 @@ var ErrWait = errors.New("waiting")
 //   - no data, members answer but without quorum: wait (ErrWait), never
 //     found a second cluster beside a living one;
 //   - no data and nobody answers: restore the profile's snapshot when it
-//     names one; found a new cluster when no other member can hold data
-//     (none has a state disk) or the boot server has never seen the
-//     site's cluster; otherwise wait for the members that may hold it.
+//     names one; found a new cluster when the boot server has never seen
+//     the site's cluster, or no member keeps data on disk (all in RAM: the
+//     data is gone, as it always was); otherwise wait for the members that
+//     may hold it (this one's own disk may be new).
 func (e *Etcd) Join(ctx context.Context, cfg *node.Config, hasData bool) (JoinPlan, error) {
 	if cfg.Cluster == nil {
 		return JoinPlan{}, errors.New("the profile has no cluster settings")
@@ -223,9 +224,9 @@ func (e *Etcd) Join(ctx context.Context, cfg *node.Config, hasData bool) (JoinPl
 		byPeer[role.PeerURL(m.Address)] = m.Name
 		if m.Name != self.Name {
 			others = append(others, role.ClientURL(m.Address))
-			if m.Durable {
-				durable = append(durable, m.Name)
-			}
+		}
+		if m.Durable {
+			durable = append(durable, m.Name)
 		}
 	}
 	founding := JoinPlan{State: "new", Initial: strings.Join(all, ",")}
@@ -245,10 +246,10 @@ func (e *Etcd) Join(ctx context.Context, cfg *node.Config, hasData bool) (JoinPl
 			founding.Why = "no member answers and the boot server offers a snapshot: restoring it (sha256 " + cfg.Cluster.EtcdRestore.SHA256 + ")"
 			return founding, nil
 		case id != "" && len(durable) > 0:
-			return JoinPlan{}, fmt.Errorf("%w: no other member answers, this member has no data, and the site's etcd cluster %s exists with members that keep data on disk (%s): waiting for them (to start over from a snapshot: plinth etcd restore)",
+			return JoinPlan{}, fmt.Errorf("%w: no other member answers, this member has no data, and the site's etcd cluster %s exists with members that keep data on disk (%s): waiting for them; if every member's data is lost, restore a snapshot (plinth etcd restore)",
 				ErrWait, id, strings.Join(durable, ", "))
 		case id != "":
-			founding.Why = "no other member answers and none keeps data on disk: founding a NEW, EMPTY cluster in place of " + id + " (its data is gone; plinth etcd restore brings a snapshot back)"
+			founding.Why = "no other member answers and no member keeps data on disk: founding a NEW, EMPTY cluster in place of " + id + " (its data is gone; plinth etcd restore brings a snapshot back)"
 		default:
 			founding.Why = "no other member answers: founding the cluster"
 		}

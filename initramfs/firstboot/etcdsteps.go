@@ -40,6 +40,11 @@ func etcdJoin(ctx context.Context, log *slog.Logger, _ []string) error {
 		if err == nil {
 			break
 		}
+		if errors.Is(err, ErrWait) {
+			// What the boot server knows may have changed while this
+			// member waits: a restore it now offers, say.
+			refreshCluster(ctx, log, cfg)
+		}
 		log.Info("not yet", "try", i, "err", err)
 		if msg := err.Error(); errors.Is(err, ErrWait) && msg != said {
 			postEvent(ctx, log, cfg, api.StageEtcd, msg)
@@ -60,6 +65,41 @@ func etcdJoin(ctx context.Context, log *slog.Logger, _ []string) error {
 	log.Info("etcd member", "state", plan.State, "initial_cluster", plan.Initial, "why", plan.Why)
 	postEvent(ctx, log, cfg, api.StageEtcd, plan.Why)
 	return writeAtomic(role.EtcdEnvFile, plan.Env(), 0o644)
+}
+
+// refreshCluster reads the site's etcd state (the cluster the boot server
+// has seen, a snapshot it offers) from a fresh profile, keeping the rest
+// of the one stage 1 applied. Best effort: where the profile cannot be
+// fetched again (an enrolment token is used once) the old one stands.
+func refreshCluster(ctx context.Context, log *slog.Logger, cfg *node.Config) {
+	if cfg.Cluster == nil || cfg.Cluster.BootServer == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	url := strings.TrimRight(cfg.Cluster.BootServer, "/") + api.ProfilePath(cfg.Machine)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		log.Info("profile not refreshed", "err", err)
+		return
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(res.Body, 4<<20))
+	if err != nil || res.StatusCode != http.StatusOK {
+		log.Info("profile not refreshed", "status", res.Status, "err", err)
+		return
+	}
+	fresh, err := node.Decode(b)
+	if err != nil || fresh.Cluster == nil {
+		log.Info("profile not refreshed", "err", err)
+		return
+	}
+	cfg.Cluster.EtcdClusterID = fresh.Cluster.EtcdClusterID
+	cfg.Cluster.EtcdRestore = fresh.Cluster.EtcdRestore
 }
 
 // etcdPromote promotes this member once it has caught up, when it joined

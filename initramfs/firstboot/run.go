@@ -29,6 +29,11 @@ var Steps = map[string]func(ctx context.Context, log *slog.Logger, args []string
 	"import-images":  importImages,
 }
 
+// waitsForever are the steps that wait for as long as it takes, saying
+// why: an etcd member that must not found a cluster waits for the others
+// (or a restore); a learner is promoted whenever it has caught up.
+var waitsForever = map[string]bool{"etcd-join": true, "etcd-promote": true}
+
 // retry runs f until it succeeds or ctx ends, pausing between tries.
 func retry(ctx context.Context, log *slog.Logger, what string, every time.Duration, f func() error) error {
 	for i := 1; ; i++ {
@@ -169,7 +174,10 @@ func Main(name string, args []string, stderr io.Writer) int {
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil)).With("step", name)
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	ctx, cancel := context.WithCancel(context.Background())
+	if !waitsForever[name] {
+		ctx, cancel = context.WithTimeout(context.Background(), 15*time.Minute)
+	}
 	defer cancel()
 	if err := f(ctx, log, args); err != nil {
 		log.Error("failed", "err", err)
