@@ -297,10 +297,11 @@ func (e *Etcd) Join(ctx context.Context, cfg *node.Config, hasData bool) (JoinPl
 	return JoinPlan{State: "existing", Initial: strings.Join(parts, ","), Why: why}, nil
 }
 
-// PromoteSelf promotes this member (by its peer URL) when it is a learner;
-// it reports whether it is a voting member now.
-func (e *Etcd) PromoteSelf(ctx context.Context, endpoint, peerURL string) (bool, error) {
-	ms, ep, err := e.Members(ctx, []string{endpoint})
+// PromoteSelf promotes the member with peerURL when it is a learner,
+// asking the endpoints in turn (a learner serves no membership changes:
+// list it last); it reports whether the member votes now.
+func (e *Etcd) PromoteSelf(ctx context.Context, endpoints []string, peerURL string) (bool, error) {
+	ms, ep, err := e.Members(ctx, endpoints)
 	if err != nil {
 		return false, err
 	}

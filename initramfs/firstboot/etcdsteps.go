@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -122,19 +123,27 @@ func etcdPromote(ctx context.Context, log *slog.Logger, _ []string) error {
 	if self == nil {
 		return fmt.Errorf("machine %s is not among the site's etcd members", cfg.Machine)
 	}
+	// The others first: a learner answers no membership request.
+	var eps []string
+	for _, m := range cfg.Cluster.EtcdMembers {
+		if m.Name != self.Name {
+			eps = append(eps, role.ClientURL(m.Address))
+		}
+	}
+	eps = append(eps, role.ClientURL(self.Address))
 	start := time.Now()
 	learner := false
 	err = retry(ctx, log, "etcd-promote", 5*time.Second, func() error {
-		ms, _, err := e.Members(ctx, []string{role.ClientURL("127.0.0.1")})
+		ms, _, err := e.Members(ctx, eps)
 		if err != nil {
 			return err
 		}
 		for _, m := range ms {
-			if m.IsLearner && len(m.PeerURLs) > 0 && m.PeerURLs[0] == role.PeerURL(self.Address) {
+			if m.IsLearner && slices.Contains(m.PeerURLs, role.PeerURL(self.Address)) {
 				learner = true
 			}
 		}
-		_, err = e.PromoteSelf(ctx, role.ClientURL("127.0.0.1"), role.PeerURL(self.Address))
+		_, err = e.PromoteSelf(ctx, eps, role.PeerURL(self.Address))
 		return err
 	})
 	if err != nil {
