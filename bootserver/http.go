@@ -36,6 +36,7 @@ func (s *Server) routes() http.Handler {
 	handle("POST "+api.PathLogs, "logs", s.uploadLog)
 	handle("GET "+api.PathLogs, "logs", s.serveLog)
 	handle("GET "+api.PathEventStream, "stream", s.stream)
+	handle("GET "+api.PathEtcdRestore, "etcd-restore", s.etcdRestore)
 	handle("GET /{$}", "status", s.statusPage)
 	mux.Handle("GET "+api.PathMetrics, promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
 	return mux
@@ -335,6 +336,7 @@ func (s *Server) profile(w http.ResponseWriter, r *http.Request) {
 			c.Rootfs = root
 		}
 	}
+	s.etcdProfile(c)
 	if err := s.issueTLS(c, remoteIP(r)); err != nil {
 		s.fail(w, r, http.StatusInternalServerError, "config: "+err.Error(), "machine", id)
 		return

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/plinth-dev/plinth/bootserver/pki"
+	"github.com/plinth-dev/plinth/bootserver/siteetcd"
 )
 
 // Config configures a Server.
@@ -43,6 +44,11 @@ type Config struct {
 	MasterTTL time.Duration
 	// CA, if set, issues each machine's TLS material into its profile.
 	CA *pki.CA
+	// Etcd, if set, watches the site's etcd members (siteetcd): the
+	// cluster's ID goes into every profile, snapshots are taken on its
+	// schedule, and a requested restore is offered to the members. New
+	// fills in its client (a certificate from CA), members and log.
+	Etcd *siteetcd.Config
 }
 
 // Server is a boot server.
@@ -55,6 +61,7 @@ type Server struct {
 	journals *journals
 	metrics  *metrics
 	leases   *leases
+	etcd     *siteetcd.Watcher // nil unless cfg.Etcd
 	// neighbour finds the MAC behind an address on the boot network; a
 	// field so tests need no ARP table.
 	neighbour func(netip.Addr) (string, bool)
@@ -98,6 +105,11 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, log: cfg.Log, state: state, tokens: newTokens(), journals: newJournals(), metrics: newMetrics(state), leases: newLeases(), neighbour: procNeighbour, loaded: loaded}
 	s.snap.Store(snap)
 	s.seed(snap)
+	if cfg.Etcd != nil {
+		if s.etcd, err = s.newEtcdWatcher(); err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
@@ -195,6 +207,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	defer tick.Stop()
 	seen := s.loaded
 	s.notifyMasters() // the site's names, before any machine reports
+	defer s.runEtcd(ctx)()
 	for {
 		select {
 		case <-ctx.Done():

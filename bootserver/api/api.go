@@ -47,6 +47,17 @@ func LogPath(machine, unit string) string {
 	return strings.NewReplacer("{id}", machine, "{unit}", unit).Replace(PathLogs)
 }
 
+// PathEtcdRestore is the snapshot the site's etcd members restore their
+// cluster from (node.EtcdRestore.URL): GET, served only while plinth etcd
+// restore has requested it, only under its digest, only to an etcd member.
+const PathEtcdRestore = "/v1/etcd/restore/{sha256}"
+
+// EtcdRestorePath is the URL path of the restore snapshot whose sha256 is
+// sha256Hex.
+func EtcdRestorePath(sha256Hex string) string {
+	return strings.Replace(PathEtcdRestore, "{sha256}", sha256Hex, 1)
+}
+
 // MaxLogBytes caps one journal upload; the agent sends the newest lines.
 const MaxLogBytes = 512 << 10
 
