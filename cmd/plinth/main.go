@@ -83,6 +83,7 @@ Typical use:
 		newMirrorCmd(g),
 		newBundleCmd(g),
 		newVerifyCmd(g),
+		newEtcdCmd(g),
 	)
 	return root
 }

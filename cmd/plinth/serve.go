@@ -4,18 +4,23 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/plinth-dev/plinth/bootserver"
+	"github.com/plinth-dev/plinth/bootserver/siteetcd"
 )
 
 func newServeCmd(g *globals) *cobra.Command {
 	var c bootserver.Config
 	var serverIP, stateDir, dnsFlag string
 	var bundleFile, bundleDir string
+	var etcdPoll, etcdEvery time.Duration
+	var etcdKeep int
+	var etcdutlFlag string
 	cmd := &cobra.Command{
 		Use:   "serve --site DIR --artifacts DIR | --bundle FILE [--listen ADDR]",
 		Short: "Netboot machines: DHCP/TFTP for PXE, iPXE scripts, artifacts and profiles over HTTP",
@@ -25,7 +30,9 @@ and its own rendered profile. The site's [dhcp] table says whether to answer
 DHCP (proxy: beside an existing DHCP server; server: as the lab's only one) on
 --dhcp-interface. The status page (/) and /metrics show the fleet. SIGHUP, or
 any change on disk, reloads the site and artifacts; a broken site is rejected
-and the running one kept.`,
+and the running one kept. It watches the site's etcd members (--etcd-poll):
+their cluster ID goes into every profile, snapshots into STATE/etcd/snapshots,
+and it offers the members a restore asked for with plinth etcd restore.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if bundleFile != "" {
@@ -59,6 +66,16 @@ and the running one kept.`,
 			if err != nil {
 				return err
 			}
+			if etcdPoll > 0 {
+				if etcdKeep < 1 {
+					return fmt.Errorf("--etcd-snapshots %d: keep at least one", etcdKeep)
+				}
+				etcdutl, err := siteetcd.FindEtcdutl(etcdutlFlag)
+				if err != nil {
+					return err
+				}
+				c.Etcd = &siteetcd.Config{Dir: filepath.Join(c.CA.Dir(), "etcd"), Poll: etcdPoll, SnapshotEvery: etcdEvery, Keep: etcdKeep, Etcdutl: etcdutl}
+			}
 			s, err := bootserver.New(c)
 			if err != nil {
 				return err
@@ -79,6 +96,10 @@ and the running one kept.`,
 	f.StringVar(&c.IPXEDir, "ipxe-dir", "/usr/lib/ipxe", "where Debian's ipxe package keeps undionly.kpxe and ipxe.efi")
 	f.StringVar(&stateDir, "state", "", "where the site CA lives, outside the site (default $XDG_STATE_HOME/plinth/SITE-NAME)")
 	f.StringVar(&dnsFlag, "dns", "auto", "site DNS (API name, host names) on ADDR[:53]; auto: on at SERVER-IP:53 with --server-ip and an api_name or [dhcp] mode server; off")
+	f.DurationVar(&etcdPoll, "etcd-poll", 30*time.Second, "ask every etcd member for its status this often (cluster ID in profiles, snapshots, restores); 0: do not watch etcd")
+	f.DurationVar(&etcdEvery, "etcd-snapshot-every", time.Hour, "take an etcd snapshot into STATE/etcd/snapshots when the newest is this old; 0: none")
+	f.IntVar(&etcdKeep, "etcd-snapshots", 24, "keep this many etcd snapshots (the one a restore names is kept too)")
+	f.StringVar(&etcdutlFlag, "etcdutl", "", "etcdutl to check each snapshot with (default: etcdutl on PATH, if any)")
 	f.DurationVar(&c.MasterTTL, "master-ttl", 90*time.Second, "drop a ready master from the API name after this long without an event (its agent re-reports every 30 s); 0: only on a non-ready event")
 	return cmd
 }
