@@ -48,7 +48,10 @@ type Config struct {
 	// Disks are attached as virtio disks in order; a .qcow2 name is qcow2,
 	// anything else raw.
 	Disks []string
-	CDROM string // an ISO on the IDE CD-ROM
+	// Drives are attached after Disks, each as its own PCI device with
+	// the interface and serial it names.
+	Drives []Drive
+	CDROM  string // an ISO on the IDE CD-ROM
 	// Firmware is "" or "bios" (SeaBIOS) or "ovmf" (UEFI).
 	Firmware  string
 	Boot      string // -boot order, e.g. "n" for PXE, "d" for the CD-ROM
@@ -58,6 +61,72 @@ type Config struct {
 	// Wrap runs QEMU through another command that execs it in place
 	// (e.g. "ip netns exec NS"), so the process QEMU runs as is still ours.
 	Wrap []string
+}
+
+// Drive interfaces.
+const (
+	DriveVirtio = "virtio" // virtio-blk-pci: the guest's /dev/vdX, by-id virtio-SERIAL
+	DriveNVMe   = "nvme"   // an NVMe controller: /dev/nvmeXn1, by-id nvme-QEMU_NVMe_Ctrl_SERIAL
+)
+
+// MaxSerial is the longest serial a guest sees whole: virtio-blk's ID
+// and NVMe's serial number field are 20 bytes.
+const MaxSerial = 20
+
+// Drive is a disk image attached as a device of its own, with a serial
+// the guest's udev names it by.
+type Drive struct {
+	Path      string // a .qcow2 name is qcow2, anything else raw
+	Interface string // DriveVirtio ("" too) or DriveNVMe
+	Serial    string // at most MaxSerial bytes; NVMe requires one
+}
+
+// Check says what QEMU would misread or a guest would not see of d.
+func (d Drive) Check() error {
+	if strings.Contains(d.Path, ",") {
+		// QEMU would read the rest as options of -drive.
+		return fmt.Errorf("drive %q: a comma in the path", d.Path)
+	}
+	if strings.Contains(d.Serial, ",") {
+		return fmt.Errorf("drive %s: serial %q has a comma", d.Path, d.Serial)
+	}
+	if len(d.Serial) > MaxSerial {
+		return fmt.Errorf("drive %s: serial %q is longer than the %d bytes a guest sees", d.Path, d.Serial, MaxSerial)
+	}
+	switch d.Interface {
+	case "", DriveVirtio:
+	case DriveNVMe:
+		if d.Serial == "" {
+			return fmt.Errorf("drive %s: an NVMe drive needs a serial", d.Path)
+		}
+	default:
+		return fmt.Errorf("drive %s: interface %q: want %s or %s", d.Path, d.Interface, DriveVirtio, DriveNVMe)
+	}
+	return nil
+}
+
+// args is the -drive and -device pair that attaches d as drive id.
+func (d Drive) args(id string) ([]string, error) {
+	if err := d.Check(); err != nil {
+		return nil, err
+	}
+	dev := "virtio-blk-pci"
+	if d.Interface == DriveNVMe {
+		dev = "nvme"
+	}
+	dev += ",drive=" + id
+	if d.Serial != "" {
+		dev += ",serial=" + d.Serial
+	}
+	return []string{"-drive", "file=" + d.Path + ",format=" + diskFormat(d.Path) + ",if=none,id=" + id, "-device", dev}, nil
+}
+
+// diskFormat is QEMU's format of a disk image, by its name.
+func diskFormat(path string) string {
+	if strings.HasSuffix(path, ".qcow2") {
+		return "qcow2"
+	}
+	return "raw"
 }
 
 // VM is a running machine.
@@ -125,11 +194,14 @@ func (c Config) args(accel string) ([]string, error) {
 			// QEMU would read the rest as options of -drive.
 			return nil, fmt.Errorf("disk %q: a comma in the path", d)
 		}
-		format := "raw"
-		if strings.HasSuffix(d, ".qcow2") {
-			format = "qcow2"
+		a = append(a, "-drive", "file="+d+",format="+diskFormat(d)+",if=virtio")
+	}
+	for i, d := range c.Drives {
+		da, err := d.args(fmt.Sprintf("d%d", i))
+		if err != nil {
+			return nil, err
 		}
-		a = append(a, "-drive", "file="+d+",format="+format+",if=virtio")
+		a = append(a, da...)
 	}
 	if c.CDROM != "" {
 		if strings.Contains(c.CDROM, ",") {
@@ -241,6 +313,9 @@ func Start(ctx context.Context, t testing.TB, c Config) (*VM, error) {
 
 // Name is the machine's name from its Config.
 func (v *VM) Name() string { return v.cfg.Name }
+
+// Started is when QEMU was started.
+func (v *VM) Started() time.Time { return v.start }
 
 // Pid is QEMU's process id (also its process group id).
 func (v *VM) Pid() int { return v.cmd.Process.Pid }
