@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -31,6 +32,9 @@ type Config struct {
 	Artifacts string // where the site's images are built
 	State     string // plinth serve's --state ("" : its default)
 	LogDir    string // consoles, the server's log, saved journals
+	// Disks is where machines' state disks are kept from run to run
+	// (MACHINE.raw; "": LogDir/disks, see DisksDir).
+	Disks string
 	// Plinth is the plinth binary that serves the lab ("": this program).
 	Plinth string
 	// Name names the lab's network namespace ("lab" when empty).
@@ -52,11 +56,31 @@ type Cluster struct {
 	cfg    Config
 	start  time.Time
 
+	// startVM starts a machine's QEMU: qemu.Start, a fake in unit tests.
+	startVM func(context.Context, qemu.Config) (machineVM, error)
+
 	mu      sync.Mutex
-	vms     map[string]*qemu.VM
+	vms     map[string]machineVM     // the machine's latest QEMU
+	taps    map[string]string        // the machine's netdev, kept for a restart
+	lives   map[string]int           // how many QEMUs the machine has had
+	disks   map[string]*Disk         // machines with a state disk
 	readyAt map[string]time.Duration // since the machine's QEMU start
 	upAt    map[string]time.Duration // since the lab started
 	last    string
+}
+
+// machineVM is what a Cluster needs of a machine's QEMU.
+type machineVM interface {
+	Exited() bool
+	Close() error
+	Started() time.Time
+	Uptime() time.Duration
+}
+
+var _ machineVM = (*qemu.VM)(nil)
+
+func startQEMU(ctx context.Context, cfg qemu.Config) (machineVM, error) {
+	return qemu.Start(ctx, nil, cfg)
 }
 
 // InfoFile is what Up writes into the log directory while the lab runs:
@@ -101,6 +125,7 @@ func Up(ctx context.Context, cfg Config) (*Cluster, error) {
 	if cfg.Name == "" {
 		cfg.Name = "lab"
 	}
+	cfg.Disks = DisksDir(cfg.LogDir, cfg.Disks)
 	if cfg.Plinth == "" {
 		self, err := os.Executable()
 		if err != nil {
@@ -140,19 +165,24 @@ func Up(ctx context.Context, cfg Config) (*Cluster, error) {
 	if len(groups) == 0 {
 		return nil, fmt.Errorf("no machine of %s has a built image in %s", cfg.Site, cfg.Artifacts)
 	}
+	disks, created, reused, err := PrepareDisks(cfg.Disks, site, slices.Concat(groups...))
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprint(cfg.Out, diskReport(cfg.Disks, created, reused))
 	l, err := New(ctx, cfg.Name, fmt.Sprintf("%s/%d", site.DHCP.Router, maskBits(mask)), cfg.Log)
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{Lab: l, Server: "http://" + l.Server + ":8080", cfg: cfg, start: time.Now(),
-		vms: map[string]*qemu.VM{}, readyAt: map[string]time.Duration{}, upAt: map[string]time.Duration{}}
+	c := newCluster(cfg)
+	c.Lab, c.Server, c.disks = l, "http://"+l.Server+":8080", disks
 	if err := c.serve(ctx); err != nil {
 		return c, err
 	}
 	for _, group := range groups {
 		var names []string
 		for _, m := range group {
-			if err := c.boot(ctx, m); err != nil {
+			if err := c.boot(ctx, m, disks[m.Name]); err != nil {
 				return c, err
 			}
 			names = append(names, m.Name)
@@ -164,6 +194,13 @@ func Up(ctx context.Context, cfg Config) (*Cluster, error) {
 		}
 	}
 	return c, nil
+}
+
+// newCluster is a Cluster with its maps made, not yet in a lab.
+func newCluster(cfg Config) *Cluster {
+	return &Cluster{cfg: cfg, start: time.Now(), startVM: startQEMU,
+		vms: map[string]machineVM{}, taps: map[string]string{}, lives: map[string]int{}, disks: map[string]*Disk{},
+		readyAt: map[string]time.Duration{}, upAt: map[string]time.Duration{}}
 }
 
 // maskBits is the prefix length of a dotted netmask.
@@ -210,50 +247,89 @@ func (c *Cluster) serve(ctx context.Context) error {
 	return fsutil.WriteFileAtomic(filepath.Join(c.cfg.LogDir, InfoFile), b, 0o644)
 }
 
-// boot starts one machine's VM, netbooting from the lab.
-func (c *Cluster) boot(ctx context.Context, m *profiles.Machine) error {
+// boot starts one machine's VM, netbooting from the lab, with its state
+// disk d (nil: none) and the tap it had before, if any. The VM replaces
+// any earlier one of the machine, and the machine's ready times restart.
+func (c *Cluster) boot(ctx context.Context, m *profiles.Machine, d *Disk) error {
 	// The KVM probe (run by the first Start) boots a built image's kernel:
 	// a KVM that runs firmware but hangs in the kernel is not used.
 	if qemu.ProbeKernel == "" {
 		qemu.ProbeKernel = filepath.Join(c.cfg.Artifacts, m.Image, manifest.KernelFile)
 	}
-	netdev, err := c.Lab.AddTap(ctx)
-	if err != nil {
-		return err
+	c.mu.Lock()
+	netdev := c.taps[m.Name]
+	c.mu.Unlock()
+	if netdev == "" {
+		var err error
+		if netdev, err = c.Lab.AddTap(ctx); err != nil {
+			return err
+		}
+		c.mu.Lock()
+		c.taps[m.Name] = netdev
+		c.mu.Unlock()
 	}
 	mem, cpus := roles.Get(m.Role).MachineSize(c.cfg.Memory, c.cfg.CPUs)
-	vm, err := qemu.Start(ctx, nil, qemu.Config{Name: m.Name, Memory: mem, CPUs: cpus, Boot: "n", Wrap: c.Lab.Wrap(), LogDir: c.cfg.LogDir,
-		NICs: []qemu.NIC{{MAC: m.MAC, Netdev: netdev}}})
+	qc := qemu.Config{Name: m.Name, Memory: mem, CPUs: cpus, Boot: "n", Wrap: c.wrap(), LogDir: c.cfg.LogDir,
+		NICs: []qemu.NIC{{MAC: m.MAC, Netdev: netdev}}}
+	if d != nil {
+		qc.Drives = []qemu.Drive{d.Drive}
+	}
+	c.mu.Lock()
+	life := c.lives[m.Name]
+	c.mu.Unlock()
+	if life > 0 && c.cfg.LogDir != "" {
+		// Keep the console of the machine's life before (a power cut's
+		// last words); the new QEMU starts a new one.
+		console := filepath.Join(c.cfg.LogDir, m.Name+".console.log")
+		if err := os.Rename(console, filepath.Join(c.cfg.LogDir, fmt.Sprintf("%s.console.%d.log", m.Name, life))); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	vm, err := c.startVM(ctx, qc)
 	if err != nil {
 		return err
 	}
 	c.mu.Lock()
 	c.vms[m.Name] = vm
+	c.lives[m.Name] = life + 1
+	if d != nil {
+		c.disks[m.Name] = d
+	} else {
+		delete(c.disks, m.Name)
+	}
+	delete(c.readyAt, m.Name)
+	delete(c.upAt, m.Name)
 	c.mu.Unlock()
 	return nil
 }
 
-// Boot netboots the named machines of the site as it is now (one added
-// while the lab runs, say) and waits until they are ready.
-func (c *Cluster) Boot(ctx context.Context, names ...string) error {
-	site, err := profiles.LoadSite(c.cfg.Site)
-	if err != nil {
-		return err
+// wrap is the prefix QEMU runs under: inside the lab's network.
+func (c *Cluster) wrap() []string {
+	if c.Lab == nil {
+		return nil // a unit test's cluster, whose VMs are fakes
 	}
-	for _, n := range names {
-		m := site.Machine(n)
-		if m == nil {
-			return fmt.Errorf("no machine %q in %s", n, c.cfg.Site)
-		}
-		if err := c.boot(ctx, m); err != nil {
-			return err
-		}
+	return c.Lab.Wrap()
+}
+
+// Boot netboots the named machines of the site as it is now (one added
+// while the lab runs, or one killed) and waits until they are ready.
+func (c *Cluster) Boot(ctx context.Context, names ...string) error {
+	if err := c.Start(ctx, names...); err != nil {
+		return err
 	}
 	return c.WaitReady(ctx, names...)
 }
 
-// VM is the named machine's VM (nil before it booted).
+// VM is the named machine's latest VM (nil before it booted).
 func (c *Cluster) VM(name string) *qemu.VM {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	vm, _ := c.vms[name].(*qemu.VM)
+	return vm
+}
+
+// vm is the named machine's latest VM, a fake's too.
+func (c *Cluster) vm(name string) machineVM {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.vms[name]
@@ -266,8 +342,8 @@ func (c *Cluster) Booted() int {
 	return len(c.vms)
 }
 
-// ReadyAfter is how long after its QEMU start a machine was first seen
-// ready (to the 3 s poll); false while it has not been.
+// ReadyAfter is how long after its latest QEMU start a machine was first
+// seen ready (to the 3 s poll); false while it has not been.
 func (c *Cluster) ReadyAfter(name string) (time.Duration, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -324,8 +400,8 @@ func (c *Cluster) WaitReady(ctx context.Context, names ...string) error {
 			st := byName[n]
 			st.Name = n
 			list = append(list, st)
-			vm := c.VM(n)
-			if st.State == api.StageReady {
+			vm := c.vm(n)
+			if isReady(st, vm) {
 				c.mu.Lock()
 				if _, ok := c.readyAt[n]; !ok && vm != nil {
 					c.readyAt[n] = vm.Uptime()
@@ -387,6 +463,13 @@ func (c *Cluster) SaveJournals(ctx context.Context, st bootserver.MachineStatus)
 		}
 	}
 	return saved
+}
+
+// isReady says whether the server shows the machine ready in the life of
+// its VM vm: a restarted machine's ready from before is stale (its new
+// boot shows first when it asks for its boot script).
+func isReady(st bootserver.MachineStatus, vm machineVM) bool {
+	return st.State == api.StageReady && (vm == nil || !st.LastSeen.Before(vm.Started()))
 }
 
 func orWaiting(s string) string {

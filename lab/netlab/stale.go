@@ -18,6 +18,16 @@ const netnsDir = "/var/run/netns"
 
 func nsPath(ns string) string { return filepath.Join(netnsDir, ns) }
 
+// Exists says whether the named network namespace exists (a lab that
+// still runs, or one RemoveStale has not removed yet).
+func Exists(ns string) bool {
+	if ns == "" || filepath.Base(ns) != ns {
+		return false
+	}
+	_, err := os.Stat(nsPath(ns))
+	return err == nil
+}
+
 // labNameRE matches formatName's output, and nothing another tool names.
 var labNameRE = regexp.MustCompile(`^plinth-nl-([a-z0-9]{1,12})-([1-9][0-9]{0,9})-([0-9a-f]{6})$`)
 
