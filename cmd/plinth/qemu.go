@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"time"
 
@@ -15,7 +16,7 @@ import (
 
 func newQemuCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{Use: "qemu", Short: "Run a site's machines as QEMU VMs on this host (a test lab)"}
-	var artifacts, logDir string
+	var artifacts, logDir, disks string
 	var memory, cpus int
 	var untilReady bool
 	var timeout, stall time.Duration
@@ -27,30 +28,45 @@ func newQemuCmd(g *globals) *cobra.Command {
 one QEMU VM per machine of the site whose image is built in --artifacts. Shows
 each machine's boot state until all report ready; then keeps running until
 interrupted (or exits with --until-ready). Needs root. Consoles are written to
---log-dir.`,
+--log-dir.
+
+A machine with a state disk in the site gets a virtual one: a sparse raw file
+--disks/MACHINE.raw (8 GiB, or its min-size if larger), made blank on the first
+run and kept from run to run, so its state survives like a real disk's
+(plinth qemu down --delete-disks removes them). The selector decides the
+device: /dev/disk/by-id/nvme-QEMU_NVMe_Ctrl_S is an NVMe disk with serial S;
+/dev/disk/by-id/virtio-S and serial:S a virtio disk with serial S; min-size:N a
+virtio disk with serial plinth-MACHINE. The lab cannot make wwn: or
+/dev/disk/by-path/ disks.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return qemuUp(cmd.Context(), g, args[0], artifacts, logDir, memory, cpus, untilReady, timeout, stall)
+			return qemuUp(cmd.Context(), g, args[0], artifacts, logDir, disks, memory, cpus, untilReady, timeout, stall)
 		},
 	}
 	up.Flags().StringVar(&artifacts, "artifacts", "artifacts", "artifacts directory")
 	up.Flags().StringVar(&logDir, "log-dir", "build/lab", "where VM consoles and the server log go")
+	up.Flags().StringVar(&disks, "disks", "", "where machines' state disks are kept across runs (default LOG_DIR/disks)")
 	up.Flags().IntVar(&memory, "memory", 0, "MiB of RAM per machine (default: by role, etcd 768, master 2048, minion 1536, others 1024)")
 	up.Flags().IntVar(&cpus, "cpus", 0, "vCPUs per machine (default: by role, master 2, others 1)")
 	up.Flags().BoolVar(&untilReady, "until-ready", false, "stop everything once all machines are ready")
 	up.Flags().DurationVar(&stall, "stall", 10*time.Minute, "give up when a machine not yet ready shows nothing new (boot stage, agent message, unit state) for this long")
 	up.Flags().DurationVar(&timeout, "timeout", 0, "give up when machines are not all ready by then, progressing or not (0: no limit)")
+	var downLogDir, downDisks string
+	var deleteDisks bool
 	down := &cobra.Command{
 		Use:   "down",
 		Short: "Remove lab networks left behind by an interrupted qemu up, with what still runs in them",
-		Args:  cobra.NoArgs,
+		Long: `Remove lab networks left behind by an interrupted qemu up, with what still
+runs in them. The machines' state disks are kept for the next qemu up unless
+--delete-disks is given (refused while the lab of --log-dir runs).`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			for _, ns := range netlab.RemoveStale(cmd.Context(), g.log) {
-				fmt.Fprintln(cmd.OutOrStdout(), "removed", ns)
-			}
-			return nil
+			return qemuDown(cmd.Context(), g, cmd.OutOrStdout(), downLogDir, downDisks, deleteDisks)
 		},
 	}
+	down.Flags().StringVar(&downLogDir, "log-dir", "build/lab", "the --log-dir of qemu up")
+	down.Flags().StringVar(&downDisks, "disks", "", "the --disks of qemu up (default LOG_DIR/disks)")
+	down.Flags().BoolVar(&deleteDisks, "delete-disks", false, "also delete the machines' state disks")
 	var logsDir string
 	var fresh time.Duration
 	logs := &cobra.Command{
@@ -71,14 +87,35 @@ interrupted (or exits with --until-ready). Needs root. Consoles are written to
 	return c
 }
 
-func qemuUp(ctx context.Context, g *globals, siteDir, artifacts, logDir string, memory, cpus int, untilReady bool, timeout, stall time.Duration) error {
+func qemuDown(ctx context.Context, g *globals, out io.Writer, logDir, disks string, deleteDisks bool) error {
+	for _, ns := range netlab.RemoveStale(ctx, g.log) {
+		fmt.Fprintln(out, "removed", ns)
+	}
+	if !deleteDisks {
+		return nil
+	}
+	dir := lab.DisksDir(logDir, disks)
+	removed, err := lab.DeleteDisks(logDir, dir)
+	if err != nil {
+		return err
+	}
+	if len(removed) == 0 {
+		fmt.Fprintln(out, "no state disks in", dir)
+	}
+	for _, f := range removed {
+		fmt.Fprintln(out, "removed", f)
+	}
+	return nil
+}
+
+func qemuUp(ctx context.Context, g *globals, siteDir, artifacts, logDir, disks string, memory, cpus int, untilReady bool, timeout, stall time.Duration) error {
 	if timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 	}
 	start := time.Now()
-	c, err := lab.Up(ctx, lab.Config{Site: siteDir, Artifacts: artifacts, LogDir: logDir, Memory: memory, CPUs: cpus,
+	c, err := lab.Up(ctx, lab.Config{Site: siteDir, Artifacts: artifacts, LogDir: logDir, Disks: disks, Memory: memory, CPUs: cpus,
 		Stall: stall, Out: os.Stdout, Log: g.log})
 	if c != nil {
 		defer c.Close()
