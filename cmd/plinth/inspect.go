@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/plinth-dev/plinth/manifest"
+	"github.com/plinth-dev/plinth/profiles/node"
 )
 
 func newInspectCmd(g *globals) *cobra.Command {
@@ -52,7 +53,7 @@ func newInspectCmd(g *globals) *cobra.Command {
 			}
 			fmt.Fprintln(w, "\nfiles")
 			for _, f := range m.Files {
-				fmt.Fprintf(w, "  %s\t%s\t%s\n", f.Name, human(f.Size), f.SHA256)
+				fmt.Fprintf(w, "  %s\t%s\t%s\n", f.Name, node.FormatSize(f.Size), f.SHA256)
 			}
 			w.Flush()
 			if verify {
@@ -69,7 +70,7 @@ func newInspectCmd(g *globals) *cobra.Command {
 				fmt.Fprintf(cmd.OutOrStdout(), "\nlargest files in %s\n", manifest.Rootfs)
 				w = tabwriter.NewWriter(cmd.OutOrStdout(), 2, 4, 2, ' ', tabwriter.AlignRight)
 				for _, e := range ents {
-					fmt.Fprintf(w, "  %s\t  %s\n", human(e.size), e.name)
+					fmt.Fprintf(w, "  %s\t  %s\n", node.FormatSize(e.size), e.name)
 				}
 				w.Flush()
 			}
@@ -123,16 +124,4 @@ func largestInSquashfs(path string, n int) ([]sizedEntry, error) {
 		ents = ents[:n]
 	}
 	return ents, nil
-}
-
-func human(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
 }

@@ -157,6 +157,24 @@ func (e *Etcd) AddLearner(ctx context.Context, endpoint, peerURL string) ([]Memb
 	return l.Members, err
 }
 
+// addLearner is AddLearner, tried again for up to a minute while etcd
+// calls the cluster unhealthy: it refuses a membership change until the
+// member asked has been connected to every voting member for 5 s, which is
+// not yet the case just after a member was removed or the cluster formed.
+func (e *Etcd) addLearner(ctx context.Context, endpoint, peerURL string) ([]Member, error) {
+	for i := 0; ; i++ {
+		ms, err := e.AddLearner(ctx, endpoint, peerURL)
+		if err == nil || !strings.Contains(err.Error(), "unhealthy cluster") || i == 30 {
+			return ms, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
 // Remove removes a member by ID.
 func (e *Etcd) Remove(ctx context.Context, endpoint, id string) error {
 	var l memberList
@@ -267,15 +285,15 @@ func (e *Etcd) Join(ctx context.Context, cfg *node.Config, hasData bool) (JoinPl
 		if err := e.Remove(ctx, ep, members[j].ID); err != nil {
 			return JoinPlan{}, fmt.Errorf("remove this member's old self (%s) to rejoin with no data: %w", members[j].ID, err)
 		}
-		if members, err = e.AddLearner(ctx, ep, selfPeer); err != nil {
+		if members, err = e.addLearner(ctx, ep, selfPeer); err != nil {
 			return JoinPlan{}, fmt.Errorf("add this member again as a learner: %w", err)
 		}
 		why = "rebooted with no data: removed its old self, added again as a learner"
 	default:
-		if members, err = e.AddLearner(ctx, ep, selfPeer); err != nil {
+		if members, err = e.addLearner(ctx, ep, selfPeer); err != nil {
 			return JoinPlan{}, fmt.Errorf("add this member to the running cluster as a learner: %w", err)
 		}
-		why = "new to the running cluster: added as a learner"
+		why = "not in the running cluster: added as a learner"
 	}
 	var parts []string
 	for _, m := range members {

@@ -167,7 +167,7 @@ func TestJoinAddsAMemberNewToTheProfile(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := "etcd-1=https://10.0.0.1:2380,etcd-2=https://10.0.0.2:2380,etcd-3=https://10.0.0.3:2380,etcd-4=https://10.0.0.4:2380"
-	if p.State != "existing" || p.Initial != want || !strings.Contains(p.Why, "added") {
+	if p.State != "existing" || p.Initial != want || !strings.Contains(p.Why, "added as a learner") {
 		t.Errorf("plan %+v", p)
 	}
 	if len(f.members) != 4 || !f.members[3].IsLearner || strings.Join(f.calls, " ") != "/v3/cluster/member/list /v3/cluster/member/add" {

@@ -48,7 +48,7 @@ type Disk struct {
 }
 
 func (d Disk) String() string {
-	s := fmt.Sprintf("%s (%s", d.Dev, humanSize(d.Size))
+	s := fmt.Sprintf("%s (%s", d.Dev, node.FormatSize(d.Size))
 	if v := cmpOr(d.Props["ID_SERIAL_SHORT"], d.Props["ID_SERIAL"]); v != "" {
 		s += ", serial " + v
 	}
@@ -60,17 +60,6 @@ func cmpOr(a, b string) string {
 		return a
 	}
 	return b
-}
-
-func humanSize(n int64) string {
-	switch {
-	case n >= 1<<40:
-		return fmt.Sprintf("%.1f TiB", float64(n)/(1<<40))
-	case n >= 1<<30:
-		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
-	default:
-		return fmt.Sprintf("%d MiB", n>>20)
-	}
 }
 
 // DiskOS is what the step needs of the machine; tests give it a root of
@@ -223,7 +212,7 @@ func (o DiskOS) Select(ctx context.Context, sel node.DiskSelector, partUUID stri
 			return *blank, nil
 		}
 		return Disk{}, fmt.Errorf("no disk holds this machine's state and none of at least %s is blank (disks: %s)",
-			humanSize(sel.Bytes), strings.Join(orNone(seen), "; "))
+			node.FormatSize(sel.Bytes), strings.Join(orNone(seen), "; "))
 	}
 	return Disk{}, fmt.Errorf("state disk selector %q: nothing to select", sel.Kind)
 }

@@ -120,3 +120,16 @@ func parseSize(v string) (int64, error) {
 	}
 	return 0, fmt.Errorf("size %q: want a number and a unit, MiB, GiB or TiB (e.g. 8GiB)", v)
 }
+
+// FormatSize writes a byte count for people: 8.0 GiB, 512.0 MiB, 12 B.
+func FormatSize(n int64) string {
+	for _, u := range []struct {
+		unit  string
+		shift uint
+	}{{"TiB", 40}, {"GiB", 30}, {"MiB", 20}, {"KiB", 10}} {
+		if n >= 1<<u.shift {
+			return fmt.Sprintf("%.1f %s", float64(n)/float64(int64(1)<<u.shift), u.unit)
+		}
+	}
+	return fmt.Sprintf("%d B", n)
+}
