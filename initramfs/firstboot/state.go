@@ -36,6 +36,7 @@ import (
 type StateStatus struct {
 	Status  string `json:"status"` // "mounted", "formatted", "refused"
 	Disk    string `json:"disk,omitempty"`
+	Part    string `json:"part,omitempty"` // the state partition's device
 	Message string `json:"message"`
 }
 
@@ -394,7 +395,7 @@ func PrepareState(ctx context.Context, o DiskOS, st *node.State) (StateStatus, e
 		if err != nil {
 			return StateStatus{Status: "refused", Disk: d.Dev, Message: "state disk " + d.String() + ": " + err.Error()}, err
 		}
-		return StateStatus{Status: "mounted", Disk: d.Dev,
+		return StateStatus{Status: "mounted", Disk: d.Dev, Part: c.Part,
 			Message: fmt.Sprintf("state disk %s: this machine's state partition %s (%s), mounted at %s", d, c.Part, how, role.StateDir)}, nil
 	case c.Kind == DiskBlank || st.Wipe:
 		was := "blank"
@@ -405,7 +406,7 @@ func PrepareState(ctx context.Context, o DiskOS, st *node.State) (StateStatus, e
 		if err != nil {
 			return StateStatus{Status: "refused", Disk: d.Dev, Message: "state disk " + d.String() + ": " + err.Error()}, err
 		}
-		return StateStatus{Status: "formatted", Disk: d.Dev,
+		return StateStatus{Status: "formatted", Disk: d.Dev, Part: part,
 			Message: fmt.Sprintf("state disk %s: %s; formatted %s as ext4, mounted at %s", d, was, part, role.StateDir)}, nil
 	}
 	msg := fmt.Sprintf("state disk %s holds %s: not plinth's, left untouched; this machine's role does not start. "+
@@ -442,6 +443,9 @@ func stateDisk(ctx context.Context, log *slog.Logger, _ []string) error {
 			log.Warn("state status not written", "err", werr)
 		}
 	}
+	if err == nil {
+		err = linkAtomic(st.Part, role.StatePartLink)
+	}
 	stage := api.StageState
 	if err != nil {
 		stage = api.StageError
@@ -453,4 +457,17 @@ func stateDisk(ctx context.Context, log *slog.Logger, _ []string) error {
 	}
 	log.Info("state disk ready", "status", st.Status, "disk", st.Disk, "message", st.Message)
 	return nil
+}
+
+// linkAtomic points link at target, replacing what was there in one step.
+func linkAtomic(target, link string) error {
+	if err := os.MkdirAll(filepath.Dir(link), 0o755); err != nil {
+		return err
+	}
+	tmp := link + ".new"
+	os.Remove(tmp)
+	if err := os.Symlink(target, tmp); err != nil {
+		return err
+	}
+	return os.Rename(tmp, link)
 }

@@ -72,7 +72,7 @@ func TestStateDiskOnRealDisks(t *testing.T) {
 	// First boot: the 16 MiB disk is too small; the blank 64 MiB one is
 	// formatted.
 	s, err := PrepareState(ctx, o, st)
-	if err != nil || s.Status != "formatted" || s.Disk != "/dev/"+blank {
+	if err != nil || s.Status != "formatted" || s.Disk != "/dev/"+blank || s.Part != "/dev/"+blank+"p1" {
 		t.Fatalf("first boot: %+v, %v", s, err)
 	}
 	out, err := runTool(ctx, "sfdisk", "--json", "/dev/"+blank)
@@ -92,7 +92,7 @@ func TestStateDiskOnRealDisks(t *testing.T) {
 	// Next boot: the same disk is this machine's, checked, not formatted.
 	before := digest(t, "/dev/"+blank)
 	s, err = PrepareState(ctx, o, st)
-	if err != nil || s.Status != "mounted" || !strings.Contains(s.Message, "clean") {
+	if err != nil || s.Status != "mounted" || s.Part != "/dev/"+blank+"p1" || !strings.Contains(s.Message, "clean") {
 		t.Fatalf("second boot: %+v, %v", s, err)
 	}
 	if digest(t, "/dev/"+blank) != before {

@@ -17,6 +17,12 @@ const (
 	// StateStatusFile is written by `plinth-agent state-disk`: what it
 	// found and did, or why it refused the disk. The agent reports it.
 	StateStatusFile = "/run/plinth/state.json"
+	// StatePartLink is made by `plinth-agent state-disk`: a symlink to the
+	// state partition's device, which the state mount mounts. Not the
+	// /dev/disk/by-partuuid link: a mount of a /dev path waits for its
+	// device from the start of the boot, and gives up after 90 s, before a
+	// blank disk on a slow machine is even formatted.
+	StatePartLink = "/run/plinth/state-partition"
 	// StateUnit finds, checks or formats the state disk.
 	StateUnit = "plinth-state-disk.service"
 	// stateDirsUnit makes the role's directories on the state partition.
@@ -30,7 +36,9 @@ func MountUnit(where string) string { return unit.UnitNamePathEscape(where) + ".
 // disk, a bind mount of a directory of the state partition, after
 // StateUnit has found (or formatted) the disk and the partition is
 // mounted; without one, a tmpfs, lost at every boot. Either way the mount
-// unit is MountUnit(dir), which the role's services require.
+// unit is MountUnit(dir), which the role's services require. The state
+// partition is the one with the profile's partition UUID; the step links
+// it at StatePartLink once it has checked or formatted it.
 func stateMounts(p *Plan, cfg *node.Config, dirs []string) error {
 	if cfg.State == nil {
 		for _, d := range dirs {
@@ -65,7 +73,7 @@ func stateMounts(p *Plan, cfg *node.Config, dirs []string) error {
 			opt("Unit", "Requires", StateUnit),
 			opt("Unit", "After", StateUnit),
 		}, shutdown...),
-			opt("Mount", "What", "/dev/disk/by-partuuid/"+cfg.State.PartUUID),
+			opt("Mount", "What", StatePartLink),
 			opt("Mount", "Where", StateDir),
 			opt("Mount", "Type", "ext4"),
 			opt("Mount", "Options", "noatime"),
