@@ -18,8 +18,8 @@ type State struct {
 	// sets it, never a role default.
 	Wipe bool `json:"wipe,omitempty"`
 	// PartUUID is the GPT partition UUID of this machine's state
-	// partition: stage 1 mounts the partition by it, and a plinth state
-	// partition with another UUID belongs to another machine.
+	// partition: the state disk step knows its own partition by it, and a
+	// plinth state partition with another UUID belongs to another machine.
 	PartUUID string `json:"part_uuid"`
 }
 
