@@ -61,6 +61,19 @@ func (s Store) Cluster() (ClusterRecord, error) {
 	return r, err
 }
 
+// ForgetCluster removes the cluster record (plinth etcd forget); it
+// reports whether there was one.
+func (s Store) ForgetCluster() (bool, error) {
+	err := os.Remove(filepath.Join(s.Dir, ClusterFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err == nil {
+		err = fsutil.SyncDir(s.Dir)
+	}
+	return err == nil, err
+}
+
 // SaveCluster writes the cluster record atomically.
 func (s Store) SaveCluster(r ClusterRecord) error { return s.writeJSON(ClusterFile, r) }
 

@@ -215,6 +215,14 @@ func (w *Watcher) Poll(ctx context.Context) *Round {
 	defer w.mu.Unlock()
 	w.round = r
 	w.logChanges(members, r)
+	// The record may have been removed meanwhile (plinth etcd forget): a
+	// cluster no member answers for is then forgotten here too.
+	if rec, err := w.store.Cluster(); err == nil && rec.ClusterID != w.cluster.ClusterID {
+		if rec.ClusterID == "" {
+			w.log.Warn("etcd cluster forgotten (plinth etcd forget): members with no data may found a new one", "was", w.cluster.ClusterID)
+		}
+		w.cluster = rec
+	}
 	w.record(r, now)
 	w.decideRestore(r, now)
 	return r

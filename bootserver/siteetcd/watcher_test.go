@@ -220,3 +220,35 @@ func TestTheWatcherLogsAMembersChangeOnce(t *testing.T) {
 		t.Errorf("logged %d times:\n%s", n, c.logs)
 	}
 }
+
+// TestForgottenClusterIsForgottenOnlyWhileNoMemberAnswers: plinth etcd
+// forget removes the record; the running server drops the ID at its next
+// poll when no member answers, and records it again if any does.
+func TestForgottenClusterIsForgottenOnlyWhileNoMemberAnswers(t *testing.T) {
+	c := newCluster(t, t.TempDir())
+	c.w.Poll(context.Background())
+	if id := c.w.ClusterID(); id != "deadbeef01" {
+		t.Fatalf("cluster ID %q", id)
+	}
+	// Members alive: forgetting is undone at once.
+	if had, err := c.w.Store().ForgetCluster(); !had || err != nil {
+		t.Fatalf("forget: %v %v", had, err)
+	}
+	c.w.Poll(context.Background())
+	if id := c.w.ClusterID(); id != "deadbeef01" {
+		t.Errorf("forgotten while the cluster answers: %q", id)
+	}
+	// Every member gone: forgotten.
+	c.set(func(s *etcdtest.State) { s.Down = true })
+	c.w.Store().ForgetCluster()
+	c.w.Poll(context.Background())
+	if id := c.w.ClusterID(); id != "" {
+		t.Errorf("still %q after forget with no member answering", id)
+	}
+	if !strings.Contains(c.logs.String(), "etcd cluster forgotten") {
+		t.Errorf("log:\n%s", c.logs)
+	}
+	if had, _ := c.w.Store().ForgetCluster(); had {
+		t.Error("a second forget found a record")
+	}
+}

@@ -24,7 +24,7 @@ takes a snapshot every --etcd-snapshot-every into its state directory
 (STATE/etcd/snapshots). These commands take one now, list them, and ask the
 boot server to have the members restore one when every member's data is lost.`,
 	}
-	cmd.AddCommand(newEtcdSnapshotCmd(g), newEtcdSnapshotsCmd(g), newEtcdRestoreCmd(g))
+	cmd.AddCommand(newEtcdSnapshotCmd(g), newEtcdSnapshotsCmd(g), newEtcdRestoreCmd(g), newEtcdForgetCmd(g))
 	return cmd
 }
 
@@ -243,5 +243,44 @@ Next:
 	}
 	f.add(cmd)
 	cmd.Flags().BoolVar(&cancel, "cancel", false, "withdraw the restore request")
+	return cmd
+}
+
+func newEtcdForgetCmd(g *globals) *cobra.Command {
+	var f etcdFlags
+	cmd := &cobra.Command{
+		Use:   "forget --site DIR [--state DIR]",
+		Short: "Let etcd members with no data found a new, empty cluster",
+		Long: `Once plinth serve has seen the site's etcd cluster, a member that boots with
+no data never founds a new one while any member keeps its data on a state
+disk: it waits for them. When every member's data is lost for good and no
+snapshot is to be restored, forget removes the cluster's record
+(STATE/etcd/cluster.json): members that then boot with no data and find no
+member answering found a new, EMPTY cluster. While any member answers, the
+boot server records the cluster again at its next poll.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			_, _, store, err := f.open()
+			if err != nil {
+				return err
+			}
+			rec, err := store.Cluster()
+			if err != nil {
+				return err
+			}
+			had, err := store.ForgetCluster()
+			if err != nil {
+				return err
+			}
+			if !had {
+				fmt.Fprintln(cmd.OutOrStdout(), "no etcd cluster is recorded: members with no data found one when none answers")
+				return nil
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "etcd cluster %s forgotten (seen %s): etcd members that boot with no data and find no member answering found a new, empty cluster\n",
+				rec.ClusterID, rec.Seen.Format(time.RFC3339))
+			return nil
+		},
+	}
+	f.add(cmd)
 	return cmd
 }

@@ -264,7 +264,7 @@ func (e *Etcd) Join(ctx context.Context, cfg *node.Config, hasData bool) (JoinPl
 			founding.Why = "no member answers and the boot server offers a snapshot: restoring it (sha256 " + cfg.Cluster.EtcdRestore.SHA256 + ")"
 			return founding, nil
 		case id != "" && len(durable) > 0:
-			return JoinPlan{}, fmt.Errorf("%w: no other member answers, this member has no data, and the site's etcd cluster %s exists with members that keep data on disk (%s): waiting for them; if every member's data is lost, restore a snapshot (plinth etcd restore)",
+			return JoinPlan{}, fmt.Errorf("%w: no other member answers, this member has no data, and the site's etcd cluster %s exists with members that keep data on disk (%s): waiting for them; if every member's data is lost, restore a snapshot (plinth etcd restore) or start empty (plinth etcd forget)",
 				ErrWait, id, strings.Join(durable, ", "))
 		case id != "":
 			founding.Why = "no other member answers and no member keeps data on disk: founding a NEW, EMPTY cluster in place of " + id + " (its data is gone; plinth etcd restore brings a snapshot back)"
