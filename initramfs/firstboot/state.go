@@ -212,7 +212,7 @@ func (o DiskOS) Select(ctx context.Context, sel node.DiskSelector, partUUID stri
 		if blank != nil {
 			return *blank, nil
 		}
-		return Disk{}, fmt.Errorf("no disk holds this machine's state and none of at least %s is blank (disks: %s)",
+		return Disk{}, fmt.Errorf("no disk holds this machine's state and none of at least %s is blank; disks not plinth's, left untouched: %s",
 			node.FormatSize(sel.Bytes), strings.Join(orNone(seen), "; "))
 	}
 	return Disk{}, fmt.Errorf("state disk selector %q: nothing to select", sel.Kind)

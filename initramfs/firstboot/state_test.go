@@ -102,7 +102,7 @@ func TestStateDiskOnRealDisks(t *testing.T) {
 	// Another machine boots with this disk: it is not its own.
 	other := &node.State{Disk: "min-size:32MiB", PartUUID: node.StatePartUUID("lab", "etcd-2")}
 	s, err = PrepareState(ctx, o, other)
-	if err == nil || s.Status != "refused" || !strings.Contains(s.Message, "none of at least 32.0 MiB is blank") && !strings.Contains(s.Message, "another machine") {
+	if err == nil || s.Status != "refused" || !strings.Contains(s.Message, "none of at least 32.0 MiB is blank") || !strings.Contains(s.Message, "another machine") {
 		t.Errorf("another machine's disk: %+v, %v", s, err)
 	}
 	// Named directly, it says whose it is.
