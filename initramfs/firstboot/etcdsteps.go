@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/plinth-dev/plinth/bootserver/api"
@@ -31,6 +32,11 @@ func etcdJoin(ctx context.Context, log *slog.Logger, _ []string) error {
 	}
 	e, err := nodeEtcd()
 	if err != nil {
+		return err
+	}
+	if err := mounted(role.EtcdDataDir); err != nil {
+		// Looking at the directory under the mount would find no data
+		// where the disk holds some.
 		return err
 	}
 	hasData := HasEtcdData(role.EtcdDataDir)
@@ -231,6 +237,23 @@ func download(ctx context.Context, client *http.Client, url, path, want string) 
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != strings.ToLower(want) {
 		return fmt.Errorf("GET %s: sha256 %s, the boot server said %s: refused", url, got, want)
+	}
+	return nil
+}
+
+// mounted checks that dir is a mount point (the state disk's bind mount or
+// the tmpfs the role's units put there): it is on another device than its
+// parent.
+func mounted(dir string) error {
+	var st, parent syscall.Stat_t
+	if err := syscall.Stat(dir, &st); err != nil {
+		return err
+	}
+	if err := syscall.Stat(filepath.Dir(dir), &parent); err != nil {
+		return err
+	}
+	if st.Dev == parent.Dev {
+		return fmt.Errorf("%s is not mounted: its data would be looked for in the wrong place", dir)
 	}
 	return nil
 }

@@ -291,3 +291,12 @@ func TestEveryStepARoleNamesIsImplemented(t *testing.T) {
 		}
 	}
 }
+
+func TestMountedTellsAMountPointFromADirectory(t *testing.T) {
+	if err := mounted("/proc"); err != nil {
+		t.Errorf("/proc: %v", err)
+	}
+	if err := mounted(t.TempDir()); err == nil || !strings.Contains(err.Error(), "is not mounted") {
+		t.Errorf("a plain directory: %v", err)
+	}
+}

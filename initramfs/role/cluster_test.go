@@ -222,3 +222,27 @@ func TestEveryUnitARoleWritesIsPulledIn(t *testing.T) {
 		})
 	}
 }
+
+// TestEtcdJoinLooksAtMountedData: etcd-join decides from the data
+// directory, so it runs after that directory's mount (on a power cut, the
+// directory under the mount is empty and the member would wait for data
+// it holds).
+func TestEtcdJoinLooksAtMountedData(t *testing.T) {
+	for _, machine := range []string{"etcd-1", "etcd-2"} {
+		dir := configureLab(t, machine)
+		b, err := os.ReadFile(filepath.Join(dir, UnitDir, "plinth-etcd-join.service"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var after, requires bool
+		for _, l := range strings.Split(string(b), "\n") {
+			k, v, _ := strings.Cut(l, "=")
+			has := slices.Contains(strings.Fields(v), MountUnit(EtcdDataDir))
+			after = after || k == "After" && has
+			requires = requires || k == "Requires" && has
+		}
+		if !after || !requires {
+			t.Errorf("%s: plinth-etcd-join.service does not require and follow %s:\n%s", machine, MountUnit(EtcdDataDir), b)
+		}
+	}
+}

@@ -73,10 +73,13 @@ func (Etcd) Plan(cfg *node.Config) (*Plan, error) {
 		return nil, err
 	}
 
+	// It decides from the data directory, so it runs once that is
+	// mounted (the state disk's, or the tmpfs).
 	join, err := agentUnit("plinth-etcd-join.service", "plinth: found or join the etcd cluster",
 		[]string{"etcd-join"},
 		opt("Unit", "Wants", "network-online.target"),
-		opt("Unit", "After", "network-online.target"),
+		opt("Unit", "Requires", MountUnit(EtcdDataDir)),
+		opt("Unit", "After", "network-online.target "+MountUnit(EtcdDataDir)),
 		opt("Unit", "Before", "etcd.service"))
 	if err != nil {
 		return nil, err
