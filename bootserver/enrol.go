@@ -39,12 +39,20 @@ const tokenTTL = 15 * time.Minute
 
 func newTokens() *tokens { return &tokens{m: map[string]tokenInfo{}} }
 
-func (t *tokens) mint(machine, ip string) (string, error) {
+// newToken is 128 random bits, hex.
+func newToken() (string, error) {
 	b := make([]byte, 16)
 	if _, err := rand.Read(b); err != nil {
 		return "", fmt.Errorf("mint token: %w", err)
 	}
-	tok := hex.EncodeToString(b)
+	return hex.EncodeToString(b), nil
+}
+
+func (t *tokens) mint(machine, ip string) (string, error) {
+	tok, err := newToken()
+	if err != nil {
+		return "", err
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	now := time.Now()

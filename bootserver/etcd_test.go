@@ -210,7 +210,7 @@ func TestServeRunsTheEtcdWatcherAndStopsIt(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx, ln) }()
+	go func() { done <- s.Serve(ctx, ln, nil) }()
 	wait, stop := context.WithTimeout(context.Background(), 10*time.Second)
 	defer stop()
 	waitUntil(t, wait, "the watcher sees the cluster", func() bool { return s.etcd.ClusterID() == "feed" })

@@ -205,20 +205,30 @@ func (s *Server) bootScript(w http.ResponseWriter, r *http.Request) {
 	}
 	cmdline := strings.TrimSpace(fmt.Sprintf("%s %s=%s %s=%s %s=%s", im.m.Cmdline,
 		api.ParamServer, s.cfg.PublicURL, api.ParamMachine, m.Name, api.ParamRootfs, root))
+	// The boot's token: its reports prove themselves with it until the
+	// machine has its certificate; in token enrolment it also opens the
+	// profile, once.
+	var tok string
 	if snap.site.Enrolment == "token" {
 		how, ok := s.verifyAddress(m, remoteIP(r))
 		if !ok {
 			s.refuse(w, r, m.Name, q, fmt.Sprintf("machine %s must boot from its own address (static, leased by this server, or seen on the boot network with MAC %s)", m.Name, q.MAC))
 			return
 		}
-		tok, err := s.tokens.mint(m.Name, remoteIP(r))
-		if err != nil {
+		if tok, err = s.tokens.mint(m.Name, remoteIP(r)); err != nil {
 			s.fail(w, r, http.StatusInternalServerError, "boot.ipxe: "+err.Error(), "machine", m.Name)
 			return
 		}
-		cmdline += " " + api.ParamToken + "=" + tok
 		s.log.Info("enrolment token minted", "machine", m.Name, "remote", r.RemoteAddr, "verified_by", how)
+	} else if tok, err = newToken(); err != nil {
+		s.fail(w, r, http.StatusInternalServerError, "boot.ipxe: "+err.Error(), "machine", m.Name)
+		return
 	}
+	if err := s.reports.set(m.Name, tok); err != nil {
+		s.fail(w, r, http.StatusInternalServerError, "boot.ipxe: "+err.Error(), "machine", m.Name)
+		return
+	}
+	cmdline += " " + api.ParamToken + "=" + tok
 	url := func(d string) string { return s.cfg.PublicURL + api.ArtifactPath(strings.TrimPrefix(d, "sha256:")) }
 	fmt.Fprintf(w, "#!ipxe\necho plinth: %s is %s, image %s\nkernel %s initrd=initramfs %s\ninitrd --name initramfs %s\nboot\n",
 		m.Name, orDash(m.Role), m.Image, url(k), cmdline, url(i))
@@ -322,7 +332,8 @@ func (s *Server) profile(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, http.StatusNotFound, "config: no machine "+id, "machine", id)
 		return
 	}
-	if snap.site.Enrolment == "token" && !s.tokens.use(r.Header.Get(api.HeaderToken), id, remoteIP(r)) {
+	enrolled := snap.site.Enrolment == "token"
+	if enrolled && !s.tokens.use(r.Header.Get(api.HeaderToken), id, remoteIP(r)) {
 		s.fail(w, r, http.StatusForbidden, "config: enrolment token missing, used, expired or from another address", "machine", id)
 		return
 	}
@@ -337,6 +348,9 @@ func (s *Server) profile(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	s.etcdProfile(c)
+	if c.Cluster != nil {
+		c.Cluster.ReportURL = s.tlsURL
+	}
 	if err := s.issueTLS(c, remoteIP(r)); err != nil {
 		s.fail(w, r, http.StatusInternalServerError, "config: "+err.Error(), "machine", id)
 		return
@@ -344,7 +358,13 @@ func (s *Server) profile(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	_ = json.NewEncoder(w).Encode(c)
-	s.state.update(id, func(st *MachineStatus) { st.IP = remoteIP(r); touch(st) })
+	s.state.update(id, func(st *MachineStatus) {
+		st.IP = remoteIP(r)
+		if enrolled { // the token was minted for this address, checked
+			st.Addr = st.IP
+		}
+		touch(st)
+	})
 	s.notifyMasters() // a machine on DHCP may have a new address
 }
 
@@ -386,18 +406,33 @@ func (s *Server) event(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, http.StatusNotFound, "event: no machine "+e.Machine, "machine", e.Machine)
 		return
 	}
+	how, err := s.authenticate(r, e.Machine)
+	if err != nil {
+		s.refuseReport(w, r, e.Machine, err)
+		return
+	}
 	s.metrics.events.WithLabelValues(e.Stage).Inc()
 	s.state.update(e.Machine, func(st *MachineStatus) {
-		st.State, st.LastEvent, st.IP = e.Stage, e.Message, remoteIP(r)
+		st.State, st.LastEvent, st.IP, st.Addr = e.Stage, e.Message, remoteIP(r), remoteIP(r)
 		st.Events++
 		if len(e.Fields) > 0 {
 			st.Fields = e.Fields
 		}
 		touch(st)
 	})
-	s.log.Info("event", "machine", e.Machine, "stage", e.Stage, "message", e.Message)
+	s.log.Info("event", "machine", e.Machine, "stage", e.Stage, "message", e.Message, "proof", how.String())
+	if s.canChangePool(how) {
+		s.poolReport(e.Machine, e.Stage, remoteIP(r))
+	}
 	s.notifyMasters()
 	s.replyToEvent(w, e.Machine)
+}
+
+// refuseReport answers a report that does not prove its sender: 403, and
+// nothing of the machine's state, the pool or DNS changes.
+func (s *Server) refuseReport(w http.ResponseWriter, r *http.Request, machine string, err error) {
+	s.metrics.refusedReports.Inc()
+	s.fail(w, r, http.StatusForbidden, err.Error(), "machine", machine)
 }
 
 func (s *Server) machines(w http.ResponseWriter, r *http.Request) {

@@ -180,6 +180,10 @@ func (s *Server) uploadLog(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	if _, err := s.authenticate(r, machine); err != nil {
+		s.refuseReport(w, r, machine, err)
+		return
+	}
 	text, err := io.ReadAll(http.MaxBytesReader(w, r.Body, api.MaxLogBytes))
 	if err != nil {
 		s.fail(w, r, http.StatusRequestEntityTooLarge, fmt.Sprintf("logs: body larger than %d bytes", api.MaxLogBytes), "machine", machine)

@@ -15,7 +15,7 @@ import (
 
 func post(t *testing.T, h http.Handler, path, body string) *httptest.ResponseRecorder {
 	t.Helper()
-	r := httptest.NewRequest(http.MethodPost, path, strings.NewReader(body))
+	r := asMachine(httptest.NewRequest(http.MethodPost, path, strings.NewReader(body)), "node-1")
 	r.RemoteAddr = "10.77.0.100:5555"
 	w := httptest.NewRecorder()
 	h.ServeHTTP(w, r)
@@ -75,7 +75,8 @@ func TestAnOperatorAsksForAFreshJournalThroughTheMachinesNextReport(t *testing.T
 	ts := httptest.NewServer(s.Handler())
 	defer ts.Close()
 	postEvent := func() api.EventReply {
-		resp, err := http.Post(ts.URL+api.PathEvents, "application/json", strings.NewReader(event("node-1", api.StageReady)))
+		req, _ := http.NewRequest(http.MethodPost, ts.URL+api.PathEvents, strings.NewReader(event("node-1", api.StageReady)))
+		resp, err := http.DefaultClient.Do(asMachine(req, "node-1"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -114,7 +115,8 @@ func TestAnOperatorAsksForAFreshJournalThroughTheMachinesNextReport(t *testing.T
 	if len(rep.Logs) != 1 || rep.Logs[0] != "kube-proxy.service" {
 		t.Fatalf("reply asks for %v, want kube-proxy.service", rep.Logs)
 	}
-	resp, err := http.Post(ts.URL+api.LogPath("node-1", "kube-proxy.service"), "text/plain", bytes.NewReader([]byte("proxy is fine\n")))
+	req, _ := http.NewRequest(http.MethodPost, ts.URL+api.LogPath("node-1", "kube-proxy.service"), bytes.NewReader([]byte("proxy is fine\n")))
+	resp, err := http.DefaultClient.Do(asMachine(req, "node-1"))
 	if err != nil {
 		t.Fatal(err)
 	}

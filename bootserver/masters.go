@@ -1,6 +1,9 @@
 package bootserver
 
 import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"maps"
 	"net/netip"
 	"slices"
@@ -24,50 +27,96 @@ type HostSink interface {
 	Hosts(domain string, hosts map[string]netip.Addr)
 }
 
-// ReadyMasters lists, sorted, the addresses of masters (machines of a role
-// that serves the API) whose last event
-// was ready (and, with a MasterTTL, came within it): the site's static
-// address of the master, else the address it reported from.
-func (s *Server) ReadyMasters() []netip.Addr {
-	snap := s.snap.Load()
-	now := time.Now()
-	var out []netip.Addr
-	for _, st := range s.state.list() {
-		if !roles.Get(st.Role).APIServer || st.State != api.StageReady {
-			continue
-		}
-		if s.cfg.MasterTTL > 0 && now.Sub(st.LastSeen) > s.cfg.MasterTTL {
-			continue
-		}
-		if a, ok := s.machineAddr(snap, st); ok {
-			out = append(out, a)
-		}
-	}
-	slices.SortFunc(out, netip.Addr.Compare)
-	return slices.Compact(out)
+// ReadyMasters lists, sorted, the addresses the API name serves: the
+// healthy members of the API pool (pool.go).
+func (s *Server) ReadyMasters() []netip.Addr { return s.pool.addrs() }
+
+// APIPool lists the pool's members with their health.
+func (s *Server) APIPool() []PoolMember { return s.pool.list() }
+
+// apiServerOfSite says whether machine is, in the site now, of a role
+// that serves the API.
+func (s *Server) apiServerOfSite(machine string) bool {
+	m := s.snap.Load().site.Machine(machine)
+	return m != nil && roles.Get(m.Role).APIServer
 }
 
-// machineAddr is a machine's static address in the site, else the last
-// address it was seen at.
-func (s *Server) machineAddr(snap *snapshot, st MachineStatus) (netip.Addr, bool) {
-	if m := snap.site.Machine(st.Name); m != nil && m.Address != "" {
+// poolReport applies an authenticated report of an API server to the pool:
+// ready joins it (at its static address, else the report's), any other
+// stage leaves it. It says whether the name's addresses changed.
+func (s *Server) poolReport(machine, stage, from string) bool {
+	if !s.apiServerOfSite(machine) {
+		return false
+	}
+	if stage != api.StageReady {
+		return s.pool.drop(machine, "reported "+stage)
+	}
+	addr, ok := s.machineAddr(s.snap.Load(), machine, from)
+	if !ok {
+		return false
+	}
+	return s.pool.admit(machine, addr)
+}
+
+// runPoolChecks checks the pool's members every APICheckEvery until ctx
+// ends; the returned stop waits for the loop. Without a CA there is no
+// TLS to check /readyz with, and members stay until they report otherwise.
+func (s *Server) runPoolChecks(ctx context.Context) (stop func()) {
+	if s.cfg.CA == nil {
+		return func() {}
+	}
+	conf := &tls.Config{RootCAs: x509.NewCertPool(), MinVersion: tls.VersionTLS12}
+	conf.RootCAs.AddCert(s.cfg.CA.Cert())
+	if s.tlsConf != nil {
+		conf.Certificates = s.tlsConf.Certificates
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(s.cfg.APICheckEvery)
+		defer t.Stop()
+		probe := readyzProbe(conf, s.apiPort, s.cfg.APICheckTimeout)
+		for {
+			if s.pool.check(ctx, probe) {
+				s.notifyMasters()
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
+}
+
+// machineAddr is a machine's address for DNS: its static address in the
+// site, else from (an address an authenticated report or this server's
+// lease gave), if valid.
+func (s *Server) machineAddr(snap *snapshot, machine, from string) (netip.Addr, bool) {
+	if m := snap.site.Machine(machine); m != nil && m.Address != "" {
 		if p, err := netip.ParsePrefix(m.Address); err == nil {
 			return p.Addr(), true
 		}
 	}
-	a, err := netip.ParseAddr(st.IP)
-	return a, err == nil
+	a, err := netip.ParseAddr(from)
+	return a.Unmap(), err == nil
 }
 
 // Hosts maps the host name of every machine of the site whose address is
-// known (static, or seen) to that address.
+// known to that address: static, else leased by this server or given by an
+// authenticated report (MachineStatus.Addr), never one merely seen.
 func (s *Server) Hosts() map[string]netip.Addr {
 	snap := s.snap.Load()
 	out := map[string]netip.Addr{}
 	for _, m := range snap.site.Machines {
 		st, _ := s.state.get(m.Name)
-		st.Name = m.Name
-		if a, ok := s.machineAddr(snap, st); ok {
+		from := st.Addr
+		if a, ok := s.leases.lookup(m.MAC); ok && m.MAC != "" {
+			from = a.String()
+		}
+		if a, ok := s.machineAddr(snap, m.Name, from); ok {
 			out[strings.ToLower(m.Hostname)] = a
 		}
 	}

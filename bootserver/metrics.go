@@ -14,6 +14,9 @@ type metrics struct {
 	images   prometheus.Gauge
 	dhcp     *prometheus.CounterVec
 	refused  prometheus.Counter
+	// refusedReports counts reports that proved no sender (the only trace
+	// they leave, with the request counter).
+	refusedReports prometheus.Counter
 }
 
 // newMetrics registers the server's metrics; fleet feeds the machines-by-state gauge.
@@ -34,8 +37,10 @@ func newMetrics(fleet *stateTable) *metrics {
 			Help: "DHCP replies sent, by message type."}, []string{"type"}),
 		refused: prometheus.NewCounter(prometheus.CounterOpts{Name: "plinth_boot_refused_total",
 			Help: "Boot scripts refused: unknown machines, or a known MAC asked from an address not its own."}),
+		refusedReports: prometheus.NewCounter(prometheus.CounterOpts{Name: "plinth_reports_refused_total",
+			Help: "Events and journals refused: neither the machine's certificate nor its boot token, or another machine's."}),
 	}
-	m.reg.MustRegister(m.requests, m.bytes, m.events, m.reloads, m.images, m.dhcp, m.refused, fleetCollector{fleet},
+	m.reg.MustRegister(m.requests, m.bytes, m.events, m.reloads, m.images, m.dhcp, m.refused, m.refusedReports, fleetCollector{fleet},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

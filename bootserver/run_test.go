@@ -32,7 +32,7 @@ func TestServeWatchesTheSiteAndStopsWithAStatusPageOpen(t *testing.T) {
 	wait, stopWaiting := context.WithTimeout(ctx, 30*time.Second)
 	defer stopWaiting()
 	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx, ln) }()
+	go func() { done <- s.Serve(ctx, ln, nil) }()
 
 	resp, err := http.Get(base + "/v1/events/stream")
 	if err != nil {

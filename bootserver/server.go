@@ -2,6 +2,7 @@ package bootserver
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,6 +20,7 @@ import (
 
 	"github.com/plinth-dev/plinth/bootserver/pki"
 	"github.com/plinth-dev/plinth/bootserver/siteetcd"
+	"github.com/plinth-dev/plinth/profiles"
 )
 
 // Config configures a Server.
@@ -39,11 +42,21 @@ type Config struct {
 	// Masters, if set, follows the ready masters (for the API name's DNS);
 	// if it is also a HostSink, the machines' addresses too.
 	Masters MasterSink
-	// MasterTTL drops a ready master from Masters when it has posted no
-	// event for that long; 0 keeps it until its next non-ready event.
-	MasterTTL time.Duration
-	// CA, if set, issues each machine's TLS material into its profile.
+	// CA, if set, issues each machine's TLS material into its profile;
+	// with TLSListen, it is also the HTTPS listener's (see auth.go).
 	CA *pki.CA
+	// TLSListen is the HTTPS address machines send their reports to with
+	// their certificate, e.g. ":8443"; needs CA. "" serves HTTP only (then
+	// no report can prove a certificate, and the API pool stays empty).
+	TLSListen string
+	// StateDir keeps what must outlive a restart: the API pool and the
+	// report tokens' hashes. Default: the CA's directory; "" without a CA
+	// keeps them in memory.
+	StateDir string
+	// APICheckEvery is how often each API server in the pool has its
+	// /readyz checked (default 2 s); APICheckTimeout bounds one check
+	// (default 2 s). poolFailAfter failures in a row take it out of the name.
+	APICheckEvery, APICheckTimeout time.Duration
 	// Etcd, if set, watches the site's etcd members (siteetcd): the
 	// cluster's ID goes into every profile, snapshots are taken on its
 	// schedule, and a requested restore is offered to the members. New
@@ -58,6 +71,11 @@ type Server struct {
 	snap     atomic.Pointer[snapshot]
 	state    *stateTable
 	tokens   *tokens
+	reports  *reportKeys
+	pool     *apiPool
+	tlsConf  *tls.Config // the HTTPS listener's; nil without TLSListen
+	tlsURL   string      // how machines reach it
+	apiPort  int         // where the pool's health checks find /readyz
 	journals *journals
 	metrics  *metrics
 	leases   *leases
@@ -92,9 +110,18 @@ func New(cfg Config) (*Server, error) {
 	if cfg.IPXEDir == "" {
 		cfg.IPXEDir = "/usr/lib/ipxe"
 	}
+	if cfg.APICheckEvery <= 0 {
+		cfg.APICheckEvery = 2 * time.Second
+	}
+	if cfg.APICheckTimeout <= 0 {
+		cfg.APICheckTimeout = 2 * time.Second
+	}
 	cfg.PublicURL = strings.TrimRight(cfg.PublicURL, "/")
 	if cfg.PublicURL == "" {
 		return nil, errors.New("serve: a public URL is needed (how machines reach this server)")
+	}
+	if cfg.StateDir == "" && cfg.CA != nil {
+		cfg.StateDir = cfg.CA.Dir()
 	}
 	loaded := fingerprint(cfg.SiteDir, cfg.ArtifactsDir)
 	snap, err := load(cfg.SiteDir, cfg.ArtifactsDir)
@@ -103,8 +130,23 @@ func New(cfg Config) (*Server, error) {
 	}
 	state := newStateTable()
 	s := &Server{cfg: cfg, log: cfg.Log, state: state, tokens: newTokens(), journals: newJournals(), metrics: newMetrics(state), leases: newLeases(), neighbour: procNeighbour, loaded: loaded}
+	s.apiPort = profiles.APIPort
+	s.reports = loadReportKeys(s.statePath(ReportKeysFile), cfg.Log)
+	s.pool = loadPool(s.statePath(PoolFile), cfg.Log)
+	if cfg.TLSListen != "" {
+		if cfg.CA == nil {
+			return nil, errors.New("serve: an HTTPS listener needs the site CA")
+		}
+		if s.tlsConf, err = serverTLS(cfg.CA, cfg.PublicURL, cfg.ServerIP, cfg.TLSListen); err != nil {
+			return nil, err
+		}
+		if s.tlsURL, err = tlsURL(cfg.PublicURL, cfg.TLSListen); err != nil {
+			return nil, err
+		}
+	}
 	s.snap.Store(snap)
 	s.seed(snap)
+	s.pool.keep(s.apiServerOfSite)
 	if cfg.Etcd != nil {
 		if s.etcd, err = s.newEtcdWatcher(); err != nil {
 			return nil, err
@@ -144,28 +186,45 @@ func (s *Server) Reload() error {
 	if old == nil || old.key != snap.key {
 		s.metrics.reloads.WithLabelValues("applied").Inc()
 		s.seed(snap)
+		s.pool.keep(s.apiServerOfSite)
 		s.notifyMasters() // the API name may have changed
 		s.log.Info("reloaded", "site", snap.site.Name, "machines", len(snap.site.Machines), "images", len(snap.images))
 	}
 	return nil
 }
 
+// statePath is name in the state directory, "" without one.
+func (s *Server) statePath(name string) string {
+	if s.cfg.StateDir == "" {
+		return ""
+	}
+	return filepath.Join(s.cfg.StateDir, name)
+}
+
 // Handler is the HTTP side, for tests and embedding.
 func (s *Server) Handler() http.Handler { return s.routes() }
 
-// Run listens on the configured address and serves until ctx is cancelled.
+// Run listens on the configured addresses and serves until ctx is cancelled.
 func (s *Server) Run(ctx context.Context) error {
 	ln, err := net.Listen("tcp", s.cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
-	return s.Serve(ctx, ln)
+	var tln net.Listener
+	if s.tlsConf != nil {
+		if tln, err = net.Listen("tcp", s.cfg.TLSListen); err != nil {
+			ln.Close()
+			return fmt.Errorf("serve: HTTPS: %w", err)
+		}
+	}
+	return s.Serve(ctx, ln, tln)
 }
 
-// Serve serves HTTP on ln, and DHCP and TFTP as configured, reloading on
-// SIGHUP and on changes on disk, until ctx is cancelled; then it stops
-// taking requests and waits for downloads in flight (up to shutdownGrace).
-func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+// Serve serves HTTP on ln, HTTPS on tln (if not nil; needs TLSListen's
+// configuration), and DHCP and TFTP as configured, reloading on SIGHUP and
+// on changes on disk, until ctx is cancelled; then it stops taking
+// requests and waits for downloads in flight (up to shutdownGrace).
+func (s *Server) Serve(ctx context.Context, ln, tln net.Listener) error {
 	// Event streams never end by themselves: cancel them at shutdown, or
 	// Shutdown would wait for every open status page.
 	streams, endStreams := context.WithCancel(context.Background())
@@ -173,11 +232,22 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	hs := &http.Server{
 		Handler:           s.routes(),
 		ReadHeaderTimeout: 10 * time.Second,
-		BaseContext:       func(net.Listener) context.Context { return streams },
+		// Failed handshakes (a report with a foreign certificate) and
+		// the like go to the server's log, not to stderr unformatted.
+		ErrorLog:    slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		BaseContext: func(net.Listener) context.Context { return streams },
 	}
 	hs.RegisterOnShutdown(endStreams)
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
 	go func() { errc <- hs.Serve(ln) }()
+	if tln != nil {
+		if s.tlsConf == nil {
+			hs.Close()
+			return errors.New("serve: an HTTPS listener without a TLS configuration (Config.TLSListen)")
+		}
+		go func() { errc <- hs.Serve(tls.NewListener(tln, s.tlsConf)) }()
+		s.log.Info("serving reports over HTTPS", "https", tln.Addr().String(), "url", s.tlsURL)
+	}
 	snap := s.snap.Load()
 	s.log.Info("serving", "http", ln.Addr().String(), "public", s.cfg.PublicURL, "site", snap.site.Name)
 	iface := s.cfg.DHCPInterface
@@ -206,8 +276,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	tick := time.NewTicker(s.cfg.Poll)
 	defer tick.Stop()
 	seen := s.loaded
-	s.notifyMasters() // the site's names, before any machine reports
+	s.notifyMasters() // the site's names and the pool kept, before any machine reports
 	defer s.runEtcd(ctx)()
+	defer s.runPoolChecks(ctx)()
 	for {
 		select {
 		case <-ctx.Done():
@@ -226,7 +297,6 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 				s.log.Error("SIGHUP", "err", err)
 			}
 		case <-tick.C:
-			s.notifyMasters() // masters whose heartbeat stopped (MasterTTL)
 			fp := fingerprint(s.cfg.SiteDir, s.cfg.ArtifactsDir)
 			if fp == seen {
 				continue

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -48,10 +49,17 @@ address = "10.77.0.12/24"
 // fixture writes a site and one built image with real digests.
 func fixture(t testing.TB, enrolment string) (*Server, map[string]string) {
 	t.Helper()
+	return fixtureSite(t, strings.Replace(siteTOML, "%s", enrolment, 1), nil)
+}
+
+// fixtureSite is fixture with the site's text and a last word on the
+// server's configuration.
+func fixtureSite(t testing.TB, siteText string, conf func(*Config)) (*Server, map[string]string) {
+	t.Helper()
 	dir := t.TempDir()
 	site := filepath.Join(dir, "site")
 	os.MkdirAll(site, 0o755)
-	os.WriteFile(filepath.Join(site, "site.toml"), []byte(strings.Replace(siteTOML, "%s", enrolment, 1)), 0o644)
+	os.WriteFile(filepath.Join(site, "site.toml"), []byte(siteText), 0o644)
 	// One build of the files as two images: img for minions, img-master.
 	digests := map[string]string{}
 	for name, role := range map[string]string{"img": "minion", "img-master": "master"} {
@@ -68,11 +76,32 @@ func fixture(t testing.TB, enrolment string) (*Server, map[string]string) {
 		b, _ := m.Encode()
 		os.WriteFile(filepath.Join(img, manifest.FileName), b, 0o644)
 	}
-	s, err := New(Config{SiteDir: site, ArtifactsDir: filepath.Join(dir, "artifacts"), PublicURL: "http://10.77.0.1:8080", ServerIP: netip.MustParseAddr("10.77.0.1")})
+	cfg := Config{SiteDir: site, ArtifactsDir: filepath.Join(dir, "artifacts"), PublicURL: "http://10.77.0.1:8080", ServerIP: netip.MustParseAddr("10.77.0.1")}
+	if conf != nil {
+		conf(&cfg)
+	}
+	s, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Each machine as if booted: its reports prove themselves with
+	// testToken (the boot script mints a random one).
+	for _, m := range s.snap.Load().site.Machines {
+		m := m.Name
+		if err := s.reports.set(m, testToken(m)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	return s, digests
+}
+
+// testToken is the report token fixture gives machine.
+func testToken(machine string) string { return "token-of-" + machine }
+
+// asMachine makes r a report of machine's, proven by its fixture token.
+func asMachine(r *http.Request, machine string) *http.Request {
+	r.Header.Set(api.HeaderToken, testToken(machine))
+	return r
 }
 
 func get(t *testing.T, h http.Handler, path string, hdr ...string) *httptest.ResponseRecorder {
@@ -104,8 +133,17 @@ func TestBootScriptPinsKernelInitrdAndRootfsByDigest(t *testing.T) {
 			t.Errorf("script lacks %q:\n%s", want, body)
 		}
 	}
-	if strings.Contains(body, "plinth.token") {
-		t.Error("a token without enrolment")
+	// Every boot gets a token for its reports, enrolment or not; it
+	// proves node-1's reports until the next boot script replaces it.
+	tok := tokenIn(body)
+	if tok == "" || tok == testToken("node-1") {
+		t.Fatalf("no new report token in the script:\n%s", body)
+	}
+	if code := report(t, s, "node-1", api.StageInit, "10.77.0.100", tok, nil); code != http.StatusNoContent {
+		t.Errorf("a report with the boot's token: %d", code)
+	}
+	if code := report(t, s, "node-1", api.StageInit, "10.77.0.100", testToken("node-1"), nil); code != http.StatusForbidden {
+		t.Errorf("a report with the last boot's token: %d, want 403", code)
 	}
 }
 
@@ -158,7 +196,7 @@ func TestBadRequestsGetClearClientErrors(t *testing.T) {
 		`not json`:                                      400,
 		`{"machine":"node-1","stage":"init"}` + strings.Repeat(" ", maxEventBody): 413,
 	} {
-		r := httptest.NewRequest(http.MethodPost, api.PathEvents, strings.NewReader(body))
+		r := asMachine(httptest.NewRequest(http.MethodPost, api.PathEvents, strings.NewReader(body)), "node-1")
 		w := httptest.NewRecorder()
 		h.ServeHTTP(w, r)
 		if w.Code != code {
@@ -198,7 +236,7 @@ func TestProfileAndEventsUpdateTheFleet(t *testing.T) {
 		t.Errorf("config %+v %+v", c, c.Cluster)
 	}
 	ev, _ := json.Marshal(api.Event{Machine: "node-1", Stage: api.StageReady, Message: "all good"})
-	r := httptest.NewRequest(http.MethodPost, api.PathEvents, bytes.NewReader(ev))
+	r := asMachine(httptest.NewRequest(http.MethodPost, api.PathEvents, bytes.NewReader(ev)), "node-1")
 	rw := httptest.NewRecorder()
 	h.ServeHTTP(rw, r)
 	if rw.Code != http.StatusNoContent {
@@ -272,6 +310,8 @@ func FuzzDecodeEvent(f *testing.F) {
 	})
 }
 
+var tokenRE = regexp.MustCompile(regexp.QuoteMeta(api.ParamToken) + `=[0-9a-f]{32}`)
+
 // TestBootScriptsMatchGoldenFiles pins every script iPXE can get: the chain
 // that adds the machine's identity, a known machine's boot, and the refusal
 // an unknown machine retries from.
@@ -287,7 +327,9 @@ func TestBootScriptsMatchGoldenFiles(t *testing.T) {
 		if w.Code != http.StatusOK {
 			t.Fatalf("%s: %d %s", tc.golden, w.Code, w.Body)
 		}
-		testutil.Golden(t, filepath.Join("testdata", tc.golden), w.Body.Bytes())
+		// The report token is random: the golden file says where it goes.
+		got := tokenRE.ReplaceAllString(w.Body.String(), api.ParamToken+"=TOKEN")
+		testutil.Golden(t, filepath.Join("testdata", tc.golden), []byte(got))
 	}
 }
 

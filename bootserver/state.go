@@ -9,14 +9,17 @@ import (
 // MachineStatus is what the server knows of one machine, as the status
 // page and GET /v1/machines show it.
 type MachineStatus struct {
-	Name      string            `json:"name"`
-	MAC       string            `json:"mac,omitempty"`
-	Role      string            `json:"role,omitempty"`
-	Image     string            `json:"image,omitempty"`
-	Rootfs    string            `json:"rootfs,omitempty"`
-	State     string            `json:"state"` // last stage, stateUnknown for refused machines, "" before any contact
-	LastEvent string            `json:"last_event,omitempty"`
-	IP        string            `json:"ip,omitempty"`
+	Name      string `json:"name"`
+	MAC       string `json:"mac,omitempty"`
+	Role      string `json:"role,omitempty"`
+	Image     string `json:"image,omitempty"`
+	Rootfs    string `json:"rootfs,omitempty"`
+	State     string `json:"state"` // last stage, stateUnknown for refused machines, "" before any contact
+	LastEvent string `json:"last_event,omitempty"`
+	IP        string `json:"ip,omitempty"` // the last request about it came from here (anyone may send one)
+	// Addr is where an authenticated report of the machine came from:
+	// what the site DNS may name it by when it has no static address.
+	Addr      string            `json:"addr,omitempty"`
 	FirstSeen time.Time         `json:"first_seen,omitempty"`
 	LastSeen  time.Time         `json:"last_seen,omitempty"`
 	Known     bool              `json:"known"` // in the site

@@ -63,7 +63,8 @@ func TestStatusPageUpdatesLiveInABrowser(t *testing.T) {
 	}
 	ev, _ := json.Marshal(api.Event{Machine: "node-1", Stage: api.StageReady, Message: "posted while the page was open",
 		Fields: map[string]string{"kubelet": "active", "listen": "tcp/10250"}})
-	resp, err := http.Post(ts.URL+api.PathEvents, "application/json", bytes.NewReader(ev))
+	req, _ := http.NewRequest(http.MethodPost, ts.URL+api.PathEvents, bytes.NewReader(ev))
+	resp, err := http.DefaultClient.Do(asMachine(req, "node-1"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +84,8 @@ func TestStatusPageUpdatesLiveInABrowser(t *testing.T) {
 	}
 
 	// A journal the machine sends shows as a link that opens it.
-	resp, err = http.Post(ts.URL+api.LogPath("node-1", "kubelet.service"), "text/plain", strings.NewReader("kubelet: started the journal test\n"))
+	req, _ = http.NewRequest(http.MethodPost, ts.URL+api.LogPath("node-1", "kubelet.service"), strings.NewReader("kubelet: started the journal test\n"))
+	resp, err = http.DefaultClient.Do(asMachine(req, "node-1"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -197,7 +199,7 @@ func TestStatusPageAndMachinesShowEachServiceState(t *testing.T) {
 	h := s.Handler()
 	ev, _ := json.Marshal(api.Event{Machine: "node-2", Stage: api.StageError, Message: "flanneld is failed",
 		Fields: map[string]string{"etcd": "active", "flanneld": "failed", "listen": "tcp/2379 tcp/2380", "unexpected": "tcp/22"}})
-	r := httptest.NewRequest(http.MethodPost, api.PathEvents, bytes.NewReader(ev))
+	r := asMachine(httptest.NewRequest(http.MethodPost, api.PathEvents, bytes.NewReader(ev)), "node-2")
 	r.RemoteAddr = "10.77.0.12:999"
 	h.ServeHTTP(httptest.NewRecorder(), r)
 	page := getFrom(h, "10.77.0.5", "/").Body.String()
@@ -222,7 +224,7 @@ func TestAgentWaitingForServicesIsAcceptedAndShown(t *testing.T) {
 	s, _ := fixture(t, "none")
 	ev, _ := json.Marshal(api.Event{Machine: "node-1", Stage: api.StageServices, Message: "waiting for kubelet",
 		Fields: map[string]string{"kubelet": "activating"}})
-	r := httptest.NewRequest(http.MethodPost, api.PathEvents, bytes.NewReader(ev))
+	r := asMachine(httptest.NewRequest(http.MethodPost, api.PathEvents, bytes.NewReader(ev)), "node-1")
 	w := httptest.NewRecorder()
 	s.Handler().ServeHTTP(w, r)
 	if w.Code != http.StatusNoContent {

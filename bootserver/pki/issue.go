@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/plinth-dev/plinth/profiles/node"
@@ -30,6 +32,7 @@ type Request struct {
 	Organization []string
 	DNSNames     []string
 	IPs          []netip.Addr
+	URIs         []*url.URL
 	Server       bool // server auth
 	Client       bool // client auth
 }
@@ -62,6 +65,7 @@ func (ca *CA) Issue(r Request) (node.KeyPair, error) {
 		NotAfter:     notAfter,
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		DNSNames:     r.DNSNames,
+		URIs:         r.URIs,
 	}
 	for _, a := range r.IPs {
 		tmpl.IPAddresses = append(tmpl.IPAddresses, net.IP(a.Unmap().AsSlice()))
@@ -137,7 +141,7 @@ func (ca *CA) ForMachine(c *node.Config, addr netip.Addr) (*node.TLS, error) {
 		}
 	}
 	t := &node.TLS{CA: ca.certPEM}
-	kp, err := ca.Issue(Request{CommonName: host, DNSNames: dedup(dns), IPs: dedupAddrs(ips), Server: true, Client: true})
+	kp, err := ca.Issue(Request{CommonName: host, DNSNames: dedup(dns), IPs: dedupAddrs(ips), URIs: []*url.URL{MachineURI(c.Machine)}, Server: true, Client: true})
 	if err != nil {
 		return nil, err
 	}
@@ -163,6 +167,37 @@ func (ca *CA) ForMachine(c *node.Config, addr netip.Addr) (*node.TLS, error) {
 	}
 	return t, nil
 }
+
+// MachineURI is the URI SAN that names a machine of the site in its own
+// certificate: the boot server takes a report signed by that certificate
+// as the machine's (its host name, the subject, may be shared by a rename).
+func MachineURI(machine string) *url.URL {
+	return &url.URL{Scheme: uriScheme, Opaque: "machine:" + machine}
+}
+
+const uriScheme = "plinth"
+
+// MachineOf is the machine a certificate names with MachineURI, if any.
+func MachineOf(cert *x509.Certificate) (string, bool) {
+	for _, u := range cert.URIs {
+		if u.Scheme == uriScheme {
+			if m, ok := strings.CutPrefix(u.Opaque, "machine:"); ok && m != "" {
+				return m, true
+			}
+		}
+	}
+	return "", false
+}
+
+// BootServer issues the boot server's own certificate for its HTTPS
+// listener: server auth for the names and addresses machines reach it at,
+// client auth for its health checks of the API servers.
+func (ca *CA) BootServer(names []string, ips []netip.Addr) (node.KeyPair, error) {
+	return ca.Issue(Request{CommonName: BootServerName, Organization: []string{BootServerName}, DNSNames: dedup(names), IPs: dedupAddrs(ips), Server: true, Client: true})
+}
+
+// BootServerName is the subject of the boot server's certificate.
+const BootServerName = "plinth-boot-server"
 
 func dedup(xs []string) []string {
 	var out []string

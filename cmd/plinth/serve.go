@@ -20,7 +20,7 @@ func newServeCmd(g *globals) *cobra.Command {
 	var bundleFile, bundleDir string
 	var etcdPoll, etcdEvery time.Duration
 	var etcdKeep int
-	var etcdutlFlag string
+	var etcdutlFlag, tlsListen string
 	cmd := &cobra.Command{
 		Use:   "serve --site DIR --artifacts DIR | --bundle FILE [--listen ADDR]",
 		Short: "Netboot machines: DHCP/TFTP for PXE, iPXE scripts, artifacts and profiles over HTTP",
@@ -32,7 +32,10 @@ DHCP (proxy: beside an existing DHCP server; server: as the lab's only one) on
 any change on disk, reloads the site and artifacts; a broken site is rejected
 and the running one kept. It watches the site's etcd members (--etcd-poll):
 their cluster ID goes into every profile, snapshots into STATE/etcd/snapshots,
-and it offers the members a restore asked for with plinth etcd restore.`,
+and it offers the members a restore asked for with plinth etcd restore.
+Machines send their reports over HTTPS (--tls-listen) with their own
+certificate, or before they have one with their boot's token; the API name
+serves the masters that reported ready that way and whose /readyz passes.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if bundleFile != "" {
@@ -60,6 +63,17 @@ and it offers the members a restore asked for with plinth etcd restore.`,
 					return fmt.Errorf("--listen %q: %w", c.Listen, err)
 				}
 				c.PublicURL = "http://" + net.JoinHostPort(host, port)
+			}
+			switch tlsListen {
+			case "off":
+			case "":
+				host, _, err := net.SplitHostPort(c.Listen)
+				if err != nil {
+					return fmt.Errorf("--listen %q: %w", c.Listen, err)
+				}
+				c.TLSListen = net.JoinHostPort(host, "8443")
+			default:
+				c.TLSListen = tlsListen
 			}
 			c.Log = g.log
 			dns, err := siteServices(&c, stateDir, dnsFlag, g.log)
@@ -100,7 +114,8 @@ and it offers the members a restore asked for with plinth etcd restore.`,
 	f.DurationVar(&etcdEvery, "etcd-snapshot-every", time.Hour, "take an etcd snapshot into STATE/etcd/snapshots when the newest is this old; 0: none")
 	f.IntVar(&etcdKeep, "etcd-snapshots", 24, "keep this many etcd snapshots (the one a restore names is kept too)")
 	f.StringVar(&etcdutlFlag, "etcdutl", "", "etcdutl to check each snapshot with (default: etcdutl on PATH, if any)")
-	f.DurationVar(&c.MasterTTL, "master-ttl", 90*time.Second, "drop a ready master from the API name after this long without an event (its agent re-reports every 30 s); 0: only on a non-ready event")
+	f.StringVar(&tlsListen, "tls-listen", "", "HTTPS address for the machines' reports, proven by their certificates (default: --listen's host, port 8443; off: none, and no master can join the API name)")
+	f.DurationVar(&c.APICheckEvery, "api-check-every", 2*time.Second, "check each API server in the API name's pool (its /readyz over TLS) this often; two failures in a row take it out")
 	return cmd
 }
 

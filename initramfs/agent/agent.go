@@ -292,9 +292,10 @@ func (p *reporter) post(ctx context.Context, cfg *node.Config, r *Report, stage,
 	if cfg == nil || cfg.Cluster == nil || cfg.Cluster.BootServer == "" {
 		return
 	}
-	c := p.client
-	c.URL = strings.TrimRight(cfg.Cluster.BootServer, "/") + api.PathEvents
-	c.Machine = cfg.Machine
+	c, err := firstboot.MachinePoster(cfg, p.client)
+	if err != nil {
+		fmt.Fprintf(p.out, "plinth-agent: %v\n", err)
+	}
 	reply, err := c.Report(ctx, api.Event{Stage: stage, Message: msg, Time: time.Now().UTC(), Fields: r.fields()})
 	if err != nil {
 		fmt.Fprintf(p.out, "plinth-agent: report to %s: %v\n", cfg.Cluster.BootServer, err)

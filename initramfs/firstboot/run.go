@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/plinth-dev/plinth/bootserver/api"
@@ -57,10 +56,25 @@ func postEvent(ctx context.Context, log *slog.Logger, cfg *node.Config, stage, m
 	if cfg.Cluster == nil || cfg.Cluster.BootServer == "" {
 		return
 	}
-	p := events.Poster{URL: strings.TrimRight(cfg.Cluster.BootServer, "/") + api.PathEvents, Machine: cfg.Machine, Timeout: 10 * time.Second}
+	p, err := MachinePoster(cfg, events.Poster{Timeout: 10 * time.Second})
+	if err != nil {
+		log.Warn("report", "err", err)
+	}
 	if err := p.Send(ctx, api.Event{Stage: stage, Message: msg}); err != nil {
 		log.Warn("event not posted", "stage", stage, "err", err)
 	}
+}
+
+// ReportFiles are this machine's certificate, key and site CA, as its
+// reports to the boot server use them.
+var ReportFiles = events.TLSFiles{CA: role.CAFile, Cert: role.NodeCert, Key: role.NodeKey}
+
+// MachinePoster is p set up to report as this machine: with its own
+// certificate to the profile's ReportURL, else with the boot's token (from
+// the kernel command line) to its boot server.
+func MachinePoster(cfg *node.Config, p events.Poster) (events.Poster, error) {
+	cmdline, _ := os.ReadFile("/proc/cmdline")
+	return p.ForMachine(cfg, ReportFiles, events.CmdlineToken(string(cmdline)))
 }
 
 func loadConfig() (*node.Config, error) {

@@ -217,7 +217,7 @@ func (s *Stage1) params(ctx context.Context) error {
 	}
 	if p.Server != "" {
 		mode = "netboot from " + p.Server + " as " + p.Machine
-		s.Events = events.NewQueue(&events.Poster{URL: p.Server + api.PathEvents, Machine: p.Machine, Client: s.Fetch.Client}, 64)
+		s.Events = events.NewQueue(&events.Poster{URL: p.Server + api.PathEvents, Machine: p.Machine, Client: s.Fetch.Client, Token: p.Token}, 64)
 		s.Con.SetEvents(s.Events)
 		s.Fetch.Token = p.Token
 	}

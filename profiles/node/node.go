@@ -53,6 +53,10 @@ type Cluster struct {
 	Proxy       *Proxy   `json:"proxy,omitempty"`
 	// BootServer is the URL of the boot server, for events and readiness.
 	BootServer string `json:"boot_server,omitempty"`
+	// ReportURL is the boot server's HTTPS URL: the machine's agent sends
+	// its reports there with the machine's own certificate (the only
+	// reports that can put an API server in the API name).
+	ReportURL string `json:"report_url,omitempty"`
 	// Kubernetes is the version of the Kubernetes binaries in the images.
 	Kubernetes string `json:"kubernetes,omitempty"`
 	// ServiceCIDR is the Kubernetes service network; its first address is

@@ -5,15 +5,20 @@ package events
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/plinth-dev/plinth/bootserver/api"
+	"github.com/plinth-dev/plinth/profiles/node"
 )
 
 // Sink receives boot events; Post must return promptly.
@@ -28,6 +33,9 @@ type Poster struct {
 	Machine string
 	Client  *http.Client
 	Timeout time.Duration // per event; default 2s
+	// Token is the boot's report token (api.ParamToken), sent as
+	// api.HeaderToken: the proof of a machine that has no certificate yet.
+	Token string
 }
 
 // Send posts one event, stamping the machine (and the time if unset).
@@ -95,6 +103,9 @@ func (p *Poster) do(ctx context.Context, url, contentType string, body []byte) (
 		return nil, err
 	}
 	req.Header.Set("Content-Type", contentType)
+	if p.Token != "" {
+		req.Header.Set(api.HeaderToken, p.Token)
+	}
 	c := p.Client
 	if c == nil {
 		c = http.DefaultClient
@@ -199,4 +210,63 @@ func (q *Queue) Flush(ctx context.Context) (lost int) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return q.dropped + q.failed + q.pending
+}
+
+// TLSFiles are where a booted machine keeps its certificate, its key and
+// the site CA.
+type TLSFiles struct{ CA, Cert, Key string }
+
+// ForMachine is p set up to report as the machine cfg describes: to the
+// profile's ReportURL over HTTPS with the machine's own certificate when
+// the profile names one and the files load (the only reports the boot
+// server lets change the API pool), else to its BootServer with the
+// boot's token. Its journal uploads go the same way.
+func (p Poster) ForMachine(cfg *node.Config, files TLSFiles, token string) (Poster, error) {
+	p.Machine = cfg.Machine
+	if cfg.Cluster == nil {
+		return p, errors.New("the profile has no cluster settings (no boot server)")
+	}
+	if cfg.Cluster.ReportURL != "" {
+		c, err := tlsClient(files)
+		if err == nil {
+			p.URL, p.Client, p.Token = strings.TrimRight(cfg.Cluster.ReportURL, "/")+api.PathEvents, c, ""
+			return p, nil
+		}
+		// Without its certificate the machine still says how it is.
+		p.URL, p.Token = strings.TrimRight(cfg.Cluster.BootServer, "/")+api.PathEvents, token
+		return p, fmt.Errorf("reporting with the boot token: the machine's certificate: %w", err)
+	}
+	p.URL, p.Token = strings.TrimRight(cfg.Cluster.BootServer, "/")+api.PathEvents, token
+	return p, nil
+}
+
+// tlsClient trusts the site CA only and presents the machine's certificate.
+func tlsClient(f TLSFiles) (*http.Client, error) {
+	ca, err := os.ReadFile(f.CA)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(ca) {
+		return nil, fmt.Errorf("%s: no certificate", f.CA)
+	}
+	kp, err := tls.LoadX509KeyPair(f.Cert, f.Key)
+	if err != nil {
+		return nil, err
+	}
+	return &http.Client{Transport: &http.Transport{
+		TLSClientConfig:   &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{kp}, MinVersion: tls.VersionTLS12},
+		DisableKeepAlives: true,
+	}}, nil
+}
+
+// CmdlineToken is the boot's report token from the kernel command line
+// (cmdline is /proc/cmdline's text), "" if none.
+func CmdlineToken(cmdline string) string {
+	for _, f := range strings.Fields(cmdline) {
+		if v, ok := strings.CutPrefix(f, api.ParamToken+"="); ok {
+			return v
+		}
+	}
+	return ""
 }
