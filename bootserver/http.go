@@ -425,7 +425,7 @@ func (s *Server) event(w http.ResponseWriter, r *http.Request) {
 		s.poolReport(e.Machine, e.Stage, remoteIP(r))
 	}
 	s.notifyMasters()
-	s.replyToEvent(w, e.Machine)
+	s.replyToEvent(w, e.Machine, how)
 }
 
 // refuseReport answers a report that does not prove its sender: 403, and

@@ -226,13 +226,21 @@ func (s *Server) serveLog(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write(jl.text)
 }
 
-// replyToEvent answers an accepted event: the journals operators wait for.
-func (s *Server) replyToEvent(w http.ResponseWriter, machine string) {
-	units := s.journals.wanted(machine, time.Now().UTC())
-	if len(units) == 0 {
+// replyToEvent answers an accepted event: the journals operators wait
+// for, and to a machine that proved itself with its certificate, the API
+// pool to pin.
+func (s *Server) replyToEvent(w http.ResponseWriter, machine string, how authLevel) {
+	rep := api.EventReply{Logs: s.journals.wanted(machine, time.Now().UTC())}
+	if name := s.snap.Load().site.APIName; name != "" && how == authCert {
+		rep.API = &api.APIPool{Name: name}
+		for _, a := range s.ReadyMasters() {
+			rep.API.Addrs = append(rep.API.Addrs, a.String())
+		}
+	}
+	if len(rep.Logs) == 0 && rep.API == nil {
 		w.WriteHeader(http.StatusNoContent)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(api.EventReply{Logs: units})
+	_ = json.NewEncoder(w).Encode(rep)
 }

@@ -167,7 +167,7 @@ func TestForgedReportsChangeNeitherThePoolNorTheName(t *testing.T) {
 	if got := sink.now(); len(got) != 0 {
 		t.Fatalf("a token report put %v in the API name", got)
 	}
-	if code := report(t, s, "node-2", api.StageReady, "10.77.0.12", "", master); code != http.StatusNoContent {
+	if code := report(t, s, "node-2", api.StageReady, "10.77.0.12", "", master); code != http.StatusOK {
 		t.Fatalf("certified report: %d", code)
 	}
 	want := []netip.Addr{netip.MustParseAddr("10.77.0.12")}
@@ -183,7 +183,7 @@ func TestForgedReportsChangeNeitherThePoolNorTheName(t *testing.T) {
 		t.Fatalf("after forged reports the name has %v, want %v", got, want)
 	}
 	// The master itself says it is not ready: out.
-	if code := report(t, s, "node-2", api.StageError, "10.77.0.12", "", master); code != http.StatusNoContent {
+	if code := report(t, s, "node-2", api.StageError, "10.77.0.12", "", master); code != http.StatusOK {
 		t.Fatalf("certified error: %d", code)
 	}
 	if got := sink.now(); len(got) != 0 {
@@ -331,7 +331,7 @@ func TestPoolFollowsHealthAndOutlivesARestart(t *testing.T) {
 		c    tls.Certificate
 		from string
 	}{{"node-2", cert2, "127.0.0.2"}, {"node-3", cert3, "127.0.0.3"}} {
-		if code := report(t, s, m.name, api.StageReady, m.from, "", certOf(t, m.c)); code != http.StatusNoContent {
+		if code := report(t, s, m.name, api.StageReady, m.from, "", certOf(t, m.c)); code != http.StatusOK {
 			t.Fatalf("%s ready: %d", m.name, code)
 		}
 	}
@@ -424,7 +424,7 @@ func TestReportsOverHTTPSAreProvenByTheMachinesCertificate(t *testing.T) {
 		return resp.StatusCode, nil
 	}
 	cert2 := machineCert(t, ca, "node-2", "master", netip.MustParseAddr("127.0.0.2"))
-	if code, err := post(client(cert2), "node-2", api.StageReady); err != nil || code != http.StatusNoContent {
+	if code, err := post(client(cert2), "node-2", api.StageReady); err != nil || code != http.StatusOK {
 		t.Fatalf("node-2 with its certificate: %d %v", code, err)
 	}
 	if got := s.ReadyMasters(); !slices.Equal(got, []netip.Addr{netip.MustParseAddr("127.0.0.2")}) {
@@ -494,8 +494,12 @@ func TestAMastersAgentJoinsThePoolWithItsCertificateFiles(t *testing.T) {
 	if err != nil || !strings.HasPrefix(p.URL, "https://") || p.Token != "" {
 		t.Fatalf("with its certificate: %v, %s, token %q", err, p.URL, p.Token)
 	}
-	if err := p.Send(t.Context(), api.Event{Stage: api.StageReady}); err != nil {
+	reply, err := p.Report(t.Context(), api.Event{Stage: api.StageReady})
+	if err != nil {
 		t.Fatalf("certified report: %v", err)
+	}
+	if reply.API == nil || reply.API.Name != "api.lab.example" || !slices.Equal(reply.API.Addrs, []string{"127.0.0.3"}) {
+		t.Errorf("the reply names the pool %+v, want api.lab.example [127.0.0.3]", reply.API)
 	}
 	if got, want := s.ReadyMasters(), []netip.Addr{netip.MustParseAddr("127.0.0.3")}; !slices.Equal(got, want) {
 		t.Errorf("the name after the agent's report: %v, want %v", got, want)

@@ -70,6 +70,18 @@ const HeaderLogTime = "X-Plinth-Log-Time"
 // agent then uploads to LogPath.
 type EventReply struct {
 	Logs []string `json:"logs,omitempty"`
+	// API is the site's API name and the addresses it serves now, in a
+	// reply to a report proven by the machine's certificate: the agent
+	// pins them in /etc/hosts, so the node keeps reaching the API servers
+	// while the boot server (the name's only DNS) is down.
+	API *APIPool `json:"api,omitempty"`
+}
+
+// APIPool is the API name and its addresses (none: the node goes back to
+// asking DNS).
+type APIPool struct {
+	Name  string   `json:"name"`
+	Addrs []string `json:"addrs,omitempty"`
 }
 
 // ProfilePath is the URL path of a machine's rendered config.

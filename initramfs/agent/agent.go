@@ -47,6 +47,9 @@ type System interface {
 	// FullJournal is what a unit logged in this boot, with timestamps,
 	// for an operator to read (plinth logs).
 	FullJournal(ctx context.Context, unit string) []byte
+	// PinAPI keeps the API pool the boot server named in the hosts file
+	// (pin.go).
+	PinAPI(pool api.APIPool, machine string) error
 }
 
 // UnitState is one unit as systemd sees it.
@@ -300,6 +303,11 @@ func (p *reporter) post(ctx context.Context, cfg *node.Config, r *Report, stage,
 	if err != nil {
 		fmt.Fprintf(p.out, "plinth-agent: report to %s: %v\n", cfg.Cluster.BootServer, err)
 		return
+	}
+	if reply.API != nil {
+		if err := p.sys.PinAPI(*reply.API, cfg.Machine); err != nil {
+			fmt.Fprintf(p.out, "plinth-agent: API pool: %v\n", err)
+		}
 	}
 	units := map[string]bool{}
 	for _, u := range reply.Logs {

@@ -120,6 +120,7 @@ type fakeSystem struct {
 	urls     map[string]string // URL → body of a 200 answer
 	logs     map[string]string // unit → its journal's last lines
 	restarts map[string]int
+	pinned   []api.APIPool // what PinAPI was given, in order
 }
 
 func (f *fakeSystem) ReadFile(p string) ([]byte, error) {
@@ -129,6 +130,10 @@ func (f *fakeSystem) ReadFile(p string) ([]byte, error) {
 	return nil, &fs.PathError{Op: "open", Path: p, Err: fs.ErrNotExist}
 }
 func (f *fakeSystem) Hostname() (string, error) { return f.host, nil }
+func (f *fakeSystem) PinAPI(pool api.APIPool, _ string) error {
+	f.pinned = append(f.pinned, pool)
+	return nil
+}
 func (f *fakeSystem) ProbeWrite(string) error {
 	if f.readOnly {
 		return &fs.PathError{Op: "create", Path: "/.probe", Err: fs.ErrPermission}
@@ -197,6 +202,7 @@ type bootServer struct {
 	got      []api.Event
 	journals map[string]string // unit → last upload
 	ask      []string
+	pool     *api.APIPool // what the reply names, if any
 }
 
 func newBootServer(t *testing.T) *bootServer {
@@ -222,11 +228,11 @@ func newBootServer(t *testing.T) *bootServer {
 		b.mu.Lock()
 		defer b.mu.Unlock()
 		b.got = append(b.got, e)
-		if len(b.ask) == 0 {
+		if len(b.ask) == 0 && b.pool == nil {
 			w.WriteHeader(http.StatusNoContent)
 			return
 		}
-		_ = json.NewEncoder(w).Encode(api.EventReply{Logs: b.ask})
+		_ = json.NewEncoder(w).Encode(api.EventReply{Logs: b.ask, API: b.pool})
 	}))
 	t.Cleanup(b.Close)
 	return b
@@ -534,5 +540,17 @@ func TestAMachineStillBootingIsNotReady(t *testing.T) {
 	m.states["default.target"] = "active"
 	if code := Run(context.Background(), m, &bytes.Buffer{}, eventsPoster()); code != 0 {
 		t.Errorf("booted machine: exit %d", code)
+	}
+}
+
+func TestTheAPIPoolInAReplyIsPinned(t *testing.T) {
+	b := newBootServer(t)
+	pool := api.APIPool{Name: "api.lab.example", Addrs: []string{"10.77.0.21", "10.77.0.22"}}
+	b.pool = &pool
+	m := machine(t, b.URL)
+	var out bytes.Buffer
+	Run(context.Background(), m, &out, eventsPoster())
+	if len(m.pinned) != 1 || m.pinned[0].Name != pool.Name || len(m.pinned[0].Addrs) != 2 {
+		t.Errorf("pinned %+v, want %+v once (%s)", m.pinned, pool, out.String())
 	}
 }

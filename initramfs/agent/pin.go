@@ -1,0 +1,100 @@
+package agent
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+
+	"github.com/plinth-dev/plinth/bootserver/api"
+	"github.com/plinth-dev/plinth/internal/fsutil"
+)
+
+// The API pool pinned in /etc/hosts. The site DNS that answers the API
+// name is the boot server; with it down, a node whose kubelet reconnects
+// would find no API server. The boot server's reply to each certified
+// report names the pool; the agent keeps it in a marked block of
+// /etc/hosts (read before DNS: nsswitch "files dns"), so the node keeps
+// the last pool it was told while the boot server is unreachable, and
+// follows it again once the server is back. An empty pool removes the
+// block: the node asks DNS as before.
+
+const (
+	pinBegin = "# plinth: API pool (the agent keeps this block; edits are lost)"
+	pinEnd   = "# plinth: end of API pool"
+)
+
+// HostsFile is where the pool is pinned.
+const HostsFile = "/etc/hosts"
+
+// PinHosts is hosts with the block for pool replaced (or removed when the
+// pool is empty). The addresses are rotated by a hash of the machine's
+// name, so the nodes of a site do not all start with the same server
+// (resolvers return /etc/hosts entries in file order; Go and glibc clients
+// try the next one when the first does not answer).
+func PinHosts(hosts []byte, pool api.APIPool, machine string) ([]byte, error) {
+	var out bytes.Buffer
+	in := false
+	for line := range strings.Lines(string(hosts)) {
+		switch strings.TrimRight(line, "\n") {
+		case pinBegin:
+			in = true
+			continue
+		case pinEnd:
+			in = false
+			continue
+		}
+		if !in {
+			out.WriteString(line)
+		}
+	}
+	if in {
+		return nil, errors.New("the API pool block has no end marker")
+	}
+	if pool.Name == "" || len(pool.Addrs) == 0 {
+		return out.Bytes(), nil
+	}
+	if strings.ContainsAny(pool.Name, " \t\n#") {
+		return nil, fmt.Errorf("API name %q cannot go into a hosts file", pool.Name)
+	}
+	var addrs []netip.Addr
+	for _, a := range pool.Addrs {
+		ip, err := netip.ParseAddr(a)
+		if err != nil {
+			return nil, fmt.Errorf("API pool address %q: %w", a, err)
+		}
+		addrs = append(addrs, ip)
+	}
+	slices.SortFunc(addrs, netip.Addr.Compare)
+	addrs = slices.Compact(addrs)
+	h := fnv.New32a()
+	h.Write([]byte(machine))
+	k := int(h.Sum32() % uint32(len(addrs)))
+	addrs = append(addrs[k:], addrs[:k]...)
+	if out.Len() > 0 && !bytes.HasSuffix(out.Bytes(), []byte("\n")) {
+		out.WriteByte('\n')
+	}
+	out.WriteString(pinBegin + "\n")
+	for _, a := range addrs {
+		fmt.Fprintf(&out, "%s\t%s\n", a, pool.Name)
+	}
+	out.WriteString(pinEnd + "\n")
+	return out.Bytes(), nil
+}
+
+// PinAPI pins pool in the hosts file, atomically, when it changes it.
+func (OS) PinAPI(pool api.APIPool, machine string) error {
+	old, err := os.ReadFile(HostsFile)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	b, err := PinHosts(old, pool, machine)
+	if err != nil || bytes.Equal(b, old) {
+		return err
+	}
+	return fsutil.WriteFileAtomic(HostsFile, b, 0o644)
+}
