@@ -79,11 +79,12 @@ airgap-test: fixtures
 	PLINTH_QEMU_TESTS=1 PLINTH_AIRGAP_BUILD=1 $(GO) test -count=1 -timeout 40m -v -run 'TestAirgap' ./qemu-tests/ 2>&1 | tee build/airgap-test.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|figure:'; exit $${PIPESTATUS[0]}
 
 ## e2e: the whole cluster in QEMU, as two scenarios, on blank state disks: 3 etcd members (a power cut, a disk replaced,
-## a 4th member refusing a foreign disk then joining), then 1 etcd + 1 master + 2 minions (a power cut, a snapshot restored); long
+## a 4th member refusing a foreign disk then joining), then 1 etcd + 1 master + 2 minions (a power cut, a snapshot restored), then
+## 1 etcd + 2 masters + 1 minion (the API name: round robin, a master killed, the boot server restarted and away 10 min); long
 e2e: stack-fixtures
 	@mkdir -p build
 	PLINTH_E2E=1 $(GO) test -count=1 -v -run 'TestJoinAgainstRealEtcd' ./initramfs/firstboot/
-	PLINTH_QEMU_TESTS=1 PLINTH_E2E=1 $(GO) test -count=1 -timeout 150m -v -run 'TestEtcdE2E|TestClusterE2E' ./qemu-tests/ 2>&1 | tee build/e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|figure:|boot state|listens on|pod IPs|probe-'; exit $${PIPESTATUS[0]}
+	PLINTH_QEMU_TESTS=1 PLINTH_E2E=1 $(GO) test -count=1 -timeout 150m -v -run 'TestEtcdE2E|TestClusterE2E|TestHAE2E' ./qemu-tests/ 2>&1 | tee build/e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|figure:|boot state|listens on|pod IPs|probe-'; exit $${PIPESTATUS[0]}
 
 ## cluster: build the stock images and netboot the QEMU lab site as a cluster (runs until interrupted)
 cluster: images

@@ -14,6 +14,8 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os/exec"
+	"syscall"
 	"time"
 
 	"github.com/plinth-dev/plinth/lab/netlab"
@@ -59,10 +61,44 @@ func (l *Lab) Wrap() []string { return []string{"ip", "netns", "exec", l.nl.Name
 
 // Start runs a program inside the lab until Close, its output to w.
 func (l *Lab) Start(ctx context.Context, w io.Writer, name string, args ...string) error {
+	_, err := l.StartProc(ctx, w, name, args...)
+	return err
+}
+
+// Proc is a program running in the lab.
+type Proc struct {
+	cmd  *exec.Cmd
+	done <-chan error
+}
+
+// StartProc is Start, with the program's process to stop before Close.
+func (l *Lab) StartProc(ctx context.Context, w io.Writer, name string, args ...string) (*Proc, error) {
 	cmd := l.nl.Command(ctx, name, args...)
 	cmd.Stdout, cmd.Stderr = w, w
-	_, err := l.nl.Start(cmd)
-	return err
+	done, err := l.nl.Start(cmd)
+	if err != nil {
+		return nil, err
+	}
+	return &Proc{cmd: cmd, done: done}, nil
+}
+
+// Pid is the program's process ID.
+func (p *Proc) Pid() int { return p.cmd.Process.Pid }
+
+// Stop ends the program as an operator's service manager would: SIGTERM,
+// then SIGKILL after grace; it returns once the process is gone.
+func (p *Proc) Stop(grace time.Duration) error {
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		return fmt.Errorf("stop %d: %w", p.Pid(), err)
+	}
+	select {
+	case <-p.done:
+		return nil
+	case <-time.After(grace):
+	}
+	_ = p.cmd.Process.Kill()
+	<-p.done
+	return nil
 }
 
 // Dial connects to addr from inside the lab: the socket is made on a

@@ -55,6 +55,7 @@ type Cluster struct {
 	Server string // the boot server's URL inside the lab
 	cfg    Config
 	start  time.Time
+	served *Proc // the boot server (plinth serve)
 
 	// startVM starts a machine's QEMU: qemu.Start, a fake in unit tests.
 	startVM func(context.Context, qemu.Config) (machineVM, error)
@@ -216,7 +217,8 @@ func maskBits(mask netip.Addr) int {
 
 // serve starts plinth serve in the lab and waits until it answers.
 func (c *Cluster) serve(ctx context.Context) error {
-	logf, err := os.Create(filepath.Join(c.cfg.LogDir, "serve.log"))
+	// Appended to: a restarted server's log follows the one before.
+	logf, err := os.OpenFile(filepath.Join(c.cfg.LogDir, "serve.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
 	}
@@ -225,10 +227,12 @@ func (c *Cluster) serve(ctx context.Context) error {
 	if c.cfg.State != "" {
 		args = append(args, "--state", c.cfg.State)
 	}
-	if err := c.Lab.Start(ctx, logf, c.cfg.Plinth, args...); err != nil {
+	p, err := c.Lab.StartProc(ctx, logf, c.cfg.Plinth, args...)
+	if err != nil {
 		logf.Close()
 		return err
 	}
+	c.served = p
 	// The file stays open for the server; the lab's Close ends it.
 	for {
 		if _, err := c.Lab.Get(ctx, c.Server+api.PathMachines); err == nil {
@@ -366,6 +370,27 @@ func (c *Cluster) Machines(ctx context.Context) (map[string]bootserver.MachineSt
 		out[st.Name] = st
 	}
 	return out, nil
+}
+
+// StopServer stops the boot server (SIGTERM, as a service manager would);
+// the machines keep running. StartServer starts it again with the same
+// site, artifacts and state.
+func (c *Cluster) StopServer() error {
+	if c.served == nil {
+		return errors.New("the lab's boot server is not running")
+	}
+	err := c.served.Stop(15 * time.Second)
+	c.served = nil
+	return err
+}
+
+// StartServer starts the boot server again after StopServer and waits
+// until it answers.
+func (c *Cluster) StartServer(ctx context.Context) error {
+	if c.served != nil {
+		return errors.New("the lab's boot server is running")
+	}
+	return c.serve(ctx)
 }
 
 // Close stops the VMs and the boot server and deletes the lab's network.

@@ -82,7 +82,7 @@ func TestExamplesLoad(t *testing.T) {
 		name     string
 		machines int
 	}{
-		{"examples/qemu-lab", "lab", 6},
+		{"examples/qemu-lab", "lab", 7},
 		{"examples/rack", "dc1-r07", 9},
 		{"examples/demo", "demo", 3},
 	} {

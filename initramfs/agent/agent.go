@@ -75,6 +75,9 @@ type Report struct {
 	// State says where the role's state lives: the state disk step's
 	// message, or that it is in RAM and lost at every reboot.
 	State string
+	// APIPool is the API pool this node has pinned in /etc/hosts
+	// ("10.77.0.21 10.77.0.22"), "" when none.
+	APIPool string
 	// Load is the 1-minute load average and Memory the memory available
 	// of the total ("412/1987 MiB"): what a slow machine is short of.
 	Load, Memory string
@@ -123,6 +126,9 @@ func Check(ctx context.Context, sys System) (*Report, *node.Config) {
 	}
 	if err := sys.ProbeWrite("/"); err != nil {
 		r.Problems = append(r.Problems, "/ is not writable: "+err.Error())
+	}
+	if b, err := sys.ReadFile(HostsFile); err == nil {
+		r.APIPool = strings.Join(PinnedAddrs(b), " ")
 	}
 	if cfg != nil {
 		msg, refused := stateOf(sys, cfg)
@@ -234,6 +240,9 @@ func (r *Report) fields() map[string]string {
 	}
 	if r.State != "" {
 		f["state"] = r.State
+	}
+	if r.APIPool != "" {
+		f["api_pool"] = r.APIPool
 	}
 	f["listen"] = strings.Join(r.Listen, " ")
 	if len(r.Unexpected) > 0 {

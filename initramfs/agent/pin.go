@@ -86,6 +86,25 @@ func PinHosts(hosts []byte, pool api.APIPool, machine string) ([]byte, error) {
 	return out.Bytes(), nil
 }
 
+// PinnedAddrs are the addresses of the block PinHosts wrote, in order.
+func PinnedAddrs(hosts []byte) []string {
+	var out []string
+	in := false
+	for line := range strings.Lines(string(hosts)) {
+		switch line = strings.TrimSpace(line); {
+		case line == pinBegin:
+			in = true
+		case line == pinEnd:
+			in = false
+		case in:
+			if f := strings.Fields(line); len(f) > 0 {
+				out = append(out, f[0])
+			}
+		}
+	}
+	return out
+}
+
 // PinAPI pins pool in the hosts file, atomically, when it changes it.
 func (OS) PinAPI(pool api.APIPool, machine string) error {
 	old, err := os.ReadFile(HostsFile)

@@ -20,6 +20,9 @@ func TestThePoolIsPinnedReplacedAndRemovedKeepingTheRestOfHosts(t *testing.T) {
 		!strings.Contains(got, "10.77.0.21\tapi.lab.example\n") || !strings.Contains(got, "10.77.0.22\tapi.lab.example\n") {
 		t.Fatalf("pinned:\n%s", got)
 	}
+	if got := PinnedAddrs(b); len(got) != 2 || got[0] == got[1] {
+		t.Errorf("PinnedAddrs = %v", got)
+	}
 	// Pinning again with one server left replaces the block, not adds one.
 	b, err = PinHosts(b, api.APIPool{Name: "api.lab.example", Addrs: []string{"10.77.0.22"}}, "node-1")
 	if err != nil {
