@@ -352,6 +352,11 @@ func TestPoolFollowsHealthAndOutlivesARestart(t *testing.T) {
 	if st := s.APIPool(); len(st) != 2 || st[0].Healthy || st[0].LastErr == "" {
 		t.Errorf("pool %+v: node-2 should be listed unhealthy with its error", st)
 	}
+	// Its agent's heartbeat does not bring it back while checks fail.
+	report(t, s, "node-2", api.StageReady, "127.0.0.2", "", certOf(t, cert2))
+	if got := sink.now(); !slices.Equal(got, both[1:]) {
+		t.Errorf("a heartbeat put a failing master back: %v", got)
+	}
 	startFakeAPI(t, cert2, "127.0.0.2:"+strconv.Itoa(port))
 	waitFor(t, "node-2 is back in the name", 20*every, func() bool { return slices.Equal(sink.now(), both) })
 

@@ -115,16 +115,15 @@ func cmpString(a, b string) int {
 	return 0
 }
 
-// admit makes machine a healthy member at addr; it says whether what the
-// name serves changed.
+// admit makes machine a member at addr, healthy if it is new there (its
+// own /readyz just passed on the machine); a member's health is the
+// checks' to change, not its heartbeats'. It says whether what the name
+// serves changed.
 func (p *apiPool) admit(machine string, addr netip.Addr) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	m, ok := p.m[machine]
-	if ok && m.Addr == addr {
-		changed := !m.healthy
-		m.healthy, m.fails, m.lastErr = true, 0, ""
-		return changed
+	if m, ok := p.m[machine]; ok && m.Addr == addr {
+		return false
 	}
 	p.m[machine] = &poolMember{Machine: machine, Addr: addr, Since: time.Now().UTC(), healthy: true}
 	p.save()
