@@ -221,22 +221,7 @@ func TestHostsFollowOnlyAddressesAReportProved(t *testing.T) {
 
 // twoMasters is the fixture site with node-2 and a node-3 as masters on
 // loopback addresses, where the test runs their stand-in API servers.
-const twoMasters = `
-[site]
-name = "lab"
-domain = "lab.example"
-api_name = "api.lab.example"
-[[machine]]
-name = "node-1"
-mac = "52:54:00:00:00:01"
-role = "minion"
-image = "img"
-[[machine]]
-name = "node-2"
-mac = "52:54:00:00:00:02"
-role = "master"
-image = "img-master"
-address = "127.0.0.2/8"
+var twoMasters = strings.Replace(strings.Replace(siteTOML, "%s", "none", 1), "10.77.0.12/24", "127.0.0.2/8", 1) + `
 [[machine]]
 name = "node-3"
 mac = "52:54:00:00:00:03"
