@@ -33,6 +33,10 @@ func (s *Server) routes() http.Handler {
 	handle("GET "+api.PathProfile, "config", s.profile)
 	handle("POST "+api.PathEvents, "events", s.event)
 	handle("GET "+api.PathMachines, "machines", s.machines)
+	handle("GET "+api.PathAPIPool, "api-pool", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(s.APIPool())
+	})
 	handle("POST "+api.PathLogs, "logs", s.uploadLog)
 	handle("GET "+api.PathLogs, "logs", s.serveLog)
 	handle("GET "+api.PathEventStream, "stream", s.stream)

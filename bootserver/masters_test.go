@@ -334,8 +334,9 @@ func TestPoolFollowsHealthAndOutlivesARestart(t *testing.T) {
 	api2.stop()
 	took := waitFor(t, "node-2 leaves the name", 20*every, func() bool { return slices.Equal(sink.now(), both[1:]) })
 	t.Logf("figure: a master whose /readyz stopped left the name %v later (checks every %v, %d failures)", took.Round(10*time.Millisecond), every, poolFailAfter)
-	if st := s.APIPool(); len(st) != 2 || st[0].Healthy || st[0].LastErr == "" {
-		t.Errorf("pool %+v: node-2 should be listed unhealthy with its error", st)
+	var st []PoolMember
+	if err := json.Unmarshal(get(t, s.Handler(), api.PathAPIPool).Body.Bytes(), &st); err != nil || len(st) != 2 || st[0].Healthy || st[0].LastErr == "" || !st[1].Healthy {
+		t.Errorf("GET %s: %+v (%v): node-2 should be listed unhealthy with its error, node-3 healthy", api.PathAPIPool, st, err)
 	}
 	// Its agent's heartbeat does not bring it back while checks fail.
 	report(t, s, "node-2", api.StageReady, "127.0.0.2", "", certOf(t, cert2))

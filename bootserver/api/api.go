@@ -28,6 +28,7 @@ const (
 	PathEvents      = "/v1/events"               // POST: Event
 	PathEventStream = "/v1/events/stream"        // GET: MachineStatus as server-sent events
 	PathMachines    = "/v1/machines"             // GET: []MachineStatus
+	PathAPIPool     = "/v1/api-pool"             // GET: the API pool's members and their health
 	PathMetrics     = "/metrics"                 // GET: Prometheus metrics
 	// PathLogs is one unit's journal on one machine. The agent POSTs it
 	// (text, at most MaxLogBytes) when the unit is down or slow, or when an
