@@ -416,8 +416,16 @@ func (s *Server) event(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.metrics.events.WithLabelValues(e.Stage).Inc()
+	// The address may name the machine in DNS when the proof ties it to
+	// the machine: its certificate, or a token minted only after the
+	// address was checked (enrolment token). In enrolment none anyone may
+	// get a boot token by asking for the machine's boot script.
+	proven := how == authCert || (how == authToken && s.snap.Load().site.Enrolment == "token")
 	s.state.update(e.Machine, func(st *MachineStatus) {
-		st.State, st.LastEvent, st.IP, st.Addr = e.Stage, e.Message, remoteIP(r), remoteIP(r)
+		st.State, st.LastEvent, st.IP = e.Stage, e.Message, remoteIP(r)
+		if proven {
+			st.Addr = st.IP
+		}
 		st.Events++
 		if len(e.Fields) > 0 {
 			st.Fields = e.Fields

@@ -203,7 +203,7 @@ func statusEqual(a, b MachineStatus) bool {
 // Host names follow the static address, this server's lease, or an
 // authenticated report's address, never a request anyone could send.
 func TestHostsFollowOnlyAddressesAReportProved(t *testing.T) {
-	s, _ := fixture(t, "none")
+	s, ca := caFixture(t, strings.Replace(siteTOML, "%s", "none", 1), nil)
 	sink := &recSink{}
 	s.cfg.Masters = sink
 	getFrom(s.Handler(), "10.77.0.150", api.ProfilePath("node-1")) // anyone may ask in enrolment none
@@ -212,8 +212,13 @@ func TestHostsFollowOnlyAddressesAReportProved(t *testing.T) {
 	if _, ok := sink.hosts["node-1"]; ok {
 		t.Fatalf("node-1 named by an unproven address: %v", sink.hosts)
 	}
+	// In enrolment none anyone may get a boot token: it names no host either.
 	report(t, s, "node-1", api.StageInit, "10.77.0.152", testToken("node-1"), nil)
-	want := map[string]netip.Addr{"node-1": netip.MustParseAddr("10.77.0.152"), "node-2": netip.MustParseAddr("10.77.0.12")}
+	if _, ok := sink.hosts["node-1"]; ok {
+		t.Fatalf("node-1 named by a boot token's report in enrolment none: %v", sink.hosts)
+	}
+	report(t, s, "node-1", api.StageInit, "10.77.0.153", "", certOf(t, machineCert(t, ca, "node-1", "minion", netip.Addr{})))
+	want := map[string]netip.Addr{"node-1": netip.MustParseAddr("10.77.0.153"), "node-2": netip.MustParseAddr("10.77.0.12")}
 	if sink.domain != "lab.example" || !maps.Equal(sink.hosts, want) {
 		t.Errorf("hosts %s %v, want lab.example %v", sink.domain, sink.hosts, want)
 	}
