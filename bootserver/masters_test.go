@@ -313,7 +313,7 @@ func TestPoolFollowsHealthAndOutlivesARestart(t *testing.T) {
 	cert2 := machineCert(t, ca, "node-2", "master", netip.MustParseAddr("127.0.0.2"))
 	cert3 := machineCert(t, ca, "node-3", "master", netip.MustParseAddr("127.0.0.3"))
 	api2 := startFakeAPI(t, cert2, "127.0.0.2:"+strconv.Itoa(port))
-	startFakeAPI(t, cert3, "127.0.0.3:"+strconv.Itoa(port))
+	api3 := startFakeAPI(t, cert3, "127.0.0.3:"+strconv.Itoa(port))
 	sink := &recSink{}
 	s.cfg.Masters = sink
 	for _, m := range []struct {
@@ -348,8 +348,20 @@ func TestPoolFollowsHealthAndOutlivesARestart(t *testing.T) {
 	if got := sink.now(); !slices.Equal(got, both[1:]) {
 		t.Errorf("a heartbeat put a failing master back: %v", got)
 	}
-	startFakeAPI(t, cert2, "127.0.0.2:"+strconv.Itoa(port))
+	api2 = startFakeAPI(t, cert2, "127.0.0.2:"+strconv.Itoa(port))
 	waitFor(t, "node-2 is back in the name", 20*every, func() bool { return slices.Equal(sink.now(), both) })
+
+	// Neither answers: the name fails open and serves both, rather than
+	// nothing, while the pool lists both unhealthy.
+	api2.stop()
+	api3.stop()
+	waitFor(t, "both members unhealthy", 20*every, func() bool {
+		st := s.APIPool()
+		return len(st) == 2 && !st[0].Healthy && !st[1].Healthy
+	})
+	if got := sink.now(); !slices.Equal(got, both) {
+		t.Errorf("with no healthy member the name serves %v, want every member %v", got, both)
+	}
 
 	// Restart: the new server serves both before any report or check.
 	cancel()

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -162,15 +163,22 @@ func (p *apiPool) keep(keep func(machine string) bool) bool {
 	return changed
 }
 
-// addrs are the addresses the name serves: healthy members, sorted.
+// addrs are the addresses the name serves: healthy members, sorted; when
+// no member is healthy, every member (fail open: a name without an answer
+// fails every client for certain, while the checks may be what is wrong —
+// seen under TCG, where both masters were slower than the timeout at once).
 func (p *apiPool) addrs() []netip.Addr {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	var out []netip.Addr
+	var out, all []netip.Addr
 	for _, m := range p.m {
+		all = append(all, m.Addr)
 		if m.healthy {
 			out = append(out, m.Addr)
 		}
+	}
+	if len(out) == 0 {
+		out = all
 	}
 	slices.SortFunc(out, netip.Addr.Compare)
 	return slices.Compact(out)
@@ -243,17 +251,24 @@ func (p *apiPool) check(ctx context.Context, probe func(context.Context, netip.A
 			p.log.Warn("API pool: health check failed, out of the name until it passes", "machine", m.Machine, "addr", m.Addr, "failures", m.fails, "err", m.lastErr)
 		}
 	}
+	if changed && len(p.m) > 0 && !slices.ContainsFunc(slices.Collect(maps.Values(p.m)), func(m *poolMember) bool { return m.healthy }) {
+		p.log.Warn("API pool: no member passes its checks; the name serves them all until one does", "members", len(p.m))
+	}
 	return changed
 }
 
 // readyzProbe checks an API server's /readyz over TLS, verifying its
 // certificate against the site CA for the address it is probed at, and
 // presenting the boot server's certificate (any authenticated client may
-// read /readyz in Kubernetes' default RBAC).
+// read /readyz in Kubernetes' default RBAC). Connections are kept between
+// probes: a TLS handshake every 2 s is work a loaded master does not need
+// (under TCG it pushed /readyz past the timeout); a probe that times out
+// drops its connection, so the next one dials afresh.
 func readyzProbe(tlsConf *tls.Config, port int, timeout time.Duration) func(context.Context, netip.Addr) error {
 	tr := &http.Transport{
 		TLSClientConfig:     tlsConf,
-		DisableKeepAlives:   true, // each probe sees the server as a new client would
+		MaxIdleConnsPerHost: 1,
+		IdleConnTimeout:     time.Minute,
 		TLSHandshakeTimeout: timeout,
 		DialContext:         (&net.Dialer{Timeout: timeout}).DialContext,
 	}

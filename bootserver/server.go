@@ -55,7 +55,7 @@ type Config struct {
 	StateDir string
 	// APICheckEvery is how often each API server in the pool has its
 	// /readyz checked (default 2 s); APICheckTimeout bounds one check
-	// (default 2 s). poolFailAfter failures in a row take it out of the name.
+	// (default 3 s). poolFailAfter failures in a row take it out of the name.
 	APICheckEvery, APICheckTimeout time.Duration
 	// Etcd, if set, watches the site's etcd members (siteetcd): the
 	// cluster's ID goes into every profile, snapshots are taken on its
@@ -114,7 +114,7 @@ func New(cfg Config) (*Server, error) {
 		cfg.APICheckEvery = 2 * time.Second
 	}
 	if cfg.APICheckTimeout <= 0 {
-		cfg.APICheckTimeout = 2 * time.Second
+		cfg.APICheckTimeout = 3 * time.Second
 	}
 	cfg.PublicURL = strings.TrimRight(cfg.PublicURL, "/")
 	if cfg.PublicURL == "" {

@@ -116,6 +116,7 @@ serves the masters that reported ready that way and whose /readyz passes.`,
 	f.StringVar(&etcdutlFlag, "etcdutl", "", "etcdutl to check each snapshot with (default: etcdutl on PATH, if any)")
 	f.StringVar(&tlsListen, "tls-listen", "", "HTTPS address for the machines' reports, proven by their certificates (default: --listen's host, port 8443; off: none, and no master can join the API name)")
 	f.DurationVar(&c.APICheckEvery, "api-check-every", 2*time.Second, "check each API server in the API name's pool (its /readyz over TLS) this often; two failures in a row take it out")
+	f.DurationVar(&c.APICheckTimeout, "api-check-timeout", 3*time.Second, "how long one check of an API server's /readyz may take")
 	return cmd
 }
 
