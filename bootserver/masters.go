@@ -42,14 +42,15 @@ func (s *Server) apiServerOfSite(machine string) bool {
 }
 
 // poolReport applies an authenticated report of an API server to the pool:
-// ready joins it (at its static address, else the report's), any other
-// stage leaves it. It says whether the name's addresses changed.
+// ready joins it (at its static address, else the report's). Any other
+// stage changes nothing: whether the member serves is the /readyz checks'
+// to say (an agent also reports not ready for a stopped scheduler or a
+// slow etcd; under TCG both masters' agents once did so within 4 s and
+// left the name empty for 8 s). It says whether the name's addresses
+// changed.
 func (s *Server) poolReport(machine, stage, from string) bool {
-	if !s.apiServerOfSite(machine) {
+	if !s.apiServerOfSite(machine) || stage != api.StageReady {
 		return false
-	}
-	if stage != api.StageReady {
-		return s.pool.drop(machine, "reported "+stage)
 	}
 	addr, ok := s.machineAddr(s.snap.Load(), machine, from)
 	if !ok {

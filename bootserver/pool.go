@@ -25,8 +25,8 @@ import (
 //
 // A master enters it only by an authenticated report (its own client
 // certificate) that says it is ready, at its static address or the address
-// that report came from. It stays a member until an authenticated report
-// says it is not ready or the site no longer lists it as an API server.
+// that report came from. It stays a member until the site no longer lists
+// it as an API server (a certified ready from a new address moves it).
 // A member is served in the name while the server's health checks of its
 // /readyz pass; poolFailAfter failures in a row take it out, one success
 // brings it back. Members are kept in the state directory, so a restarted
@@ -129,19 +129,6 @@ func (p *apiPool) admit(machine string, addr netip.Addr) bool {
 	p.m[machine] = &poolMember{Machine: machine, Addr: addr, Since: time.Now().UTC(), healthy: true}
 	p.save()
 	p.log.Info("API pool: joined", "machine", machine, "addr", addr)
-	return true
-}
-
-// drop removes machine; it says whether it was a member.
-func (p *apiPool) drop(machine, why string) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if _, ok := p.m[machine]; !ok {
-		return false
-	}
-	delete(p.m, machine)
-	p.save()
-	p.log.Info("API pool: left", "machine", machine, "reason", why)
 	return true
 }
 
