@@ -15,6 +15,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -96,7 +97,7 @@ func (p *apiPool) save() {
 	for _, m := range p.m {
 		list = append(list, *m)
 	}
-	slices.SortFunc(list, func(a, b poolMember) int { return cmpString(a.Machine, b.Machine) })
+	slices.SortFunc(list, func(a, b poolMember) int { return strings.Compare(a.Machine, b.Machine) })
 	b, err := json.MarshalIndent(list, "", "  ")
 	if err == nil {
 		err = fsutil.WriteFileAtomic(p.path, append(b, '\n'), 0o644)
@@ -104,16 +105,6 @@ func (p *apiPool) save() {
 	if err != nil {
 		p.log.Error("API pool: not saved", "file", p.path, "err", err)
 	}
-}
-
-func cmpString(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // admit makes machine a member at addr, healthy if it is new there (its
@@ -188,7 +179,7 @@ func (p *apiPool) list() []PoolMember {
 	for _, m := range p.m {
 		out = append(out, PoolMember{m.Machine, m.Addr, m.Since, m.healthy, m.fails, m.lastErr})
 	}
-	slices.SortFunc(out, func(a, b PoolMember) int { return cmpString(a.Machine, b.Machine) })
+	slices.SortFunc(out, func(a, b PoolMember) int { return strings.Compare(a.Machine, b.Machine) })
 	return out
 }
 

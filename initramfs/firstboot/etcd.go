@@ -14,20 +14,18 @@ package firstboot
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/plinth-dev/plinth/initramfs/role"
+	"github.com/plinth-dev/plinth/initramfs/stage1/events"
 	"github.com/plinth-dev/plinth/profiles/node"
 )
 
@@ -41,23 +39,7 @@ type Etcd struct {
 // TLSClient is an HTTP client presenting the machine's certificate and
 // trusting only the site CA, from the files the roles write.
 func TLSClient(caFile, certFile, keyFile string) (*http.Client, error) {
-	ca, err := os.ReadFile(caFile)
-	if err != nil {
-		return nil, err
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(ca) {
-		return nil, fmt.Errorf("%s: no certificate", caFile)
-	}
-	cfg := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-	if certFile != "" {
-		kp, err := tls.LoadX509KeyPair(certFile, keyFile)
-		if err != nil {
-			return nil, err
-		}
-		cfg.Certificates = []tls.Certificate{kp}
-	}
-	return &http.Client{Transport: &http.Transport{TLSClientConfig: cfg, DisableKeepAlives: true}}, nil
+	return events.TLSClient(events.TLSFiles{CA: caFile, Cert: certFile, Key: keyFile})
 }
 
 // call POSTs req as JSON to one member's gateway path and decodes the

@@ -227,7 +227,7 @@ func (p Poster) ForMachine(cfg *node.Config, files TLSFiles, token string) (Post
 		return p, errors.New("the profile has no cluster settings (no boot server)")
 	}
 	if cfg.Cluster.ReportURL != "" {
-		c, err := tlsClient(files)
+		c, err := TLSClient(files)
 		if err == nil {
 			p.URL, p.Client, p.Token = strings.TrimRight(cfg.Cluster.ReportURL, "/")+api.PathEvents, c, ""
 			return p, nil
@@ -240,8 +240,9 @@ func (p Poster) ForMachine(cfg *node.Config, files TLSFiles, token string) (Post
 	return p, nil
 }
 
-// tlsClient trusts the site CA only and presents the machine's certificate.
-func tlsClient(f TLSFiles) (*http.Client, error) {
+// TLSClient trusts the site CA only and presents the machine's certificate
+// (none when f.Cert is empty).
+func TLSClient(f TLSFiles) (*http.Client, error) {
 	ca, err := os.ReadFile(f.CA)
 	if err != nil {
 		return nil, err
@@ -250,14 +251,15 @@ func tlsClient(f TLSFiles) (*http.Client, error) {
 	if !pool.AppendCertsFromPEM(ca) {
 		return nil, fmt.Errorf("%s: no certificate", f.CA)
 	}
-	kp, err := tls.LoadX509KeyPair(f.Cert, f.Key)
-	if err != nil {
-		return nil, err
+	cfg := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	if f.Cert != "" {
+		kp, err := tls.LoadX509KeyPair(f.Cert, f.Key)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Certificates = []tls.Certificate{kp}
 	}
-	return &http.Client{Transport: &http.Transport{
-		TLSClientConfig:   &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{kp}, MinVersion: tls.VersionTLS12},
-		DisableKeepAlives: true,
-	}}, nil
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: cfg, DisableKeepAlives: true}}, nil
 }
 
 // CmdlineToken is the boot's report token from the kernel command line
