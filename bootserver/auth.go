@@ -176,6 +176,9 @@ func serverTLS(ca *pki.CA, publicURL string, serverIP netip.Addr, listen string)
 	if err != nil {
 		return nil, fmt.Errorf("boot server certificate: %w", err)
 	}
+	// The CA goes in the chain too: stage 1 knows it only by its
+	// fingerprint (api.ParamCA) and finds it there.
+	cert.Certificate = append(cert.Certificate, ca.Cert().Raw)
 	pool := x509.NewCertPool()
 	pool.AddCert(ca.Cert())
 	return &tls.Config{

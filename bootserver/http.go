@@ -233,6 +233,11 @@ func (s *Server) bootScript(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	cmdline += " " + api.ParamToken + "=" + tok
+	if s.tlsConf != nil {
+		// Stage 1 fetches the profile and reports over HTTPS, trusting
+		// the site CA by this fingerprint.
+		cmdline += fmt.Sprintf(" %s=%s %s=%s", api.ParamTLS, s.tlsURL, api.ParamCA, api.CAFingerprint(s.cfg.CA.Cert().Raw))
+	}
 	url := func(d string) string { return s.cfg.PublicURL + api.ArtifactPath(strings.TrimPrefix(d, "sha256:")) }
 	fmt.Fprintf(w, "#!ipxe\necho plinth: %s is %s, image %s\nkernel %s initrd=initramfs %s\ninitrd --name initramfs %s\nboot\n",
 		m.Name, orDash(m.Role), m.Image, url(k), cmdline, url(i))

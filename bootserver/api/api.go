@@ -4,6 +4,8 @@
 package api
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"slices"
 	"strings"
 	"time"
@@ -17,7 +19,21 @@ const (
 	ParamToken   = "plinth.token"   // enrolment token, when the site enables them
 	ParamRescue  = "plinth.rescue"  // "1": a shell on the console if boot fails
 	ParamIface   = "plinth.iface"   // boot NIC name or MAC; default: first with link
+	// ParamTLS is the boot server's HTTPS URL: stage 1 fetches the profile
+	// and sends its reports there (artifacts, pinned by digest, stay on
+	// ParamServer).
+	ParamTLS = "plinth.tls"
+	// ParamCA pins the site CA by CAFingerprint: the server's HTTPS
+	// certificate must chain to it, and the profile's CA must be it.
+	ParamCA = "plinth.ca"
 )
+
+// CAFingerprint is how ParamCA names a CA: "sha256:" and the hex sha256
+// of its certificate's DER bytes.
+func CAFingerprint(der []byte) string {
+	h := sha256.Sum256(der)
+	return "sha256:" + hex.EncodeToString(h[:])
+}
 
 // HTTP paths served by the boot server.
 const (

@@ -22,6 +22,8 @@ type Params struct {
 	Machine string // machine id the server knows
 	Rootfs  string // sha256:<hex> the rootfs must have
 	Token   string // enrolment token
+	TLS     string // the server's HTTPS URL for the profile and reports
+	CA      string // the site CA's api.CAFingerprint the HTTPS server must chain to
 	Rescue  bool   // a shell on the console when boot fails
 	Iface   string // boot NIC, by name or MAC
 	Init    string // the image's init; default /sbin/init
@@ -34,7 +36,8 @@ func ParseCmdline(s string) map[string]string {
 	var key, cur strings.Builder
 	inKey, quoted := true, false
 	flush := func() {
-		if k := key.String(); k != "" {
+		// A quoted key may hold blanks; no parameter's name does.
+		if k := key.String(); k != "" && !strings.ContainsAny(k, " \t\n") {
 			out[k] = cur.String()
 		}
 		key.Reset()
@@ -71,6 +74,8 @@ func ParseParams(defaults, cmdline string) (Params, error) {
 		Machine: kv[api.ParamMachine],
 		Rootfs:  kv[api.ParamRootfs],
 		Token:   kv[api.ParamToken],
+		TLS:     strings.TrimRight(kv[api.ParamTLS], "/"),
+		CA:      kv[api.ParamCA],
 		Iface:   kv[api.ParamIface],
 		Init:    kv[ParamInit],
 	}
@@ -92,6 +97,19 @@ func ParseParams(defaults, cmdline string) (Params, error) {
 	if p.Rootfs != "" {
 		if err := CheckDigest(p.Rootfs); err != nil {
 			return p, fmt.Errorf("%s: %w", api.ParamRootfs, err)
+		}
+	}
+	if p.CA != "" {
+		if err := CheckDigest(p.CA); err != nil {
+			return p, fmt.Errorf("%s: %w", api.ParamCA, err)
+		}
+	}
+	if p.TLS != "" {
+		if !strings.HasPrefix(p.TLS, "https://") {
+			return p, fmt.Errorf("%s=%q: want an https:// URL", api.ParamTLS, p.TLS)
+		}
+		if p.Server == "" {
+			return p, fmt.Errorf("%s is set but %s is not", api.ParamTLS, api.ParamServer)
 		}
 	}
 	if p.Server != "" {

@@ -20,6 +20,7 @@ func TestParseCmdline(t *testing.T) {
 		{`"plinth.token=a b"`, map[string]string{"plinth.token": "a b"}},
 		{"a=b=c\tinit=/x\n", map[string]string{"a": "b=c", "init": "/x"}},
 		{"  lots   of  space  ", map[string]string{"lots": "", "of": "", "space": ""}},
+		{`"a b=c" d=e`, map[string]string{"d": "e"}}, // no parameter's name has a blank
 	} {
 		if got := ParseCmdline(tc.in); !maps.Equal(got, tc.want) {
 			t.Errorf("ParseCmdline(%q) = %v, want %v", tc.in, got, tc.want)
@@ -48,6 +49,9 @@ func TestParseParamsRefusesWhatCannotBoot(t *testing.T) {
 		{"plinth.rootfs=md5:" + strings.Repeat("a", 64), "plinth.rootfs"},
 		{"plinth.init=sbin/init", "absolute"},
 		{"plinth.server=http://a plinth.machine=../x plinth.rootfs=" + digestA, "plinth.machine"},
+		{"plinth.server=http://a plinth.machine=m plinth.rootfs=" + digestA + " plinth.ca=deadbeef", "plinth.ca"},
+		{"plinth.server=http://a plinth.machine=m plinth.rootfs=" + digestA + " plinth.tls=http://a:8443", "want an https"},
+		{"plinth.tls=https://a:8443", "plinth.server is not"},
 	} {
 		if _, err := ParseParams("", tc.cmdline); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: err %v, want %q", tc.cmdline, err, tc.want)

@@ -92,7 +92,8 @@ type Stage1 struct {
 	Events *events.Queue // set once the boot server is known
 
 	rootfs  string
-	medium  string // where the boot medium is mounted (medium.go)
+	secure  *Fetcher // the profile's: over Params.TLS when set (secure.go)
+	medium  string   // where the boot medium is mounted (medium.go)
 	started time.Time
 }
 
@@ -217,9 +218,13 @@ func (s *Stage1) params(ctx context.Context) error {
 	}
 	if p.Server != "" {
 		mode = "netboot from " + p.Server + " as " + p.Machine
-		s.Events = events.NewQueue(&events.Poster{URL: p.Server + api.PathEvents, Machine: p.Machine, Client: s.Fetch.Client, Token: p.Token}, 64)
-		s.Con.SetEvents(s.Events)
 		s.Fetch.Token = p.Token
+		report, err := s.secureChannel()
+		if err != nil {
+			return permanent{err}
+		}
+		s.Events = events.NewQueue(&events.Poster{URL: report + api.PathEvents, Machine: p.Machine, Client: s.secure.Client, Token: p.Token}, 64)
+		s.Con.SetEvents(s.Events)
 	}
 	s.Con.Step(ctx, api.StageInit, "plinth stage 1 started: %s", mode)
 	return nil
@@ -295,8 +300,8 @@ func (s *Stage1) profile(ctx context.Context) error {
 	var err error
 	src := EmbeddedConfig
 	if s.Params.Server != "" {
-		src = s.Params.Server + api.ProfilePath(s.Params.Machine)
-		b, err = s.Fetch.Get(ctx, src, 4<<20)
+		src = s.profileBase() + api.ProfilePath(s.Params.Machine)
+		b, err = s.secure.Get(ctx, src, 4<<20)
 	} else if s.onMedium() {
 		src, b, err = s.mediumConfig(ctx)
 	} else if b, err = s.readFile(EmbeddedConfig); err != nil {
@@ -311,6 +316,9 @@ func (s *Stage1) profile(ctx context.Context) error {
 			err = permanent{err}
 		}
 		return fmt.Errorf("profile %s: %w", src, err)
+	}
+	if err := s.checkProfileCA(c); err != nil {
+		return permanent{fmt.Errorf("profile %s: %w", src, err)}
 	}
 	s.Config = c
 	note := ""

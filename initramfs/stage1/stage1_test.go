@@ -198,6 +198,8 @@ type bootServer struct {
 	events  []api.Event
 	tokens  []string
 	corrupt int
+	// Requests that came over TLS: profiles and events.
+	tlsProfiles, tlsEvents int
 }
 
 func newBootServer(t *testing.T, profile string, rootfs []byte) *bootServer {
@@ -206,6 +208,9 @@ func newBootServer(t *testing.T, profile string, rootfs []byte) *bootServer {
 	mux.HandleFunc("GET "+api.ProfilePath("m1"), func(w http.ResponseWriter, r *http.Request) {
 		b.mu.Lock()
 		b.tokens = append(b.tokens, r.Header.Get(api.HeaderToken))
+		if r.TLS != nil {
+			b.tlsProfiles++
+		}
 		b.mu.Unlock()
 		w.Write([]byte(profile))
 	})
@@ -229,6 +234,9 @@ func newBootServer(t *testing.T, profile string, rootfs []byte) *bootServer {
 		}
 		b.mu.Lock()
 		b.events = append(b.events, e)
+		if r.TLS != nil {
+			b.tlsEvents++
+		}
 		b.mu.Unlock()
 	})
 	b.Server = httptest.NewServer(mux)

@@ -8,10 +8,12 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -214,7 +216,13 @@ func (q *Queue) Flush(ctx context.Context) (lost int) {
 
 // TLSFiles are where a booted machine keeps its certificate, its key and
 // the site CA.
-type TLSFiles struct{ CA, Cert, Key string }
+type TLSFiles struct {
+	CA, Cert, Key string
+	// Pin, when set, is the api.CAFingerprint the CA file must have (the
+	// boot command line's api.ParamCA): a profile whose CA is not the
+	// pinned one is not trusted to say whom to report to.
+	Pin string
+}
 
 // ForMachine is p set up to report as the machine cfg describes: to the
 // profile's ReportURL over HTTPS with the machine's own certificate when
@@ -251,6 +259,11 @@ func TLSClient(f TLSFiles) (*http.Client, error) {
 	if !pool.AppendCertsFromPEM(ca) {
 		return nil, fmt.Errorf("%s: no certificate", f.CA)
 	}
+	if f.Pin != "" {
+		if err := CheckPin(ca, f.Pin); err != nil {
+			return nil, fmt.Errorf("%s: %w", f.CA, err)
+		}
+	}
 	cfg := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	if f.Cert != "" {
 		kp, err := tls.LoadX509KeyPair(f.Cert, f.Key)
@@ -262,13 +275,75 @@ func TLSClient(f TLSFiles) (*http.Client, error) {
 	return &http.Client{Transport: &http.Transport{TLSClientConfig: cfg, DisableKeepAlives: true}}, nil
 }
 
-// CmdlineToken is the boot's report token from the kernel command line
-// (cmdline is /proc/cmdline's text), "" if none.
-func CmdlineToken(cmdline string) string {
-	for _, f := range strings.Fields(cmdline) {
-		if v, ok := strings.CutPrefix(f, api.ParamToken+"="); ok {
-			return v
+// CheckPin says whether caPEM is one certificate whose api.CAFingerprint
+// is pin.
+func CheckPin(caPEM []byte, pin string) error {
+	b, rest := pem.Decode(caPEM)
+	if b == nil || b.Type != "CERTIFICATE" || len(bytes.TrimSpace(rest)) > 0 {
+		return fmt.Errorf("want exactly one PEM certificate, the site CA pinned by %s", api.ParamCA)
+	}
+	if got := api.CAFingerprint(b.Bytes); got != pin {
+		return fmt.Errorf("the CA is %s, not the site CA %s=%s", got, api.ParamCA, pin)
+	}
+	return nil
+}
+
+// PinnedClient talks HTTPS to serverURL and trusts one CA only: the one
+// whose api.CAFingerprint is pin, which the server sends in its chain (as
+// plinth serve does). Stage 1 knows the site CA by that fingerprint alone,
+// from its boot command line, before it has the CA itself.
+func PinnedClient(serverURL, pin string) (*http.Client, error) {
+	u, err := url.Parse(serverURL)
+	if err != nil || u.Scheme != "https" || u.Hostname() == "" {
+		return nil, fmt.Errorf("%q: want an https:// URL", serverURL)
+	}
+	host := u.Hostname()
+	cfg := &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		// Go's own check needs the CA in RootCAs; the machine has only
+		// its fingerprint, so VerifyConnection makes the whole check.
+		InsecureSkipVerify: true,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			return verifyPinned(cs.PeerCertificates, host, pin)
+		},
+	}
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: cfg, DisableKeepAlives: true}}, nil
+}
+
+// verifyPinned accepts a server chain whose leaf is for host and chains
+// to a certificate in it with fingerprint pin.
+func verifyPinned(chain []*x509.Certificate, host, pin string) error {
+	if len(chain) == 0 {
+		return errors.New("the server sent no certificate")
+	}
+	roots, inter := x509.NewCertPool(), x509.NewCertPool()
+	pinned := false
+	for _, c := range chain[1:] {
+		if api.CAFingerprint(c.Raw) == pin {
+			roots.AddCert(c)
+			pinned = true
+		} else {
+			inter.AddCert(c)
 		}
 	}
-	return ""
+	if !pinned {
+		return fmt.Errorf("the server's certificate chain does not hold the site CA %s=%s", api.ParamCA, pin)
+	}
+	if _, err := chain[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, DNSName: host}); err != nil {
+		return fmt.Errorf("the server's certificate is not the pinned site CA's for %s: %w", host, err)
+	}
+	return nil
+}
+
+// CmdlineParam is one plinth parameter (an api.Param*, none of which
+// holds a blank) from the kernel command line (/proc/cmdline's text), ""
+// if absent.
+func CmdlineParam(cmdline, name string) string {
+	v := ""
+	for _, f := range strings.Fields(cmdline) {
+		if w, ok := strings.CutPrefix(f, name+"="); ok {
+			v = w // the last wins, as in the kernel
+		}
+	}
+	return v
 }

@@ -5,11 +5,15 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/plinth-dev/plinth/bootserver/api"
+	"github.com/plinth-dev/plinth/bootserver/pki"
 )
 
 func recorder(t *testing.T, block chan struct{}) (*httptest.Server, func() []api.Event) {
@@ -79,5 +83,47 @@ func TestPosterReportsServerRefusals(t *testing.T) {
 	defer srv.Close()
 	if err := (&Poster{URL: srv.URL}).Send(context.Background(), api.Event{Stage: "x"}); err == nil {
 		t.Error("a 403 was taken as delivered")
+	}
+}
+
+// The agent trusts the CA file stage 1 wrote only if it is the CA the boot
+// command line pinned.
+func TestTLSClientChecksTheCAFileAgainstThePin(t *testing.T) {
+	ca, _, err := pki.LoadOrCreate(t.TempDir(), "lab", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, _, err := pki.LoadOrCreate(t.TempDir(), "lab", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := TLSFiles{CA: filepath.Join(t.TempDir(), "ca.pem"), Pin: api.CAFingerprint(ca.Cert().Raw)}
+	if err := os.WriteFile(f.CA, []byte(ca.CertPEM()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := TLSClient(f); err != nil {
+		t.Errorf("the pinned CA: %v", err)
+	}
+	if err := os.WriteFile(f.CA, []byte(other.CertPEM()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := TLSClient(f); err == nil || !strings.Contains(err.Error(), "not the site CA "+api.ParamCA) {
+		t.Errorf("another CA under the pin: %v", err)
+	}
+	if err := os.WriteFile(f.CA, []byte(ca.CertPEM()+other.CertPEM()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := TLSClient(f); err == nil {
+		t.Error("the pinned CA with another beside it was trusted")
+	}
+}
+
+func TestCmdlineParamTakesTheLast(t *testing.T) {
+	c := "console=ttyS0 plinth.token=a plinth.ca=sha256:1 plinth.token=b"
+	if got := CmdlineParam(c, api.ParamToken); got != "b" {
+		t.Errorf("token %q, want b", got)
+	}
+	if got := CmdlineParam(c, api.ParamTLS); got != "" {
+		t.Errorf("absent %s: %q", api.ParamTLS, got)
 	}
 }
