@@ -1,47 +1,51 @@
 package bootserver
 
 import (
+	"bytes"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
+	"time"
 
-	"pack.ag/tftp"
+	"github.com/pin/tftp/v3"
 )
 
 // serveTFTP serves iPXE to legacy PXE firmware: only the two boot files, by
-// their names, never a path from the request.
+// their names, never a path from the request; write requests are refused.
+//
+// github.com/pin/tftp: pack.ag/tftp, used before, panicked on a two-byte
+// read request (FuzzTFTP's seed) — one datagram from anyone on the boot
+// network ended the whole server.
 func (s *Server) serveTFTP() (func(), error) {
 	allowed := map[string]string{
 		BIOSBootFile: filepath.Join(s.cfg.IPXEDir, BIOSBootFile),
 		EFIBootFile:  filepath.Join(s.cfg.IPXEDir, EFIBootFile),
 	}
-	srv, err := tftp.NewServer(s.cfg.TFTPListen)
-	if err != nil {
-		return nil, fmt.Errorf("tftp %s: %w", s.cfg.TFTPListen, err)
-	}
-	srv.ReadHandler(tftp.ReadHandlerFunc(func(w tftp.ReadRequest) {
-		name := w.Name()
+	srv := tftp.NewServer(func(name string, rf io.ReaderFrom) error {
+		ot := rf.(tftp.OutgoingTransfer)
+		remote := ot.RemoteAddr()
 		path, ok := allowed[name]
 		if !ok {
-			s.log.Warn("tftp: refused", "file", name, "remote", w.Addr().String())
-			w.WriteError(tftp.ErrCodeFileNotFound, "plinth serves only "+BIOSBootFile+" and "+EFIBootFile)
-			return
+			s.log.Warn("tftp: refused", "file", name, "remote", remote.String())
+			return fmt.Errorf("plinth serves only %s and %s", BIOSBootFile, EFIBootFile)
 		}
 		b, err := os.ReadFile(path)
 		if err != nil {
-			w.WriteError(tftp.ErrCodeFileNotFound, err.Error())
-			return
+			return err
 		}
-		w.WriteSize(int64(len(b)))
-		if _, err := w.Write(b); err != nil {
-			s.log.Warn("tftp", "file", name, "err", err)
-			return
+		ot.SetSize(int64(len(b)))
+		if _, err := rf.ReadFrom(bytes.NewReader(b)); err != nil {
+			s.log.Warn("tftp", "file", name, "remote", remote.String(), "err", err)
+			return nil // the transfer has already ended
 		}
-		s.log.Info("tftp", "file", name, "remote", w.Addr().String())
-	}))
-	// Bind here rather than in ListenAndServe's goroutine: a port in use is
-	// an error now, and the server answers as soon as this returns.
+		s.log.Info("tftp", "file", name, "remote", remote.String())
+		return nil
+	}, nil)
+	srv.SetTimeout(5 * time.Second)
+	// Bind here rather than in a goroutine: a port in use is an error now,
+	// and the server answers as soon as this returns.
 	ua, err := net.ResolveUDPAddr("udp", s.cfg.TFTPListen)
 	if err != nil {
 		return nil, fmt.Errorf("tftp %s: %w", s.cfg.TFTPListen, err)
@@ -52,5 +56,15 @@ func (s *Server) serveTFTP() (func(), error) {
 	}
 	go func() { _ = srv.Serve(conn) }()
 	s.log.Info("tftp", "listen", conn.LocalAddr().String(), "dir", s.cfg.IPXEDir)
-	return func() { srv.Close(); conn.Close() }, nil
+	return func() {
+		// Shutdown closes the socket, then waits for transfers; one to
+		// a client gone silent lasts its retries (about 30 s): wait for
+		// those no more than 2 s, they end by themselves.
+		stopped := make(chan struct{})
+		go func() { srv.Shutdown(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(2 * time.Second):
+		}
+	}, nil
 }
