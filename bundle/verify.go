@@ -88,6 +88,11 @@ func scan(ctx context.Context, file string, sink func(name string) (io.WriteClos
 		case h.Typeflag != tar.TypeReg:
 			errs = append(errs, fmt.Errorf("%s: entry of type %q: a bundle holds only files", name, h.Typeflag))
 			continue
+		case isSparse(h):
+			// plinth writes none; expanded, a few bytes in the tar can
+			// become any size.
+			errs = append(errs, fmt.Errorf("%s: a sparse entry: a bundle holds only plain files", name))
+			continue
 		case !validName(name) || name == ManifestName:
 			errs = append(errs, fmt.Errorf("%q: not a clean relative path", name))
 			continue
@@ -96,6 +101,12 @@ func scan(ctx context.Context, file string, sink func(name string) (io.WriteClos
 			continue
 		case got[name] != "":
 			errs = append(errs, fmt.Errorf("%s: twice in the tar", name))
+			continue
+		case h.Size != want.Size:
+			// Refused before a byte is written: a sparse entry's header
+			// may declare far more than its few bytes in the tar.
+			got[name] = "refused"
+			errs = append(errs, fmt.Errorf("%s: size %d, %s says %d: %w", name, h.Size, ManifestName, want.Size, ErrMismatch))
 			continue
 		}
 		var w io.Writer = io.Discard
@@ -112,7 +123,13 @@ func scan(ctx context.Context, file string, sink func(name string) (io.WriteClos
 		if isImageManifest(name) {
 			w = io.MultiWriter(w, &keep)
 		}
-		d, n, err := manifest.Digest(io.TeeReader(tr, w))
+		// Never more than the manifest's size, whatever the tar says.
+		d, n, err := manifest.Digest(io.TeeReader(io.LimitReader(tr, want.Size), w))
+		if err == nil {
+			if extra, _ := io.CopyN(io.Discard, tr, 1); extra > 0 {
+				n += extra
+			}
+		}
 		if out != nil {
 			if cerr := out.Close(); err == nil {
 				err = cerr
@@ -158,6 +175,17 @@ func scan(ctx context.Context, file string, sink func(name string) (io.WriteClos
 		return res, fmt.Errorf("bundle %s:\n%w", file, err)
 	}
 	return res, nil
+}
+
+// isSparse says whether h is a GNU sparse file (PAX 0.x/1.0 records; the
+// old GNU type is not TypeReg and is refused with the other types).
+func isSparse(h *tar.Header) bool {
+	for k := range h.PAXRecords {
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			return true
+		}
+	}
+	return false
 }
 
 func isImageManifest(name string) bool {
