@@ -113,7 +113,32 @@ func Read(dir string) (*Manifest, error) {
 	if m.Schema != Schema {
 		return nil, fmt.Errorf("%s: schema %d, this plinth reads %d", p, m.Schema, Schema)
 	}
+	if err := m.checkFiles(); err != nil {
+		return nil, fmt.Errorf("%s: %w", p, err)
+	}
 	return &m, nil
+}
+
+// checkFiles refuses what would make a reader look outside the artifact
+// directory or trust a file it cannot check: every file is a base name,
+// once, with a sha256 digest and a size.
+func (m *Manifest) checkFiles() error {
+	seen := map[string]bool{}
+	for i, f := range m.Files {
+		switch {
+		case f.Name == "" || f.Name == "." || f.Name == ".." || strings.ContainsAny(f.Name, "/\\\x00"):
+			return fmt.Errorf("files[%d].name %q: want a file's base name", i, f.Name)
+		case seen[f.Name]:
+			return fmt.Errorf("files[%d].name %q: listed twice", i, f.Name)
+		case f.Size < 0:
+			return fmt.Errorf("files[%d] (%s): size %d", i, f.Name, f.Size)
+		}
+		if _, err := ParseDigest(f.SHA256); err != nil {
+			return fmt.Errorf("files[%d] (%s).sha256: %w", i, f.Name, err)
+		}
+		seen[f.Name] = true
+	}
+	return nil
 }
 
 // Digest returns "sha256:<hex>" of everything r yields, and its size.
