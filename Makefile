@@ -12,7 +12,7 @@ PLINTH := bin/plinth
 DEB_PKGS := qemu-system-x86 qemu-utils squashfs-tools-ng debootstrap ipxe ovmf \
 	zstd kmod cpio iproute2 chromium grub-pc-bin grub-efi-amd64-bin fdisk e2fsprogs
 
-.PHONY: all deps fixtures stack-fixtures plinth images demo demo-expect test unit qemu-test e2e airgap-test cluster bench bench-serve clean
+.PHONY: all deps fixtures stack-fixtures plinth images demo demo-expect test unit qemu-test e2e airgap-test cluster bench bench-serve fuzz clean
 
 all: plinth
 
@@ -96,6 +96,10 @@ bench: fixtures
 
 clean:
 	rm -rf bin artifacts build
+
+## fuzz: every fuzz target for FUZZTIME each (default 60s; about 17 min), executions and crashes per target
+fuzz:
+	GO=$(GO) ./scripts/fuzz.sh
 
 ## bench-serve: plinth serve against nginx, 100 MB artifact, 200 and 500 clients (prints figures)
 bench-serve: deps

@@ -84,6 +84,7 @@ func FuzzParseParams(f *testing.F) {
 	f.Add("", "console=ttyS0 plinth.server=http://10.0.0.1 plinth.machine=a plinth.rootfs="+digestA)
 	f.Add("plinth.server=https://b", `a="b c" "d=e" =f plinth.rescue`)
 	f.Add(`"`, `x="`)
+	f.Add("", `a"b c"=d`) // found by fuzzing: a quote inside a key let a blank into it
 	f.Fuzz(func(t *testing.T, defaults, cmdline string) {
 		for k := range ParseCmdline(cmdline) {
 			if k == "" || strings.ContainsAny(k, " \t\n") {

@@ -1,6 +1,8 @@
 package node
 
 import (
+	"bytes"
+	"encoding/json"
 	"strings"
 	"testing"
 )
@@ -28,4 +30,36 @@ func TestDecodeRefusesWhatTheMachineCannotFullyApply(t *testing.T) {
 			t.Errorf("%s: %v, want an error with %q", tc.doc, err, tc.want)
 		}
 	}
+}
+
+// FuzzDecode: what Decode accepts is valid, and what this tree writes for
+// it (the boot server's encoding) decodes to the same document: a profile
+// is never read one way by the server and another by the machine.
+func FuzzDecode(f *testing.F) {
+	f.Add(`{"version":1,"hostname":"n1"}`)
+	f.Add(`{"version":1,"hostname":"n1","machine":"m","role":"master","network":{"address":"10.0.0.2/24"}}`)
+	f.Add(`{"version":1,"hostname":"n1","state":{"disk":"serial:X","part_uuid":"00000000-0000-0000-0000-000000000000"}}`)
+	f.Add(`{"version":1,"hostname":"n1","tls":{"ca":"x","cert":"","key":"","identities":{}}}`)
+	f.Add(`{"version":1,"hostname":"n1"} {}`)
+	f.Fuzz(func(t *testing.T, doc string) {
+		c, err := Decode([]byte(doc))
+		if err != nil {
+			return
+		}
+		if err := c.Validate(); err != nil {
+			t.Fatalf("Decode accepted what Validate refuses: %v", err)
+		}
+		b, err := json.Marshal(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		again, err := Decode(b)
+		if err != nil {
+			t.Fatalf("its own encoding is refused: %v\n%s", err, b)
+		}
+		b2, _ := json.Marshal(again)
+		if !bytes.Equal(b, b2) {
+			t.Fatalf("encode, decode, encode differs:\n%s\n%s", b, b2)
+		}
+	})
 }
