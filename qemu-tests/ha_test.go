@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -252,6 +253,11 @@ func TestHAE2E(t *testing.T) {
 		t.Fatal(err)
 	}
 	back := time.Now()
+	if t.Failed() {
+		// What the minion's kubelet saw while the server was away: its
+		// journal, asked for now that the agent can upload it.
+		sc.freshJournal(t, ctx, "minion-1", "kubelet.service")
+	}
 	waitFor(t, ctx, "the name holding master-1 alone", nameHolds([]string{m1}))
 	sc.nodePoolIs(t, ctx, "minion-1", []string{m1})
 	figure(t, "ha (%s): after 10 min without the boot server (master-2 killed meanwhile): minion-1's pinned pool holds master-1 alone %.0fs after the server's return", accel, time.Since(back).Seconds())
@@ -276,6 +282,23 @@ func (sc *scenario) stayedReady(t *testing.T, kubectl func(...string) (string, e
 
 // nodePoolIs waits until machine's agent reports the pinned API pool want
 // (in any order).
+// freshJournal asks machine's agent for unit's journal and keeps it in the
+// scenario's log directory.
+func (sc *scenario) freshJournal(t *testing.T, ctx context.Context, machine, unit string) {
+	t.Helper()
+	b, err := sc.c.Lab.Get(ctx, sc.c.Server+api.LogPath(machine, unit)+"?fresh=90")
+	if err != nil {
+		t.Logf("%s's %s journal: %v", machine, unit, err)
+		return
+	}
+	p := filepath.Join(sc.logDir, machine+"."+unit+".fresh.log")
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Logf("%s's %s journal: %v", machine, unit, err)
+		return
+	}
+	t.Logf("%s's %s journal: %s", machine, unit, p)
+}
+
 func (sc *scenario) nodePoolIs(t *testing.T, ctx context.Context, machine string, want []string) {
 	t.Helper()
 	var got []string
