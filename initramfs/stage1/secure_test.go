@@ -15,6 +15,7 @@ import (
 
 	"github.com/plinth-dev/plinth/bootserver/api"
 	"github.com/plinth-dev/plinth/bootserver/pki"
+	"github.com/plinth-dev/plinth/internal/testutil"
 	"github.com/plinth-dev/plinth/profiles/node"
 )
 
@@ -52,10 +53,7 @@ func profileWithCA(t *testing.T, caPEM string) string {
 // reports go over HTTPS to a server the pinned CA vouches for; the rootfs
 // still comes over HTTP, checked by its digest.
 func TestRunNetbootFetchesTheProfileOverHTTPSFromThePinnedCA(t *testing.T) {
-	ca, _, err := pki.LoadOrCreate(t.TempDir(), "lab", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca := testutil.NewCA(t)
 	rootfs := []byte(strings.Repeat("squash", 1000))
 	srv := newBootServer(t, profileWithCA(t, ca.CertPEM()), rootfs)
 	tlsURL := withHTTPS(t, srv, ca)
@@ -78,14 +76,7 @@ func TestRunNetbootFetchesTheProfileOverHTTPSFromThePinnedCA(t *testing.T) {
 // A server of another CA gets no request; a profile naming another CA
 // (served, say, through a proxy the pin does not cover) stops the boot.
 func TestRunNetbootRefusesAServerOrProfileOfAnotherCA(t *testing.T) {
-	ca, _, err := pki.LoadOrCreate(t.TempDir(), "lab", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	other, _, err := pki.LoadOrCreate(t.TempDir(), "lab", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca, other := testutil.NewCA(t), testutil.NewCA(t)
 	rootfs := []byte(strings.Repeat("squash", 1000))
 	pin := api.CAFingerprint(ca.Cert().Raw)
 

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/plinth-dev/plinth/bootserver/api"
-	"github.com/plinth-dev/plinth/bootserver/pki"
+	"github.com/plinth-dev/plinth/internal/testutil"
 )
 
 func recorder(t *testing.T, block chan struct{}) (*httptest.Server, func() []api.Event) {
@@ -89,14 +89,7 @@ func TestPosterReportsServerRefusals(t *testing.T) {
 // The agent trusts the CA file stage 1 wrote only if it is the CA the boot
 // command line pinned.
 func TestTLSClientChecksTheCAFileAgainstThePin(t *testing.T) {
-	ca, _, err := pki.LoadOrCreate(t.TempDir(), "lab", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	other, _, err := pki.LoadOrCreate(t.TempDir(), "lab", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca, other := testutil.NewCA(t), testutil.NewCA(t)
 	f := TLSFiles{CA: filepath.Join(t.TempDir(), "ca.pem"), Pin: api.CAFingerprint(ca.Cert().Raw)}
 	if err := os.WriteFile(f.CA, []byte(ca.CertPEM()), 0o644); err != nil {
 		t.Fatal(err)
