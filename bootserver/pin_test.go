@@ -31,11 +31,12 @@ func TestStage1TrustsTheServerByTheCAFingerprintOnItsBootCommandLine(t *testing.
 
 	w := get(t, s.Handler(), api.PathBootScript+"?mac=52-54-00-00-00-02")
 	script := w.Body.String()
-	pin := events.CmdlineParam(script, api.ParamCA)
+	params := api.ParseCmdline(script[strings.Index(script, "\nkernel "):])
+	pin := params[api.ParamCA]
 	if pin != api.CAFingerprint(ca.Cert().Raw) {
 		t.Fatalf("boot script pins %q, want the site CA %s:\n%s", pin, api.CAFingerprint(ca.Cert().Raw), script)
 	}
-	if got := events.CmdlineParam(script, api.ParamTLS); got != s.tlsURL || !strings.HasPrefix(got, "https://") {
+	if got := params[api.ParamTLS]; got != s.tlsURL || !strings.HasPrefix(got, "https://") {
 		t.Fatalf("boot script's %s = %q, want %q", api.ParamTLS, got, s.tlsURL)
 	}
 

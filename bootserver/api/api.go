@@ -28,6 +28,40 @@ const (
 	ParamCA = "plinth.ca"
 )
 
+// ParseCmdline splits a kernel command line into parameters, for stage 1
+// and the agent alike. Values may be
+// double-quoted (the kernel's own rule); a bare word maps to "".
+func ParseCmdline(s string) map[string]string {
+	out := map[string]string{}
+	var key, cur strings.Builder
+	inKey, quoted := true, false
+	flush := func() {
+		// A quoted key may hold blanks; no parameter's name does.
+		if k := key.String(); k != "" && !strings.ContainsAny(k, " \t\n") {
+			out[k] = cur.String()
+		}
+		key.Reset()
+		cur.Reset()
+		inKey = true
+	}
+	for _, r := range s {
+		switch {
+		case r == '"':
+			quoted = !quoted
+		case !quoted && (r == ' ' || r == '\t' || r == '\n'):
+			flush()
+		case inKey && r == '=':
+			inKey = false
+		case inKey:
+			key.WriteRune(r)
+		default:
+			cur.WriteRune(r)
+		}
+	}
+	flush()
+	return out
+}
+
 // CAFingerprint is how ParamCA names a CA: "sha256:" and the hex sha256
 // of its certificate's DER bytes.
 func CAFingerprint(der []byte) string {

@@ -107,3 +107,23 @@ func TestPathHelpersMatchTheServedPatterns(t *testing.T) {
 		}
 	}
 }
+
+func TestParseCmdline(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want map[string]string
+	}{
+		{"", map[string]string{}},
+		{"quiet", map[string]string{"quiet": ""}},
+		{"console=ttyS0 console=tty0", map[string]string{"console": "tty0"}}, // last wins, as for the kernel's own params
+		{`msg="two words" x=1`, map[string]string{"msg": "two words", "x": "1"}},
+		{`"plinth.token=a b"`, map[string]string{"plinth.token": "a b"}},
+		{"a=b=c\tinit=/x\n", map[string]string{"a": "b=c", "init": "/x"}},
+		{"  lots   of  space  ", map[string]string{"lots": "", "of": "", "space": ""}},
+		{`"a b=c" d=e`, map[string]string{"d": "e"}}, // no parameter's name has a blank
+	} {
+		if got := ParseCmdline(tc.in); !maps.Equal(got, tc.want) {
+			t.Errorf("ParseCmdline(%q) = %v, want %v", tc.in, got, tc.want)
+		}
+	}
+}

@@ -74,9 +74,10 @@ var ReportFiles = events.TLSFiles{CA: role.CAFile, Cert: role.NodeCert, Key: rol
 // the kernel command line) to its boot server.
 func MachinePoster(cfg *node.Config, p events.Poster) (events.Poster, error) {
 	cmdline, _ := os.ReadFile("/proc/cmdline")
+	params := api.ParseCmdline(string(cmdline))
 	files := ReportFiles
-	files.Pin = events.CmdlineParam(string(cmdline), api.ParamCA)
-	return p.ForMachine(cfg, files, events.CmdlineParam(string(cmdline), api.ParamToken))
+	files.Pin = params[api.ParamCA]
+	return p.ForMachine(cfg, files, params[api.ParamToken])
 }
 
 func loadConfig() (*node.Config, error) {

@@ -29,44 +29,11 @@ type Params struct {
 	Init    string // the image's init; default /sbin/init
 }
 
-// ParseCmdline splits a kernel command line into parameters. Values may be
-// double-quoted (the kernel's own rule); a bare word maps to "".
-func ParseCmdline(s string) map[string]string {
-	out := map[string]string{}
-	var key, cur strings.Builder
-	inKey, quoted := true, false
-	flush := func() {
-		// A quoted key may hold blanks; no parameter's name does.
-		if k := key.String(); k != "" && !strings.ContainsAny(k, " \t\n") {
-			out[k] = cur.String()
-		}
-		key.Reset()
-		cur.Reset()
-		inKey = true
-	}
-	for _, r := range s {
-		switch {
-		case r == '"':
-			quoted = !quoted
-		case !quoted && (r == ' ' || r == '\t' || r == '\n'):
-			flush()
-		case inKey && r == '=':
-			inKey = false
-		case inKey:
-			key.WriteRune(r)
-		default:
-			cur.WriteRune(r)
-		}
-	}
-	flush()
-	return out
-}
-
 // ParseParams reads the plinth.* parameters: defaults (the initramfs's
 // /etc/plinth/cmdline) first, then the real command line, which wins.
 func ParseParams(defaults, cmdline string) (Params, error) {
-	kv := ParseCmdline(defaults)
-	for k, v := range ParseCmdline(cmdline) {
+	kv := api.ParseCmdline(defaults)
+	for k, v := range api.ParseCmdline(cmdline) {
 		kv[k] = v
 	}
 	p := Params{

@@ -1,32 +1,13 @@
 package stage1
 
 import (
-	"maps"
 	"strings"
 	"testing"
+
+	"github.com/plinth-dev/plinth/bootserver/api"
 )
 
 const digestA = "sha256:" + "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
-
-func TestParseCmdline(t *testing.T) {
-	for _, tc := range []struct {
-		in   string
-		want map[string]string
-	}{
-		{"", map[string]string{}},
-		{"quiet", map[string]string{"quiet": ""}},
-		{"console=ttyS0 console=tty0", map[string]string{"console": "tty0"}}, // last wins, as for the kernel's own params
-		{`msg="two words" x=1`, map[string]string{"msg": "two words", "x": "1"}},
-		{`"plinth.token=a b"`, map[string]string{"plinth.token": "a b"}},
-		{"a=b=c\tinit=/x\n", map[string]string{"a": "b=c", "init": "/x"}},
-		{"  lots   of  space  ", map[string]string{"lots": "", "of": "", "space": ""}},
-		{`"a b=c" d=e`, map[string]string{"d": "e"}}, // no parameter's name has a blank
-	} {
-		if got := ParseCmdline(tc.in); !maps.Equal(got, tc.want) {
-			t.Errorf("ParseCmdline(%q) = %v, want %v", tc.in, got, tc.want)
-		}
-	}
-}
 
 func TestParseParamsCommandLineWinsOverInitramfsDefaults(t *testing.T) {
 	p, err := ParseParams("plinth.server=http://a:1/ plinth.machine=m1 plinth.rootfs="+digestA+" plinth.rescue=1",
@@ -86,7 +67,7 @@ func FuzzParseParams(f *testing.F) {
 	f.Add(`"`, `x="`)
 	f.Add("", `a"b c"=d`) // found by fuzzing: a quote inside a key let a blank into it
 	f.Fuzz(func(t *testing.T, defaults, cmdline string) {
-		for k := range ParseCmdline(cmdline) {
+		for k := range api.ParseCmdline(cmdline) {
 			if k == "" || strings.ContainsAny(k, " \t\n") {
 				t.Fatalf("key %q from %q", k, cmdline)
 			}

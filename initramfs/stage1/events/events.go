@@ -334,16 +334,3 @@ func verifyPinned(chain []*x509.Certificate, host, pin string) error {
 	}
 	return nil
 }
-
-// CmdlineParam is one plinth parameter (an api.Param*, none of which
-// holds a blank) from the kernel command line (/proc/cmdline's text), ""
-// if absent.
-func CmdlineParam(cmdline, name string) string {
-	v := ""
-	for _, f := range strings.Fields(cmdline) {
-		if w, ok := strings.CutPrefix(f, name+"="); ok {
-			v = w // the last wins, as in the kernel
-		}
-	}
-	return v
-}

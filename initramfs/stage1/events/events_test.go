@@ -110,13 +110,3 @@ func TestTLSClientChecksTheCAFileAgainstThePin(t *testing.T) {
 		t.Error("the pinned CA with another beside it was trusted")
 	}
 }
-
-func TestCmdlineParamTakesTheLast(t *testing.T) {
-	c := "console=ttyS0 plinth.token=a plinth.ca=sha256:1 plinth.token=b"
-	if got := CmdlineParam(c, api.ParamToken); got != "b" {
-		t.Errorf("token %q, want b", got)
-	}
-	if got := CmdlineParam(c, api.ParamTLS); got != "" {
-		t.Errorf("absent %s: %q", api.ParamTLS, got)
-	}
-}
