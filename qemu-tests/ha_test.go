@@ -18,6 +18,7 @@ import (
 
 	"github.com/plinth-dev/plinth/bootserver"
 	"github.com/plinth-dev/plinth/bootserver/api"
+	"github.com/plinth-dev/plinth/internal/fsutil"
 	"github.com/plinth-dev/plinth/lab"
 	"github.com/plinth-dev/plinth/lab/qemu"
 	"github.com/plinth-dev/plinth/roles"
@@ -292,7 +293,7 @@ func (sc *scenario) freshJournal(t *testing.T, ctx context.Context, machine, uni
 		return
 	}
 	p := filepath.Join(sc.logDir, machine+"."+unit+".fresh.log")
-	if err := os.WriteFile(p, b, 0o644); err != nil {
+	if err := fsutil.WriteFileAtomic(p, b, 0o644); err != nil {
 		t.Logf("%s's %s journal: %v", machine, unit, err)
 		return
 	}
