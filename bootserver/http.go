@@ -46,11 +46,13 @@ func (s *Server) routes() http.Handler {
 	return mux
 }
 
-// statusWriter records the status code and bytes of a response.
+// statusWriter records the status code and bytes of a response, and
+// gives each write its own deadline (limits.go).
 type statusWriter struct {
 	http.ResponseWriter
-	code  int
-	bytes int64
+	code   int
+	bytes  int64
+	extend func(http.ResponseWriter)
 }
 
 func (w *statusWriter) WriteHeader(c int) { w.code = c; w.ResponseWriter.WriteHeader(c) }
@@ -58,19 +60,24 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 	if w.code == 0 {
 		w.code = http.StatusOK
 	}
+	w.extend(w.ResponseWriter)
 	n, err := w.ResponseWriter.Write(b)
 	w.bytes += int64(n)
 	return n, err
 }
 func (w *statusWriter) Flush() {
+	w.extend(w.ResponseWriter)
 	if f, ok := w.ResponseWriter.(http.Flusher); ok {
 		f.Flush()
 	}
 }
 
+// Unwrap lets http.ResponseController reach the connection.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
 func (s *Server) instrument(route string, h http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		sw := &statusWriter{ResponseWriter: w}
+		sw := &statusWriter{ResponseWriter: w, extend: s.extendWrite}
 		h(sw, r)
 		if sw.code == 0 {
 			sw.code = http.StatusOK
@@ -401,9 +408,9 @@ func DecodeEvent(r io.Reader) (api.Event, error) {
 }
 
 func (s *Server) event(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxEventBody))
+	body, err := s.readBody(w, r, maxEventBody)
 	if err != nil {
-		s.fail(w, r, http.StatusRequestEntityTooLarge, fmt.Sprintf("event: body larger than %d bytes", maxEventBody))
+		s.failBody(w, r, "event", maxEventBody, err)
 		return
 	}
 	e, err := DecodeEvent(bytes.NewReader(body))

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"slices"
 	"strconv"
@@ -184,9 +183,9 @@ func (s *Server) uploadLog(w http.ResponseWriter, r *http.Request) {
 		s.refuseReport(w, r, machine, err)
 		return
 	}
-	text, err := io.ReadAll(http.MaxBytesReader(w, r.Body, api.MaxLogBytes))
+	text, err := s.readBody(w, r, api.MaxLogBytes)
 	if err != nil {
-		s.fail(w, r, http.StatusRequestEntityTooLarge, fmt.Sprintf("logs: body larger than %d bytes", api.MaxLogBytes), "machine", machine)
+		s.failBody(w, r, "logs", api.MaxLogBytes, err, "machine", machine)
 		return
 	}
 	units := s.journals.put(machine, unit, text, time.Now().UTC())

@@ -57,6 +57,11 @@ type Config struct {
 	// /readyz checked (default 2 s); APICheckTimeout bounds one check
 	// (default 3 s). poolFailAfter failures in a row take it out of the name.
 	APICheckEvery, APICheckTimeout time.Duration
+	// IdleTimeout closes a kept-alive connection that sends no new request
+	// for that long (default 2 min); BodyTimeout is how long a client gets
+	// to send a request body (default 30 s). With ReadHeaderTimeout (10 s)
+	// they bound what a slow or silent client holds (limits.go).
+	IdleTimeout, BodyTimeout time.Duration
 	// Etcd, if set, watches the site's etcd members (siteetcd): the
 	// cluster's ID goes into every profile, snapshots are taken on its
 	// schedule, and a requested restore is offered to the members. New
@@ -106,6 +111,12 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Poll == 0 {
 		cfg.Poll = 2 * time.Second
+	}
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = 2 * time.Minute
+	}
+	if cfg.BodyTimeout == 0 {
+		cfg.BodyTimeout = 30 * time.Second
 	}
 	if cfg.IPXEDir == "" {
 		cfg.IPXEDir = "/usr/lib/ipxe"
@@ -231,7 +242,9 @@ func (s *Server) Serve(ctx context.Context, ln, tln net.Listener) error {
 	defer endStreams()
 	hs := &http.Server{
 		Handler:           s.routes(),
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: headerTimeout,
+		IdleTimeout:       s.cfg.IdleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
 		// Failed handshakes (a report with a foreign certificate) and
 		// the like go to the server's log, not to stderr unformatted.
 		ErrorLog:    slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
