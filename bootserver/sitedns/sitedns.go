@@ -26,6 +26,11 @@ type Config struct {
 	// Upstreams ("host:port") get the queries for names outside the site;
 	// none: those are REFUSED.
 	Upstreams []string
+	// Clients are the networks whose queries for names outside the site
+	// are forwarded (loopback always is); a query from anywhere else for
+	// such a name is REFUSED, so the boot server is no open resolver.
+	// The site's own names are answered to anyone who asks.
+	Clients []netip.Prefix
 	// TTL of the answers (default 5 s): short, so a master that stops
 	// leaves the clients' caches quickly.
 	TTL uint32
@@ -165,6 +170,10 @@ func (s *Server) answer(w dns.ResponseWriter, r *dns.Msg) *dns.Msg {
 			m.Ns = append(m.Ns, s.soa(domain))
 		}
 	default:
+		if !s.mayRecurse(w.RemoteAddr()) {
+			m.SetRcode(r, dns.RcodeRefused)
+			return m
+		}
 		return s.forward(w, r)
 	}
 	m.RecursionAvailable = len(s.cfg.Upstreams) > 0
@@ -198,6 +207,58 @@ func (s *Server) rr1(name string, addr netip.Addr) dns.RR {
 func (s *Server) soa(zone string) dns.RR {
 	return &dns.SOA{Hdr: dns.RR_Header{Name: zone, Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: s.cfg.TTL},
 		Ns: "plinth." + zone, Mbox: "hostmaster." + zone, Serial: 1, Refresh: 3600, Retry: 600, Expire: 86400, Minttl: s.cfg.TTL}
+}
+
+// mayRecurse says whether a query from remote may be forwarded: from
+// loopback or one of Config.Clients.
+func (s *Server) mayRecurse(remote net.Addr) bool {
+	var ip netip.Addr
+	switch a := remote.(type) {
+	case *net.UDPAddr:
+		ip, _ = netip.AddrFromSlice(a.IP)
+	case *net.TCPAddr:
+		ip, _ = netip.AddrFromSlice(a.IP)
+	}
+	ip = ip.Unmap()
+	if !ip.IsValid() {
+		return false
+	}
+	if ip.IsLoopback() {
+		return true
+	}
+	for _, p := range s.cfg.Clients {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// LocalNetworks are the networks of this host's interfaces (without
+// loopback and link-local ones): the hosts a boot server's DNS serves by
+// default, as a resolver's "local service" mode does.
+func LocalNetworks() ([]netip.Prefix, error) {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Prefix
+	for _, a := range addrs {
+		n, ok := a.(*net.IPNet)
+		if !ok {
+			continue
+		}
+		p, err := netip.ParsePrefix(n.String())
+		if err != nil {
+			continue
+		}
+		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()).Masked()
+		if p.Addr().IsLoopback() || p.Addr().IsLinkLocalUnicast() {
+			continue
+		}
+		out = append(out, p)
+	}
+	return out, nil
 }
 
 // forward asks the upstreams in turn, over the transport the query came

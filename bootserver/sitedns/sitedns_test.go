@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -223,4 +224,57 @@ func FuzzServeDNS(f *testing.F) {
 			t.Fatalf("reply does not pack: %v", err)
 		}
 	})
+}
+
+// The boot server's DNS is no open resolver: a host outside the site's
+// networks that asks for an outside name is REFUSED and the upstream
+// never hears of it (a reflection or cache-poisoning attempt through the
+// boot server gets nothing); the site's own names are still answered.
+func TestNoForwardingForHostsOutsideTheSitesNetworks(t *testing.T) {
+	var asked atomic.Int32
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		asked.Add(1)
+		m := new(dns.Msg)
+		m.SetReply(r)
+		m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: r.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 5}, A: net.IPv4(192, 0, 2, 7)})
+		w.WriteMsg(m)
+	})}
+	go up.ActivateAndServe()
+	t.Cleanup(func() { up.Shutdown() })
+
+	s := New(Config{Upstreams: []string{pc.LocalAddr().String()}, Clients: []netip.Prefix{netip.MustParsePrefix("10.77.0.0/24")}})
+	s.Hosts("lab.example", map[string]netip.Addr{"master-1": netip.MustParseAddr("10.77.0.21")})
+	query := func(from net.IP, name string) *dns.Msg {
+		q := new(dns.Msg)
+		q.SetQuestion(name, dns.TypeA)
+		w := &recorder{remote: &net.UDPAddr{IP: from, Port: 5353}}
+		s.ServeDNS(w, q)
+		return w.msg
+	}
+	for _, tc := range []struct {
+		from  string
+		name  string
+		rcode int
+		addr  string
+		asked int32
+	}{
+		{"10.77.0.5", "www.elsewhere.example.", dns.RcodeSuccess, "192.0.2.7", 1},
+		{"127.0.0.1", "www.elsewhere.example.", dns.RcodeSuccess, "192.0.2.7", 1},
+		{"203.0.113.9", "www.elsewhere.example.", dns.RcodeRefused, "", 0},
+		{"10.77.1.5", "www.elsewhere.example.", dns.RcodeRefused, "", 0},
+		{"::ffff:203.0.113.9", "www.elsewhere.example.", dns.RcodeRefused, "", 0},
+		{"203.0.113.9", "master-1.lab.example.", dns.RcodeSuccess, "10.77.0.21", 0},
+	} {
+		before := asked.Load()
+		r := query(net.ParseIP(tc.from), tc.name)
+		got := addrsOf(r)
+		if r.Rcode != tc.rcode || (tc.addr != "" && !slices.Equal(got, []string{tc.addr})) || asked.Load()-before != tc.asked {
+			t.Errorf("%s asks %s: %s %v, upstream asked %d times; want %s %s, upstream asked %d",
+				tc.from, tc.name, dns.RcodeToString[r.Rcode], got, asked.Load()-before, dns.RcodeToString[tc.rcode], tc.addr, tc.asked)
+		}
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -98,8 +99,9 @@ func openCA(site *profiles.Site, siteDir, stateDir string, create bool, log *slo
 // server as its master sink; it returns the DNS server's run function (nil
 // when off). dnsFlag is "auto" (on at SERVER-IP:53 when the server's IP is
 // known and the site has an api_name or is the DHCP server), "off", or an
-// address.
-func siteServices(c *bootserver.Config, stateDir, dnsFlag string, log *slog.Logger) (func(context.Context) error, error) {
+// address. Names outside the site are forwarded for clients on dnsClients
+// (CIDRs), or by default on this host's own networks.
+func siteServices(c *bootserver.Config, stateDir, dnsFlag string, dnsClients []string, log *slog.Logger) (func(context.Context) error, error) {
 	site, err := profiles.LoadSite(c.SiteDir)
 	if err != nil {
 		return nil, err
@@ -138,9 +140,30 @@ func siteServices(c *bootserver.Config, stateDir, dnsFlag string, log *slog.Logg
 	if err != nil {
 		return nil, fmt.Errorf("--dns %s: %w", addr, err)
 	}
-	d := sitedns.New(sitedns.Config{Upstreams: ups, Log: log})
+	clients, err := recursionClients(dnsClients)
+	if err != nil {
+		return nil, err
+	}
+	d := sitedns.New(sitedns.Config{Upstreams: ups, Clients: clients, Log: log})
+	log.Info("DNS", "listen", addr, "upstreams", fmt.Sprint(ups), "forwards for", fmt.Sprint(clients))
 	c.Masters = d
 	return func(ctx context.Context) error { return d.Serve(ctx, pc, ln) }, nil
+}
+
+// recursionClients parses --dns-clients; none given: this host's networks.
+func recursionClients(flag []string) ([]netip.Prefix, error) {
+	if len(flag) == 0 {
+		return sitedns.LocalNetworks()
+	}
+	var out []netip.Prefix
+	for _, c := range flag {
+		p, err := netip.ParsePrefix(strings.TrimSpace(c))
+		if err != nil {
+			return nil, fmt.Errorf("--dns-clients %q: want a network such as 10.77.0.0/24: %w", c, err)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }
 
 // runAll runs fs until ctx is cancelled or one of them returns; then it

@@ -69,7 +69,7 @@ func TestServeDNSIsOnWhereAsked(t *testing.T) {
 		on   bool
 	}{{"off", false}, {"auto", false} /* no --server-ip */, {"127.0.0.1:0", true}} {
 		c := bootserver.Config{SiteDir: site}
-		dns, err := siteServices(&c, filepath.Join(t.TempDir(), "state"), tc.flag, log)
+		dns, err := siteServices(&c, filepath.Join(t.TempDir(), "state"), tc.flag, nil, log)
 		if err != nil {
 			t.Fatalf("--dns %s: %v", tc.flag, err)
 		}

@@ -17,6 +17,7 @@ import (
 func newServeCmd(g *globals) *cobra.Command {
 	var c bootserver.Config
 	var serverIP, stateDir, dnsFlag string
+	var dnsClients []string
 	var bundleFile, bundleDir string
 	var etcdPoll, etcdEvery time.Duration
 	var etcdKeep int
@@ -76,7 +77,7 @@ serves the masters that reported ready that way and whose /readyz passes.`,
 				c.TLSListen = tlsListen
 			}
 			c.Log = g.log
-			dns, err := siteServices(&c, stateDir, dnsFlag, g.log)
+			dns, err := siteServices(&c, stateDir, dnsFlag, dnsClients, g.log)
 			if err != nil {
 				return err
 			}
@@ -109,6 +110,7 @@ serves the masters that reported ready that way and whose /readyz passes.`,
 	f.StringVar(&c.TFTPListen, "tftp", "", "TFTP listen address for legacy PXE, e.g. :69 (off when empty)")
 	f.StringVar(&c.IPXEDir, "ipxe-dir", "/usr/lib/ipxe", "where Debian's ipxe package keeps undionly.kpxe and ipxe.efi")
 	f.StringVar(&stateDir, "state", "", "where the site CA lives, outside the site (default $XDG_STATE_HOME/plinth/SITE-NAME)")
+	f.StringSliceVar(&dnsClients, "dns-clients", nil, "networks (CIDR, comma-separated) whose DNS queries for names outside the site are forwarded; default: the networks of this host's interfaces (loopback always); others get REFUSED")
 	f.StringVar(&dnsFlag, "dns", "auto", "site DNS (API name, host names) on ADDR[:53]; auto: on at SERVER-IP:53 with --server-ip and an api_name or [dhcp] mode server; off")
 	f.DurationVar(&etcdPoll, "etcd-poll", 30*time.Second, "ask every etcd member for its status this often (cluster ID in profiles, snapshots, restores); 0: do not watch etcd")
 	f.DurationVar(&etcdEvery, "etcd-snapshot-every", time.Hour, "take an etcd snapshot into STATE/etcd/snapshots when the newest is this old; 0: none")
