@@ -3,6 +3,7 @@ package bootserver
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -11,6 +12,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	promtestutil "github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -348,5 +350,49 @@ func TestAMachineWhoseImageIsOfAnotherRoleGetsNoBootScript(t *testing.T) {
 	if w.Code != http.StatusConflict || strings.Contains(w.Body.String(), "kernel ") ||
 		!strings.Contains(w.Body.String(), `machine node-2: role "master", but image "img" was built for role "minion"`) {
 		t.Errorf("%d %q", w.Code, w.Body)
+	}
+}
+
+// A host inventing MACs cannot grow the server's table of machines (and
+// GET /v1/machines, and the status page) without bound: refused machines
+// are kept up to maxUnknown, the most recently heard from, and only while
+// they keep asking.
+func TestAFloodOfInventedMACsIsBounded(t *testing.T) {
+	s, _ := fixture(t, "none")
+	h := s.Handler()
+	get(t, h, api.PathBootScript+"?mac=52-54-00-00-00-01") // a machine of the site, booting
+	const flood = 3 * maxUnknown
+	last := ""
+	for i := range flood {
+		mac := fmt.Sprintf("02:00:00:00:%02x:%02x", i>>8, i&0xff)
+		get(t, h, api.PathBootScript+"?mac="+mac)
+		last = "unknown-" + strings.ReplaceAll(mac, ":", "")
+	}
+	var list []MachineStatus
+	if err := json.Unmarshal(get(t, h, api.PathMachines).Body.Bytes(), &list); err != nil {
+		t.Fatal(err)
+	}
+	unknown, sawLast, sawKnown := 0, false, false
+	for _, st := range list {
+		switch {
+		case st.State == stateUnknown:
+			unknown++
+			sawLast = sawLast || st.Name == last
+		case st.Name == "node-1":
+			sawKnown = st.State == api.StageKernel
+		}
+	}
+	if unknown > maxUnknown || !sawLast || !sawKnown {
+		t.Fatalf("after %d invented MACs: %d refused machines listed (max %d), the latest listed %v, node-1 booting %v",
+			flood, unknown, maxUnknown, sawLast, sawKnown)
+	}
+
+	// One that stopped asking long ago goes with the next refusal.
+	s.state.mu.Lock()
+	s.state.m[last].LastSeen = time.Now().Add(-unknownTTL - time.Minute)
+	s.state.mu.Unlock()
+	get(t, h, api.PathBootScript+"?mac=02:00:00:00:ff:ff")
+	if _, ok := s.state.get(last); ok {
+		t.Errorf("%s, silent for longer than %s, is still listed", last, unknownTTL)
 	}
 }

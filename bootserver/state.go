@@ -41,6 +41,15 @@ func newStateTable() *stateTable {
 	return &stateTable{m: map[string]*MachineStatus{}, subs: map[chan MachineStatus]struct{}{}}
 }
 
+// Machines the site refused are listed so an operator can add them, but
+// anyone can invent MACs: the list keeps at most maxUnknown of them, and
+// none the server has not heard from for unknownTTL (a refused machine
+// asks again every refuseRetry, so one still trying stays listed).
+const (
+	maxUnknown = 256
+	unknownTTL = 15 * time.Minute
+)
+
 // update changes one machine and tells subscribers.
 func (t *stateTable) update(name string, f func(*MachineStatus)) MachineStatus {
 	t.mu.Lock()
@@ -51,6 +60,9 @@ func (t *stateTable) update(name string, f func(*MachineStatus)) MachineStatus {
 		t.m[name] = st
 	}
 	f(st)
+	if !ok && st.State == stateUnknown {
+		t.pruneUnknown(st)
+	}
 	out := *st
 	for c := range t.subs {
 		select {
@@ -59,6 +71,30 @@ func (t *stateTable) update(name string, f func(*MachineStatus)) MachineStatus {
 		}
 	}
 	return out
+}
+
+// pruneUnknown drops refused machines last heard from before unknownTTL,
+// then the least recently heard from beyond maxUnknown; never keep.
+func (t *stateTable) pruneUnknown(keep *MachineStatus) {
+	var unknown []*MachineStatus
+	cutoff := time.Now().Add(-unknownTTL)
+	for name, st := range t.m {
+		if st.State != stateUnknown || st.Known || st == keep {
+			continue
+		}
+		if st.LastSeen.Before(cutoff) {
+			delete(t.m, name)
+			continue
+		}
+		unknown = append(unknown, st)
+	}
+	if len(unknown) < maxUnknown {
+		return
+	}
+	sort.Slice(unknown, func(i, j int) bool { return unknown[i].LastSeen.Before(unknown[j].LastSeen) })
+	for _, st := range unknown[:len(unknown)-maxUnknown+1] {
+		delete(t.m, st.Name)
+	}
 }
 
 func (t *stateTable) get(name string) (MachineStatus, bool) {
