@@ -2,6 +2,7 @@ package bootserver
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -22,57 +23,175 @@ const (
 	EFIBootFile  = "ipxe.efi"
 )
 
-// leases is the lab DHCP server's address book: a machine with a static
-// address in the site gets it; others get the next free one of the range,
-// the same again on every boot while the server runs.
+// leases is the DHCP server's address book. A machine with a static
+// address in the site gets it. Others are offered a free address of the
+// range, held for offerHold; only a REQUEST binds it, for the site's lease
+// time, and a bound address never moves to another MAC while its lease is
+// live. An expired lease stays with its MAC until another needs the
+// address, so a machine gets the same one again on every boot while the
+// server runs. Each record holds an address of the range, so invented MACs
+// cannot grow the book beyond the range, nor keep it full for longer than
+// they keep asking.
 type leases struct {
-	mu    sync.Mutex
-	byMAC map[string]netip.Addr
-	used  map[netip.Addr]string
+	mu     sync.Mutex
+	byMAC  map[string]*lease
+	byAddr map[netip.Addr]*lease
+	now    func() time.Time
 }
+
+type lease struct {
+	mac     string
+	addr    netip.Addr
+	expires time.Time
+	bound   bool // ACKed; otherwise offered
+}
+
+// offerHold is how long an offered address waits for its REQUEST.
+const offerHold = 30 * time.Second
+
+// errNak is a REQUEST for an address this server will not give that MAC.
+var errNak = errors.New("dhcp: address not available to this client")
 
 func newLeases() *leases {
-	return &leases{byMAC: map[string]netip.Addr{}, used: map[netip.Addr]string{}}
+	return &leases{byMAC: map[string]*lease{}, byAddr: map[netip.Addr]*lease{}, now: time.Now}
 }
 
-// lookup is the address leased to mac, if any.
+// lookup is the address bound to mac by a live lease, if any.
 func (l *leases) lookup(mac string) (netip.Addr, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	a, ok := l.byMAC[mac]
-	return a, ok
+	if le, ok := l.byMAC[mac]; ok && le.bound && l.now().Before(le.expires) {
+		return le.addr, true
+	}
+	return netip.Addr{}, false
 }
 
-func (l *leases) get(mac string, site *profiles.Site) (netip.Addr, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
+// static is mac's static address in the site, if it has one.
+func static(mac string, site *profiles.Site) (netip.Addr, bool) {
 	if m, err := site.Match(mac, "", nil); err == nil && m.Address != "" {
 		if p, err := netip.ParsePrefix(m.Address); err == nil {
-			return p.Addr(), nil
+			return p.Addr(), true
 		}
 	}
-	if a, ok := l.byMAC[mac]; ok {
-		return a, nil
-	}
+	return netip.Addr{}, false
+}
+
+// dynamic says whether a is an address of the range that no machine has
+// as its static one.
+func dynamic(a netip.Addr, site *profiles.Site) (start, end netip.Addr, ok bool) {
 	start, err1 := netip.ParseAddr(site.DHCP.RangeStart)
 	end, err2 := netip.ParseAddr(site.DHCP.RangeEnd)
 	if err1 != nil || err2 != nil {
-		return netip.Addr{}, fmt.Errorf("dhcp: no range configured")
+		return start, end, false
 	}
-	static := map[netip.Addr]bool{}
+	if !a.IsValid() {
+		return start, end, true
+	}
+	if a.Compare(start) < 0 || a.Compare(end) > 0 {
+		return start, end, false
+	}
 	for _, m := range site.Machines {
-		if p, err := netip.ParsePrefix(m.Address); err == nil {
-			static[p.Addr()] = true
+		if p, err := netip.ParsePrefix(m.Address); err == nil && p.Addr() == a {
+			return start, end, false
 		}
 	}
+	return start, end, true
+}
+
+// set records mac's lease of a, dropping mac's record of another address
+// and a's record for another MAC (the caller checked that it expired).
+func (l *leases) set(mac string, a netip.Addr, until time.Time, bound bool) {
+	if old, ok := l.byMAC[mac]; ok && old.addr != a {
+		delete(l.byAddr, old.addr)
+	}
+	if old, ok := l.byAddr[a]; ok && old.mac != mac {
+		delete(l.byMAC, old.mac)
+	}
+	le := &lease{mac: mac, addr: a, expires: until, bound: bound}
+	l.byMAC[mac], l.byAddr[a] = le, le
+}
+
+// offer is the address to offer mac (DISCOVER).
+func (l *leases) offer(mac string, site *profiles.Site) (netip.Addr, error) {
+	if a, ok := static(mac, site); ok {
+		return a, nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	if le, ok := l.byMAC[mac]; ok {
+		if _, _, ok := dynamic(le.addr, site); ok {
+			if !le.bound || !now.Before(le.expires) {
+				l.set(mac, le.addr, now.Add(offerHold), false)
+			}
+			return le.addr, nil
+		}
+	}
+	start, end, ok := dynamic(netip.Addr{}, site)
+	if !ok {
+		return netip.Addr{}, errors.New("dhcp: no range configured")
+	}
+	// A never-used address first, then the one expired longest ago.
+	var reuse *lease
 	for a := start; a.Compare(end) <= 0; a = a.Next() {
-		if _, taken := l.used[a]; !taken && !static[a] {
-			l.used[a] = mac
-			l.byMAC[mac] = a
+		if _, _, ok := dynamic(a, site); !ok {
+			continue
+		}
+		le, taken := l.byAddr[a]
+		if !taken {
+			l.set(mac, a, now.Add(offerHold), false)
 			return a, nil
 		}
+		if !now.Before(le.expires) && (reuse == nil || le.expires.Before(reuse.expires)) {
+			reuse = le
+		}
+	}
+	if reuse != nil {
+		a := reuse.addr
+		l.set(mac, a, now.Add(offerHold), false)
+		return a, nil
 	}
 	return netip.Addr{}, fmt.Errorf("dhcp: range %s-%s exhausted", start, end)
+}
+
+// bind binds want (the REQUEST's requested or client address; invalid:
+// what mac was offered) to mac for d. errNak: not this client's to have.
+func (l *leases) bind(mac string, want netip.Addr, site *profiles.Site, d time.Duration) (netip.Addr, error) {
+	if a, ok := static(mac, site); ok {
+		if want.IsValid() && want != a {
+			return netip.Addr{}, errNak
+		}
+		return a, nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	if !want.IsValid() {
+		le, ok := l.byMAC[mac]
+		if !ok {
+			return netip.Addr{}, errNak
+		}
+		want = le.addr
+	}
+	if _, _, ok := dynamic(want, site); !ok {
+		return netip.Addr{}, errNak
+	}
+	if le, ok := l.byAddr[want]; ok && le.mac != mac && now.Before(le.expires) {
+		return netip.Addr{}, errNak
+	}
+	l.set(mac, want, now.Add(d), true)
+	return want, nil
+}
+
+// release forgets what was only offered to mac (it took another server's
+// offer).
+func (l *leases) release(mac string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if le, ok := l.byMAC[mac]; ok && !le.bound {
+		delete(l.byMAC, mac)
+		delete(l.byAddr, le.addr)
+	}
 }
 
 // ClientArch is option 93's value, or -1 when absent.
@@ -150,13 +269,37 @@ func (s *Server) DHCPReply(req *dhcpv4.DHCPv4, mode string) (*dhcpv4.DHCPv4, err
 	}
 	if mode == "server" {
 		mac := req.ClientHWAddr.String()
-		addr, err := s.leases.get(mac, site)
-		if err != nil {
-			return nil, err
-		}
 		lease, err := time.ParseDuration(site.DHCP.Lease)
 		if err != nil {
 			lease = time.Hour
+		}
+		var addr netip.Addr
+		if replyType == dhcpv4.MessageTypeOffer {
+			addr, err = s.leases.offer(mac, site)
+		} else {
+			if id := req.ServerIdentifier(); id != nil && !id.Equal(server) {
+				s.leases.release(mac) // it chose another server's offer
+				return nil, nil
+			}
+			// The address asked for: option 50 when selecting or
+			// rebooting, ciaddr when renewing.
+			var want netip.Addr
+			for _, ip := range []net.IP{req.RequestedIPAddress(), req.ClientIPAddr} {
+				if a, ok := netip.AddrFromSlice(ip.To4()); ok && !a.IsUnspecified() {
+					want = a
+					break
+				}
+			}
+			addr, err = s.leases.bind(mac, want, site, lease)
+			if errors.Is(err, errNak) {
+				return dhcpv4.NewReplyFromRequest(req,
+					dhcpv4.WithMessageType(dhcpv4.MessageTypeNak),
+					dhcpv4.WithServerIP(server),
+					dhcpv4.WithOption(dhcpv4.OptServerIdentifier(server)))
+			}
+		}
+		if err != nil {
+			return nil, err
 		}
 		mask := net.IPMask(net.ParseIP(site.DHCP.Netmask).To4())
 		mods = append(mods,

@@ -3,6 +3,7 @@ package bootserver
 import (
 	"net"
 	"testing"
+	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/iana"
@@ -101,5 +102,103 @@ func TestProxyDHCPAcksThePXERequestOnPort4011(t *testing.T) {
 	}
 	if resp.MessageType() != dhcpv4.MessageTypeAck || resp.BootFileName != BIOSBootFile || !resp.YourIPAddr.IsUnspecified() {
 		t.Errorf("%s file %q yiaddr %s, want an ACK for %s without an address", resp.MessageType(), resp.BootFileName, resp.YourIPAddr, BIOSBootFile)
+	}
+}
+
+// request is a client's DHCPREQUEST for addr (selecting, with the server
+// identifier id when not empty).
+func request(t testing.TB, mac, addr, id string) *dhcpv4.DHCPv4 {
+	t.Helper()
+	mods := []dhcpv4.Modifier{dhcpv4.WithMessageType(dhcpv4.MessageTypeRequest), dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(net.ParseIP(addr)))}
+	if id != "" {
+		mods = append(mods, dhcpv4.WithOption(dhcpv4.OptServerIdentifier(net.ParseIP(id))))
+	}
+	return discover(t, mac, mods...)
+}
+
+// The attacks of a host that sends DHCP with invented or stolen MACs: it
+// can hold offers only while it keeps asking, cannot take an address
+// bound to another MAC while that lease is live, and an offer it
+// provokes is no lease (enrolment trusts only bound leases).
+func TestLeasesBindAtRequestExpireAndNeverMoveWhileLive(t *testing.T) {
+	s, _ := fixture(t, "none")
+	now := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	s.leases.now = func() time.Time { return now }
+	reply := func(req *dhcpv4.DHCPv4) *dhcpv4.DHCPv4 {
+		t.Helper()
+		resp, err := s.DHCPReply(req, "server")
+		if err != nil || resp == nil {
+			t.Fatalf("%s from %s: %v %v", req.MessageType(), req.ClientHWAddr, resp, err)
+		}
+		return resp
+	}
+	const victim, forger1, forger2 = "52:54:00:00:00:09", "02:00:00:00:00:01", "02:00:00:00:00:02"
+
+	// Two invented MACs fill the two-address range with offers...
+	reply(discover(t, forger1))
+	reply(discover(t, forger2))
+	if _, err := s.DHCPReply(discover(t, victim), "server"); err == nil {
+		t.Fatal("a full range still offered an address")
+	}
+	if _, ok := s.leases.lookup(forger1); ok {
+		t.Error("an offer counts as a lease (a DISCOVER alone would pass enrolment's address check)")
+	}
+	// ...for offerHold only.
+	now = now.Add(offerHold + time.Second)
+	off := reply(discover(t, victim))
+	if off.MessageType() != dhcpv4.MessageTypeOffer {
+		t.Fatalf("after the forged offers expired: %s", off.MessageType())
+	}
+	ack := reply(request(t, victim, off.YourIPAddr.String(), "10.77.0.1"))
+	if ack.MessageType() != dhcpv4.MessageTypeAck || !ack.YourIPAddr.Equal(off.YourIPAddr) {
+		t.Fatalf("victim's request: %s %s, want ACK %s", ack.MessageType(), ack.YourIPAddr, off.YourIPAddr)
+	}
+	if a, ok := s.leases.lookup(victim); !ok || a.String() != off.YourIPAddr.String() {
+		t.Fatalf("the ACKed lease is not bound: %v %v", a, ok)
+	}
+	taken := off.YourIPAddr.String()
+
+	// A forger asking for the victim's live address is refused.
+	if r := reply(request(t, forger1, taken, "10.77.0.1")); r.MessageType() != dhcpv4.MessageTypeNak {
+		t.Fatalf("another MAC asking for a live lease's address: %s, want NAK", r.MessageType())
+	}
+	if a, _ := s.leases.lookup(victim); a.String() != taken {
+		t.Fatalf("the victim's lease moved: %v", a)
+	}
+	// Nor is it offered to anyone else while live, even when the range
+	// runs out.
+	for _, mac := range []string{forger1, forger2} {
+		if r, err := s.DHCPReply(discover(t, mac), "server"); err == nil && r.YourIPAddr.String() == taken {
+			t.Fatalf("%s was offered the victim's live address", mac)
+		}
+	}
+	// A client that took another server's offer gives ours back.
+	if r, _ := s.DHCPReply(request(t, forger1, "192.0.2.9", "192.0.2.1"), "server"); r != nil {
+		t.Errorf("a request to another server was answered: %s", r.MessageType())
+	}
+
+	// The lease expires; the same MAC gets its address again, and the
+	// victim renews (ciaddr) without a new offer.
+	now = now.Add(time.Hour + time.Minute)
+	if _, ok := s.leases.lookup(victim); ok {
+		t.Error("an expired lease still counts")
+	}
+	renew := discover(t, victim, dhcpv4.WithMessageType(dhcpv4.MessageTypeRequest), dhcpv4.WithClientIP(net.ParseIP(taken)))
+	if r := reply(renew); r.MessageType() != dhcpv4.MessageTypeAck || r.YourIPAddr.String() != taken {
+		t.Fatalf("renewal after expiry, address still free: %s %s", r.MessageType(), r.YourIPAddr)
+	}
+	// Expired, another MAC may have it.
+	now = now.Add(2 * time.Hour)
+	if r := reply(request(t, forger2, taken, "10.77.0.1")); r.MessageType() != dhcpv4.MessageTypeAck {
+		t.Fatalf("an expired lease's address asked for by another MAC: %s, want ACK", r.MessageType())
+	}
+	if _, ok := s.leases.lookup(victim); ok {
+		t.Error("the victim still holds the address it lost after expiry")
+	}
+	// Addresses outside the range, or a static machine's, are not given.
+	for _, a := range []string{"10.77.0.12", "10.77.0.200"} {
+		if r := reply(request(t, forger1, a, "")); r.MessageType() != dhcpv4.MessageTypeNak {
+			t.Errorf("request for %s: %s, want NAK", a, r.MessageType())
+		}
 	}
 }

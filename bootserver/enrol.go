@@ -4,8 +4,11 @@ import (
 	"bufio"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -13,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/plinth-dev/plinth/internal/fsutil"
 	"github.com/plinth-dev/plinth/profiles"
 )
 
@@ -23,21 +27,49 @@ import (
 // line, is bound to the machine and that address, lives tokenTTL and opens
 // the machine's profile once. See README.md for what it does not stop.
 
-// tokens are the outstanding enrolment tokens.
+// tokens are the outstanding enrolment tokens. With a state directory
+// they are kept in TokensFile (by hash, as report tokens are), so a
+// machine that got its boot script just before a server restart still
+// gets its profile after it.
 type tokens struct {
-	mu sync.Mutex
-	m  map[string]tokenInfo
+	mu   sync.Mutex
+	path string
+	log  *slog.Logger
+	m    map[string]tokenInfo // hashToken(token) →
 }
 
 type tokenInfo struct {
-	machine string
-	ip      string
-	expires time.Time
+	Machine string    `json:"machine"`
+	IP      string    `json:"ip"`
+	Expires time.Time `json:"expires"`
 }
+
+// TokensFile keeps the outstanding enrolment tokens in the state directory.
+const TokensFile = "enrol-tokens.json"
 
 const tokenTTL = 15 * time.Minute
 
-func newTokens() *tokens { return &tokens{m: map[string]tokenInfo{}} }
+// loadTokens reads the outstanding tokens from path ("": none, kept in
+// memory only). A file that cannot be read is logged and starts empty:
+// machines in the middle of a boot then ask for a new boot script.
+func loadTokens(path string, log *slog.Logger) *tokens {
+	t := &tokens{path: path, log: log, m: map[string]tokenInfo{}}
+	if path == "" {
+		return t
+	}
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return t
+	}
+	if err == nil {
+		err = json.Unmarshal(b, &t.m)
+	}
+	if err != nil {
+		log.Error("enrolment tokens: not read; machines between boot script and profile ask for a new boot script", "file", path, "err", err)
+		t.m = map[string]tokenInfo{}
+	}
+	return t
+}
 
 // newToken is 128 random bits, hex.
 func newToken() (string, error) {
@@ -46,6 +78,18 @@ func newToken() (string, error) {
 		return "", fmt.Errorf("mint token: %w", err)
 	}
 	return hex.EncodeToString(b), nil
+}
+
+// save writes the table; the caller holds mu.
+func (t *tokens) save() error {
+	if t.path == "" {
+		return nil
+	}
+	b, err := json.MarshalIndent(t.m, "", "  ")
+	if err != nil {
+		return err
+	}
+	return fsutil.WriteFileAtomic(t.path, append(b, '\n'), 0o600)
 }
 
 func (t *tokens) mint(machine, ip string) (string, error) {
@@ -57,11 +101,15 @@ func (t *tokens) mint(machine, ip string) (string, error) {
 	defer t.mu.Unlock()
 	now := time.Now()
 	for k, v := range t.m {
-		if now.After(v.expires) {
+		if now.After(v.Expires) {
 			delete(t.m, k)
 		}
 	}
-	t.m[tok] = tokenInfo{machine: machine, ip: ip, expires: now.Add(tokenTTL)}
+	t.m[hashToken(tok)] = tokenInfo{Machine: machine, IP: ip, Expires: now.Add(tokenTTL).UTC()}
+	if err := t.save(); err != nil {
+		delete(t.m, hashToken(tok))
+		return "", fmt.Errorf("enrolment token of %s: %w", machine, err)
+	}
 	return tok, nil
 }
 
@@ -69,11 +117,18 @@ func (t *tokens) mint(machine, ip string) (string, error) {
 func (t *tokens) use(tok, machine, ip string) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	v, ok := t.m[tok]
-	if !ok || v.machine != machine || v.ip != ip || time.Now().After(v.expires) {
+	k := hashToken(tok)
+	v, ok := t.m[k]
+	if !ok || v.Machine != machine || v.IP != ip || time.Now().After(v.Expires) {
 		return false
 	}
-	delete(t.m, tok)
+	delete(t.m, k)
+	if err := t.save(); err != nil {
+		// Used in memory; on disk until it expires. A restart inside
+		// tokenTTL would open the profile once more to the same
+		// machine and address.
+		t.log.Warn("enrolment tokens: not saved", "file", t.path, "err", err)
+	}
 	return true
 }
 

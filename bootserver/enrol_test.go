@@ -4,8 +4,12 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/insomniacslk/dhcp/dhcpv4"
 
 	"github.com/plinth-dev/plinth/bootserver/api"
 )
@@ -34,16 +38,18 @@ func TestEnrolmentTokenIsMintedOnlyToTheMachinesOwnAddress(t *testing.T) {
 	for _, tc := range []struct {
 		name, mac, remote string
 		lease             bool   // node's MAC leased an address by our DHCP first
+		offer             bool   // only offered one (DISCOVER, no REQUEST)
 		neighbour         string // MAC the ARP table shows behind remote
 		wantToken         bool
 	}{
-		{"leased address", "52:54:00:00:00:01", "10.77.0.100", true, "", true},
-		{"another address than the lease", "52:54:00:00:00:01", "10.77.0.66", true, "", false},
-		{"static address", "52:54:00:00:00:02", "10.77.0.12", false, "", true},
-		{"static machine from elsewhere", "52:54:00:00:00:02", "10.77.0.100", false, "52:54:00:00:00:02", false},
-		{"seen on the wire with its MAC", "52:54:00:00:00:01", "10.77.0.50", false, "52:54:00:00:00:01", true},
-		{"wire shows another MAC", "52:54:00:00:00:01", "10.77.0.50", false, "52:54:00:00:00:66", false},
-		{"nothing ties MAC and address", "52:54:00:00:00:01", "10.77.0.50", false, "", false},
+		{"leased address", "52:54:00:00:00:01", "10.77.0.100", true, false, "", true},
+		{"another address than the lease", "52:54:00:00:00:01", "10.77.0.66", true, false, "", false},
+		{"an offer is no lease", "52:54:00:00:00:01", "10.77.0.100", false, true, "", false},
+		{"static address", "52:54:00:00:00:02", "10.77.0.12", false, false, "", true},
+		{"static machine from elsewhere", "52:54:00:00:00:02", "10.77.0.100", false, false, "52:54:00:00:00:02", false},
+		{"seen on the wire with its MAC", "52:54:00:00:00:01", "10.77.0.50", false, false, "52:54:00:00:00:01", true},
+		{"wire shows another MAC", "52:54:00:00:00:01", "10.77.0.50", false, false, "52:54:00:00:00:66", false},
+		{"nothing ties MAC and address", "52:54:00:00:00:01", "10.77.0.50", false, false, "", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s, _ := fixture(t, "token")
@@ -54,6 +60,9 @@ func TestEnrolmentTokenIsMintedOnlyToTheMachinesOwnAddress(t *testing.T) {
 				return "", false
 			}
 			if tc.lease {
+				leaseTo(t, s, tc.mac)
+			}
+			if tc.offer {
 				if _, err := s.DHCPReply(discover(t, tc.mac), "server"); err != nil {
 					t.Fatal(err)
 				}
@@ -73,9 +82,7 @@ func TestEnrolmentTokenIsMintedOnlyToTheMachinesOwnAddress(t *testing.T) {
 func TestEnrolmentTokenOpensOnlyItsMachinesProfileOnceFromItsAddress(t *testing.T) {
 	s, _ := fixture(t, "token")
 	h := s.Handler()
-	if _, err := s.DHCPReply(discover(t, "52:54:00:00:00:01"), "server"); err != nil {
-		t.Fatal(err)
-	}
+	leaseTo(t, s, "52:54:00:00:00:01")
 	tok := tokenIn(getFrom(h, "10.77.0.100", "/boot.ipxe?mac=52:54:00:00:00:01").Body.String())
 	if tok == "" {
 		t.Fatal("no token for the machine at its leased address")
@@ -94,6 +101,49 @@ func TestEnrolmentTokenOpensOnlyItsMachinesProfileOnceFromItsAddress(t *testing.
 		if w := getFrom(h, tc.remote, api.ProfilePath(tc.machine), api.HeaderToken, tc.token); w.Code != tc.want {
 			t.Errorf("%s: %d, want %d", tc.name, w.Code, tc.want)
 		}
+	}
+}
+
+// leaseTo has s lease an address to mac as a DHCP client would: DISCOVER,
+// then REQUEST of the offer.
+func leaseTo(t *testing.T, s *Server, mac string) string {
+	t.Helper()
+	off, err := s.DHCPReply(discover(t, mac), "server")
+	if err != nil || off == nil {
+		t.Fatalf("offer to %s: %v %v", mac, off, err)
+	}
+	ack, err := s.DHCPReply(request(t, mac, off.YourIPAddr.String(), s.cfg.ServerIP.String()), "server")
+	if err != nil || ack == nil || ack.MessageType() != dhcpv4.MessageTypeAck {
+		t.Fatalf("request of %s by %s: %v %v", off.YourIPAddr, mac, ack, err)
+	}
+	return ack.YourIPAddr.String()
+}
+
+// A machine that got its boot script (and token) just before the server
+// restarted still gets its profile after it, once.
+func TestEnrolmentTokensOutliveARestart(t *testing.T) {
+	s, _ := fixtureSite(t, strings.Replace(siteTOML, "%s", "token", 1), func(c *Config) { c.StateDir = t.TempDir() })
+	leaseTo(t, s, "52:54:00:00:00:01")
+	tok := tokenIn(getFrom(s.Handler(), "10.77.0.100", "/boot.ipxe?mac=52:54:00:00:00:01").Body.String())
+	if tok == "" {
+		t.Fatal("no token")
+	}
+	restart := func() http.Handler {
+		s2, err := New(s.cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s2.Handler()
+	}
+	if w := getFrom(restart(), "10.77.0.100", api.ProfilePath("node-1"), api.HeaderToken, tok); w.Code != http.StatusOK {
+		t.Fatalf("profile with the token after a restart: %d %s", w.Code, w.Body)
+	}
+	if w := getFrom(restart(), "10.77.0.100", api.ProfilePath("node-1"), api.HeaderToken, tok); w.Code != http.StatusForbidden {
+		t.Fatalf("the used token again after another restart: %d, want 403", w.Code)
+	}
+	b, err := os.ReadFile(filepath.Join(s.cfg.StateDir, TokensFile))
+	if err != nil || strings.Contains(string(b), tok) {
+		t.Errorf("the tokens file (%v) holds the token itself, not its hash:\n%s", err, b)
 	}
 }
 

@@ -49,8 +49,8 @@ type Config struct {
 	// their certificate, e.g. ":8443"; needs CA. "" serves HTTP only (then
 	// no report can prove a certificate, and the API pool stays empty).
 	TLSListen string
-	// StateDir keeps what must outlive a restart: the API pool and the
-	// report tokens' hashes. Default: the CA's directory; "" without a CA
+	// StateDir keeps what must outlive a restart: the API pool, and the
+	// report and enrolment tokens' hashes. Default: the CA's directory; "" without a CA
 	// keeps them in memory.
 	StateDir string
 	// APICheckEvery is how often each API server in the pool has its
@@ -140,9 +140,10 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	state := newStateTable()
-	s := &Server{cfg: cfg, log: cfg.Log, state: state, tokens: newTokens(), journals: newJournals(), metrics: newMetrics(state), leases: newLeases(), neighbour: procNeighbour, loaded: loaded}
+	s := &Server{cfg: cfg, log: cfg.Log, state: state, journals: newJournals(), metrics: newMetrics(state), leases: newLeases(), neighbour: procNeighbour, loaded: loaded}
 	s.apiPort = profiles.APIPort
 	s.reports = loadReportKeys(s.statePath(ReportKeysFile), cfg.Log)
+	s.tokens = loadTokens(s.statePath(TokensFile), cfg.Log)
 	s.pool = loadPool(s.statePath(PoolFile), cfg.Log)
 	if cfg.TLSListen != "" {
 		if cfg.CA == nil {
