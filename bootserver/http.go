@@ -367,9 +367,18 @@ func (s *Server) profile(w http.ResponseWriter, r *http.Request) {
 	if c.Cluster != nil {
 		c.Cluster.ReportURL = s.tlsURL
 	}
-	if err := s.issueTLS(c, remoteIP(r)); err != nil {
-		s.fail(w, r, http.StatusInternalServerError, "config: "+err.Error(), "machine", id)
-		return
+	// A machine the site's [default] booted is not the operator's yet:
+	// anyone can plug one in. It gets no certificate (no way into etcd
+	// or the cluster) until the operator approves it by adding it to the
+	// site as a [[machine]]; it gets them at its next boot.
+	approved := snap.site.Machine(id) != nil
+	if approved {
+		if err := s.issueTLS(c, remoteIP(r)); err != nil {
+			s.fail(w, r, http.StatusInternalServerError, "config: "+err.Error(), "machine", id)
+			return
+		}
+	} else {
+		s.log.Warn("profile without credentials: booted by the site's [default], not approved; add it to the site as a [[machine]] and reboot it", "machine", id, "mac", m.MAC)
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
@@ -378,6 +387,9 @@ func (s *Server) profile(w http.ResponseWriter, r *http.Request) {
 		st.IP = remoteIP(r)
 		if enrolled { // the token was minted for this address, checked
 			st.Addr = st.IP
+		}
+		if !approved {
+			st.LastEvent = "awaiting approval: profile sent without credentials; add MAC " + m.MAC + " to the site as a [[machine]], then reboot it"
 		}
 		touch(st)
 	})

@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"log/slog"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -163,4 +164,53 @@ func mustJSON(t *testing.T, v any) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// A host the site's [default] boots — anyone can plug one into the rack —
+// gets its image and a profile but no certificate (none for etcd, none
+// for the cluster) until the operator adds it to the site.
+func TestAMachineBootedByTheDefaultGetsNoCredentialsUntilApproved(t *testing.T) {
+	const mac = "52:54:00:00:00:77"
+	site := strings.Replace(siteTOML, "%s", "none", 1) + "\n[default]\naction = \"boot\"\nrole = \"minion\"\nimage = \"img\"\n"
+	s, _ := caFixture(t, site, nil)
+	h := s.Handler()
+	if w := get(t, h, api.PathBootScript+"?mac="+mac); w.Code != http.StatusOK || !strings.Contains(w.Body.String(), "kernel ") {
+		t.Fatalf("the default did not boot it: %d\n%s", w.Code, w.Body)
+	}
+	name := "m-525400000077"
+	w := get(t, h, api.ProfilePath(name))
+	if w.Code != http.StatusOK {
+		t.Fatalf("profile: %d %s", w.Code, w.Body)
+	}
+	if b := w.Body.String(); strings.Contains(b, "PRIVATE KEY") || strings.Contains(b, "BEGIN CERTIFICATE") && !strings.Contains(b, `"ca"`) {
+		t.Fatalf("an unapproved machine got credentials:\n%s", b)
+	}
+	c, err := node.Decode(w.Body.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.TLS != nil && len(c.TLS.Identities) > 0 {
+		t.Fatalf("an unapproved machine got identities: %+v", c.TLS.Identities)
+	}
+	if st, _ := s.state.get(name); !strings.Contains(st.LastEvent, "awaiting approval") {
+		t.Errorf("the status does not say it awaits approval: %q", st.LastEvent)
+	}
+
+	// Approved: the operator adds it to the site; its next boot gets them.
+	siteFile := filepath.Join(s.cfg.SiteDir, "site.toml")
+	approved := site + "\n[[machine]]\nname = \"" + name + "\"\nmac = \"" + mac + "\"\nrole = \"minion\"\nimage = \"img\"\n"
+	if err := os.WriteFile(siteFile, []byte(approved), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	get(t, h, api.PathBootScript+"?mac="+mac)
+	c, err = node.Decode(get(t, h, api.ProfilePath(name)).Body.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.TLS == nil || len(c.TLS.Identities) == 0 {
+		t.Fatal("the approved machine got no certificates")
+	}
 }
