@@ -50,6 +50,9 @@ type System interface {
 	// PinAPI keeps the API pool the boot server named in the hosts file
 	// (pin.go).
 	PinAPI(pool api.APIPool, machine string) error
+	// PreferLiveAPI puts the pinned API servers that accept connections
+	// on port first (pin.go).
+	PreferLiveAPI(ctx context.Context, port int) error
 }
 
 // UnitState is one unit as systemd sees it.
@@ -404,12 +407,26 @@ func Watch(ctx context.Context, sys System, out io.Writer, client events.Poster,
 				last, lastPost = line, time.Now()
 			}
 		}
+		if port := apiPort(cfg); port != 0 {
+			if err := sys.PreferLiveAPI(ctx, port); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				fmt.Fprintf(out, "plinth-agent: API pool: %v\n", err)
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-time.After(opts.Every):
 		}
 	}
+}
+
+// apiPort is the port of the API servers a node with cfg pins, 0 when it
+// pins none.
+func apiPort(cfg *node.Config) int {
+	if cfg == nil || cfg.Cluster == nil || cfg.Cluster.APIName == "" {
+		return 0
+	}
+	return roles.APIPort(cfg)
 }
 
 // Main runs the agent on this machine: plinth-agent [STEP ARGS...], where

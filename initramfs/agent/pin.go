@@ -2,13 +2,18 @@ package agent
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"net"
 	"net/netip"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/plinth-dev/plinth/bootserver/api"
 	"github.com/plinth-dev/plinth/internal/fsutil"
@@ -103,6 +108,92 @@ func PinnedAddrs(hosts []byte) []string {
 		}
 	}
 	return out
+}
+
+// PreferLive is hosts with the pinned API servers that up says answer
+// moved ahead of those that do not, each group in its order. Nothing is
+// dropped: a server that does not answer stays pinned, last, and moves
+// back when it answers again. With none or all up, hosts is unchanged.
+//
+// The boot server takes a dead master out of the pool within seconds, but
+// a node hears of it only with the reply to its next report — and not at
+// all while the boot server is down. Until then every new connection of
+// the node's clients would first wait on the dead address (a connect
+// timeout, or an ARP failure of about 3 s) before trying the next.
+func PreferLive(hosts []byte, up func(addr string) bool) []byte {
+	var before, after bytes.Buffer
+	var live, dead []string
+	in, seen := false, false
+	for line := range strings.Lines(string(hosts)) {
+		switch t := strings.TrimRight(line, "\n"); {
+		case t == pinBegin:
+			in, seen = true, true
+			before.WriteString(line)
+		case t == pinEnd:
+			in = false
+			after.WriteString(line)
+		case in:
+			if f := strings.Fields(t); len(f) > 0 && up(f[0]) {
+				live = append(live, line)
+			} else {
+				dead = append(dead, line)
+			}
+		case seen:
+			after.WriteString(line)
+		default:
+			before.WriteString(line)
+		}
+	}
+	if in || len(live) == 0 || len(dead) == 0 {
+		return hosts
+	}
+	out := before.Bytes()
+	for _, l := range append(live, dead...) {
+		out = append(out, l...)
+	}
+	return append(out, after.Bytes()...)
+}
+
+// probeTimeout bounds one connection attempt to a pinned API server.
+const probeTimeout = 2 * time.Second
+
+// PreferLiveAPI reorders the pinned API pool (PreferLive) by whether each
+// address accepts a TCP connection on port, and writes the hosts file,
+// atomically, when that changes it.
+func (OS) PreferLiveAPI(ctx context.Context, port int) error {
+	return preferLiveAPI(ctx, HostsFile, port)
+}
+
+func preferLiveAPI(ctx context.Context, hostsFile string, port int) error {
+	old, err := os.ReadFile(hostsFile)
+	if err != nil {
+		return err
+	}
+	addrs := PinnedAddrs(old)
+	if len(addrs) < 2 {
+		return nil
+	}
+	var mu sync.Mutex
+	up := map[string]bool{}
+	var wg sync.WaitGroup
+	for _, a := range addrs {
+		wg.Go(func() {
+			d := net.Dialer{Timeout: probeTimeout}
+			c, err := d.DialContext(ctx, "tcp", net.JoinHostPort(a, strconv.Itoa(port)))
+			if err == nil {
+				c.Close()
+			}
+			mu.Lock()
+			up[a] = err == nil
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	b := PreferLive(old, func(a string) bool { return up[a] })
+	if bytes.Equal(b, old) {
+		return nil
+	}
+	return fsutil.WriteFileAtomic(hostsFile, b, 0o644)
 }
 
 // PinAPI pins pool in the hosts file, atomically, when it changes it.

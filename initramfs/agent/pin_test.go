@@ -1,6 +1,11 @@
 package agent
 
 import (
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -66,4 +71,69 @@ func TestABadPoolIsRefusedNotWritten(t *testing.T) {
 	if _, err := PinHosts([]byte(stage1Hosts+pinBegin+"\n10.0.0.1 x\n"), api.APIPool{}, "n"); err == nil {
 		t.Error("a block without its end marker was rewritten")
 	}
+}
+
+// A pinned API server that stopped answering goes behind those that
+// answer, and comes back first when it answers again; nothing else in
+// the file moves, and none is dropped.
+func TestAPIServersThatDoNotAnswerGoLast(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	// 127.0.0.2 is loopback too, with nothing listening on port: its
+	// connections are refused, as a dead master's time out.
+	pool := api.APIPool{Name: "api.lab.example", Addrs: []string{"127.0.0.1", "127.0.0.2"}}
+	machine := ""
+	for _, m := range []string{"a", "b", "c", "d", "e", "f"} {
+		b, _ := PinHosts(nil, pool, m)
+		if PinnedAddrs(b)[0] == "127.0.0.2" {
+			machine = m
+			break
+		}
+	}
+	if machine == "" {
+		t.Fatal("no machine name starts with the second address")
+	}
+	b, err := PinHosts([]byte(stage1Hosts+"# after\n"), pool, machine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hosts := filepath.Join(t.TempDir(), "hosts")
+	if err := os.WriteFile(hosts, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	check := func(want ...string) {
+		t.Helper()
+		if err := preferLiveAPI(t.Context(), hosts, port); err != nil {
+			t.Fatal(err)
+		}
+		got, _ := os.ReadFile(hosts)
+		if !slices.Equal(PinnedAddrs(got), want) || !strings.HasPrefix(string(got), stage1Hosts) || !strings.HasSuffix(string(got), pinEnd+"\n") {
+			t.Fatalf("hosts (want %v first):\n%s", want, got)
+		}
+		if c := strings.Count(string(got), "# after\n"); c != 1 {
+			t.Fatalf("a line outside the block appears %d times:\n%s", c, got)
+		}
+	}
+	check("127.0.0.1", "127.0.0.2")
+
+	// Both up: the order the boot server's pin gave is kept.
+	ln2, err := net.Listen("tcp", net.JoinHostPort("127.0.0.2", strconv.Itoa(port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln2.Close()
+	if err := os.WriteFile(hosts, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	check("127.0.0.2", "127.0.0.1")
+	// The first stops answering: it goes last.
+	ln2.Close()
+	check("127.0.0.1", "127.0.0.2")
+	// None answers: left as it is.
+	ln.Close()
+	check("127.0.0.1", "127.0.0.2")
 }
