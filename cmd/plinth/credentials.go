@@ -75,7 +75,8 @@ The CA must exist: plinth serve creates it on its first start.`,
 // openCA opens the site CA in stateDir (default: the site's state
 // directory), which must lie outside the site; create makes it on first use.
 func openCA(site *profiles.Site, siteDir, stateDir string, create bool, log *slog.Logger) (*pki.CA, error) {
-	if stateDir == "" {
+	byName := stateDir == ""
+	if byName {
 		d, err := pki.DefaultStateDir(site.Name)
 		if err != nil {
 			return nil, err
@@ -86,8 +87,26 @@ func openCA(site *profiles.Site, siteDir, stateDir string, create bool, log *slo
 		return nil, fmt.Errorf("--state: %w", err)
 	}
 	if create {
+		if _, err := os.Stat(filepath.Join(stateDir, pki.CertFile)); byName && errors.Is(err, fs.ErrNotExist) {
+			// A renamed site must not get a second CA unnoticed.
+			other, err := pki.CAOfSiteDirElsewhere(stateDir, siteDir)
+			if err != nil {
+				return nil, err
+			}
+			if other != "" {
+				return nil, fmt.Errorf("site %s (%s) has no CA in %s, but this site directory was served with the CA in %s: renamed? "+
+					"Move that state (mv %s %s) or give --state %s; to start a new CA that no running machine trusts, give --state with an empty directory",
+					site.Name, siteDir, stateDir, other, other, stateDir, other)
+			}
+		}
 		ca, _, err := pki.LoadOrCreate(stateDir, site.Name, log)
-		return ca, err
+		if err != nil {
+			return nil, err
+		}
+		if err := pki.RecordSiteDir(stateDir, siteDir); err != nil {
+			return nil, fmt.Errorf("state: %w", err)
+		}
+		return ca, nil
 	}
 	if _, err := os.Stat(filepath.Join(stateDir, pki.CertFile)); errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("no site CA in %s: plinth serve creates it on its first start (or give --state)", stateDir)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"log/slog"
 	"os"
@@ -86,5 +87,47 @@ func TestServeDNSIsOnWhereAsked(t *testing.T) {
 			}
 			cancel()
 		}
+	}
+}
+
+// Renaming a site in its site.toml changes its default state directory; a
+// start must not quietly make a second CA there, which no machine trusts.
+func TestARenamedSiteGetsNoSecondCAUnnoticed(t *testing.T) {
+	t.Setenv("XDG_STATE_HOME", t.TempDir())
+	site := labSite(t)
+	c := bootserver.Config{SiteDir: site}
+	if _, err := siteServices(&c, "", "off", nil, slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatal(err)
+	}
+	first := c.CA.Cert().Raw
+	old, _ := pki.DefaultStateDir("lab")
+
+	toml := filepath.Join(site, "site.toml")
+	b, _ := os.ReadFile(toml)
+	os.WriteFile(toml, []byte(strings.Replace(string(b), `name = "lab"`, `name = "lab2"`, 1)), 0o644)
+	c = bootserver.Config{SiteDir: site}
+	_, err := siteServices(&c, "", "off", nil, slog.New(slog.DiscardHandler))
+	if err == nil || !strings.Contains(err.Error(), "renamed?") || !strings.Contains(err.Error(), old) {
+		t.Fatalf("renamed site: %v; want an error naming the old state %s", err, old)
+	}
+	renamed, _ := pki.DefaultStateDir("lab2")
+	if _, err := os.Stat(filepath.Join(renamed, pki.CertFile)); err == nil {
+		t.Fatal("a second CA was made anyway")
+	}
+	// The remedy the message gives: the old state, named.
+	c = bootserver.Config{SiteDir: site}
+	if _, err := siteServices(&c, old, "off", nil, slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(c.CA.Cert().Raw, first) {
+		t.Error("--state with the old directory did not give the site's CA")
+	}
+	// Another site directory with its own name is no rename.
+	other := labSite(t)
+	ob, _ := os.ReadFile(filepath.Join(other, "site.toml"))
+	os.WriteFile(filepath.Join(other, "site.toml"), []byte(strings.Replace(string(ob), `name = "lab"`, `name = "lab3"`, 1)), 0o644)
+	c = bootserver.Config{SiteDir: other}
+	if _, err := siteServices(&c, "", "off", nil, slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatalf("a second site beside the first: %v", err)
 	}
 }
