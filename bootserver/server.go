@@ -78,6 +78,7 @@ type Server struct {
 	tokens   *tokens
 	reports  *reportKeys
 	pool     *apiPool
+	streams  atomic.Int32 // event streams open (limits.go)
 	tlsConf  *tls.Config // the HTTPS listener's; nil without TLSListen
 	tlsURL   string      // how machines reach it
 	apiPort  int         // where the pool's health checks find /readyz

@@ -234,3 +234,78 @@ func TestAgentWaitingForServicesIsAcceptedAndShown(t *testing.T) {
 		t.Error("the status page does not show the service being waited for")
 	}
 }
+
+// Event streams are capped: a host opening them by the hundred cannot
+// hold a goroutine and a subscription each. The next one is refused with
+// 503, and a status page opened then still follows the fleet, by polling.
+func TestEventStreamsAreCappedAndThePagePollsBeyond(t *testing.T) {
+	chromium := testutil.NeedTool(t, "chromium", "apt-get install -y chromium (make deps does)")
+	s, _ := fixture(t, "none")
+	ts := httptest.NewServer(s.Handler())
+	defer ts.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	open := func() *http.Response {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, ts.URL+api.PathEventStream, nil)
+		resp, err := ts.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	var held []*http.Response
+	defer func() {
+		for _, r := range held {
+			r.Body.Close()
+		}
+	}()
+	for range maxStreams {
+		r := open()
+		if r.StatusCode != http.StatusOK {
+			t.Fatalf("stream %d: %s", len(held)+1, r.Status)
+		}
+		held = append(held, r)
+	}
+	r := open()
+	b, _ := io.ReadAll(r.Body)
+	r.Body.Close()
+	if r.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("stream %d: %s %s, want 503", maxStreams+1, r.Status, b)
+	}
+
+	b2 := startBrowser(t, ctx, chromium)
+	target, err := b2.call("", "Target.createTarget", map[string]any{"url": ts.URL + "/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	attached, err := b2.call("", "Target.attachToTarget", map[string]any{"targetId": target["targetId"], "flatten": true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	session, _ := attached["sessionId"].(string)
+	eval := func(expr string) string {
+		t.Helper()
+		res, err := b2.call(session, "Runtime.evaluate", map[string]any{"expression": expr, "returnByValue": true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, _ := res["result"].(map[string]any)["value"].(string)
+		return v
+	}
+	waitUntil(t, ctx, "the refused page falls back to polling", func() bool {
+		return eval(`(document.getElementById("machines") || {dataset: {}}).dataset.mode || ""`) == "poll"
+	})
+	ev, _ := json.Marshal(api.Event{Machine: "node-1", Stage: api.StageReady, Message: "seen by polling"})
+	req, _ := http.NewRequest(http.MethodPost, ts.URL+api.PathEvents, bytes.NewReader(ev))
+	resp, err := http.DefaultClient.Do(asMachine(req, "node-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	const row = `(document.getElementById("m-node-1") || {dataset: {}}).dataset.state + "|" + ((document.getElementById("m-node-1") || {}).textContent || "")`
+	waitUntil(t, ctx, "the polling page shows node-1 ready", func() bool {
+		got := eval(row)
+		return strings.HasPrefix(got, "ready|") && strings.Contains(got, "seen by polling")
+	})
+}
