@@ -74,9 +74,11 @@ func (t *stateTable) update(name string, f func(*MachineStatus)) MachineStatus {
 }
 
 // pruneUnknown drops refused machines last heard from before unknownTTL,
-// then the least recently heard from beyond maxUnknown; never keep.
+// then, beyond maxUnknown, the least recently heard from; never keep. It
+// runs as each one is added, so at most one is over the cap.
 func (t *stateTable) pruneUnknown(keep *MachineStatus) {
-	var unknown []*MachineStatus
+	var oldest *MachineStatus
+	n := 0
 	cutoff := time.Now().Add(-unknownTTL)
 	for name, st := range t.m {
 		if st.State != stateUnknown || st.Known || st == keep {
@@ -86,14 +88,13 @@ func (t *stateTable) pruneUnknown(keep *MachineStatus) {
 			delete(t.m, name)
 			continue
 		}
-		unknown = append(unknown, st)
+		n++
+		if oldest == nil || st.LastSeen.Before(oldest.LastSeen) {
+			oldest = st
+		}
 	}
-	if len(unknown) < maxUnknown {
-		return
-	}
-	sort.Slice(unknown, func(i, j int) bool { return unknown[i].LastSeen.Before(unknown[j].LastSeen) })
-	for _, st := range unknown[:len(unknown)-maxUnknown+1] {
-		delete(t.m, st.Name)
+	if n >= maxUnknown && oldest != nil {
+		delete(t.m, oldest.Name)
 	}
 }
 
