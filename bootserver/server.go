@@ -79,9 +79,9 @@ type Server struct {
 	reports  *reportKeys
 	pool     *apiPool
 	streams  atomic.Int32 // event streams open (limits.go)
-	tlsConf  *tls.Config // the HTTPS listener's; nil without TLSListen
-	tlsURL   string      // how machines reach it
-	apiPort  int         // where the pool's health checks find /readyz
+	tlsConf  *tls.Config  // the HTTPS listener's; nil without TLSListen
+	tlsURL   string       // how machines reach it
+	apiPort  int          // where the pool's health checks find /readyz
 	journals *journals
 	metrics  *metrics
 	leases   *leases
