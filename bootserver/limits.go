@@ -19,10 +19,10 @@ import (
 //   - a request body (events, journals) must arrive whole within
 //     Config.BodyTimeout, and no larger than its route allows;
 //   - a client that stops reading a response is dropped when one write to
-//     it has waited Config.BodyTimeout (each write of a download sets a new
-//     deadline, so a slow but moving download goes on: a 300 MB rootfs
-//     on a link that moves each 32 KiB write within BodyTimeout, at least
-//     about 1 KiB/s, finishes);
+//     it has waited Config.BodyTimeout (each write, and each 1 MiB of a
+//     file sent by sendfile, sets a new deadline, so a slow but moving
+//     download goes on: a 300 MB rootfs finishes on any link that takes
+//     1 MiB per BodyTimeout, about 35 KB/s with the default);
 //   - at most maxStreams event streams (status pages) are open at once;
 //     the page polls when refused.
 const (

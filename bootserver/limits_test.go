@@ -114,14 +114,14 @@ func TestSlowAndSilentClientsAreDropped(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		// Pauses shorter than the limit between reads: each write meets
-		// its own deadline.
+		// A third of the limit's pause after each MiB read: each write,
+		// and each MiB sent from the file, meets its own deadline.
 		var n int64
-		buf := make([]byte, 4<<20)
+		buf := make([]byte, readFromChunk)
 		for {
-			k, err := resp.Body.Read(buf)
+			k, err := io.ReadFull(resp.Body, buf)
 			n += int64(k)
-			if err == io.EOF {
+			if err == io.EOF || err == io.ErrUnexpectedEOF {
 				break
 			}
 			if err != nil {

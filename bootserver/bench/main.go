@@ -12,12 +12,12 @@ import (
 	"fmt"
 	"log"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -30,13 +30,14 @@ import (
 func main() {
 	dur := flag.Duration("d", 10*time.Second, "duration of each wrk run")
 	size := flag.Int("mb", 100, "artifact size in MB")
+	repeat := flag.Int("n", 3, "runs of each case (plinth and nginx alternate)")
 	flag.Parse()
-	if err := run(*dur, *size); err != nil {
+	if err := run(*dur, *size, *repeat); err != nil {
 		log.Fatal(err)
 	}
 }
 
-func run(dur time.Duration, sizeMB int) error {
+func run(dur time.Duration, sizeMB, repeat int) error {
 	dir, err := os.MkdirTemp("", "plinth-bench-")
 	if err != nil {
 		return err
@@ -71,7 +72,10 @@ func run(dur time.Duration, sizeMB int) error {
 	if err != nil {
 		return err
 	}
-	go http.Serve(ln, srv.Handler())
+	// The real server, with its connection limits, as plinth serve runs it.
+	sctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	go func() { _ = srv.Serve(sctx, ln, nil) }()
 
 	nport := freePort()
 	conf := filepath.Join(dir, "nginx.conf")
@@ -98,17 +102,23 @@ http {
 	defer func() { cancel(); _ = ng.Wait() }()
 	time.Sleep(500 * time.Millisecond)
 	hexd := strings.TrimPrefix(m.File(manifest.Rootfs).SHA256, "sha256:")
-	fmt.Printf("artifact %d MB, wrk %s per run, loopback, %d cores\n", sizeMB, dur, runtime.NumCPU())
+	fmt.Printf("artifact %d MB, wrk %s per run, %d runs per case, loopback, %d cores\n", sizeMB, dur, repeat, runtime.NumCPU())
 	for _, c := range []int{200, 500} {
-		p, err := wrk(dur, c, plinthURL+api.ArtifactPath(hexd))
-		if err != nil {
-			return err
+		var ratios []float64
+		for i := range repeat {
+			p, err := wrk(dur, c, plinthURL+api.ArtifactPath(hexd))
+			if err != nil {
+				return err
+			}
+			n, err := wrk(dur, c, fmt.Sprintf("http://127.0.0.1:%d/%s", nport, manifest.Rootfs))
+			if err != nil {
+				return err
+			}
+			ratios = append(ratios, p.mbps/n.mbps)
+			fmt.Printf("%d clients, run %d: plinth %.0f MB/s, nginx %.0f MB/s, ratio %.2f\n", c, i+1, p.mbps, n.mbps, p.mbps/n.mbps)
 		}
-		n, err := wrk(dur, c, fmt.Sprintf("http://127.0.0.1:%d/%s", nport, manifest.Rootfs))
-		if err != nil {
-			return err
-		}
-		fmt.Printf("%d clients: plinth %.0f MB/s, nginx %.0f MB/s, ratio %.2f\n", c, p.mbps, n.mbps, p.mbps/n.mbps)
+		slices.Sort(ratios)
+		fmt.Printf("%d clients: ratio plinth/nginx min %.2f median %.2f max %.2f\n", c, ratios[0], ratios[len(ratios)/2], ratios[len(ratios)-1])
 		s, err := wrk(dur, c, plinthURL+"/boot.ipxe?mac=52:54:00:00:00:01")
 		if err != nil {
 			return err
