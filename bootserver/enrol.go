@@ -140,7 +140,7 @@ func (t *tokens) use(tok, machine, ip string) bool {
 //     that answers ARP for ip must be m's.
 //
 // A request that fits none of them gets no token.
-func (s *Server) verifyAddress(m *profiles.Machine, ip string) (how string, ok bool) {
+func (s *Server) verifyAddress(m *profiles.Machine, mac, ip string) (how string, ok bool) {
 	addr, err := netip.ParseAddr(ip)
 	if err != nil {
 		return "", false
@@ -150,13 +150,102 @@ func (s *Server) verifyAddress(m *profiles.Machine, ip string) (how string, ok b
 		p, err := netip.ParsePrefix(m.Address)
 		return "static address", err == nil && p.Addr() == addr
 	}
-	if a, ok := s.leases.lookup(m.MAC); ok && a == addr {
+	if mac == "" {
+		return "", false
+	}
+	if a, ok := s.leases.lookup(mac); ok && a == addr {
 		return "dhcp lease", true
 	}
-	if mac, ok := s.neighbour(addr); ok && m.MAC != "" && strings.EqualFold(mac, m.MAC) {
+	if seen, ok := s.neighbour(addr); ok && strings.EqualFold(seen, mac) {
 		return "neighbour table", true
 	}
 	return "", false
+}
+
+// enrolMAC is the MAC whose address a boot of m must come from: the
+// site's for a machine named by MAC; for one matched by UUID or labels
+// (which anyone can claim, and no address check can tie to a machine), the
+// MAC it first enrolled with (firstMACs), else the one this boot reports,
+// to be kept on success. A later boot reporting another MAC is refused.
+func (s *Server) enrolMAC(m *profiles.Machine, queried string) (string, error) {
+	if m.MAC != "" {
+		return m.MAC, nil
+	}
+	if first, ok := s.firstMACs.get(m.Name); ok {
+		if !strings.EqualFold(first, queried) {
+			return "", fmt.Errorf("machine %s enrolled with MAC %s, and this boot reports %s; if the machine's NIC changed, set its mac in the site (or remove it from %s)",
+				m.Name, first, orDash(queried), firstMACsFile)
+		}
+		return first, nil
+	}
+	if queried == "" {
+		return "", fmt.Errorf("machine %s is matched by UUID or labels and this boot reports no MAC to enrol it by", m.Name)
+	}
+	return queried, nil
+}
+
+// firstMACsFile keeps, in the state directory, the MAC each machine the
+// site matches by UUID or labels first enrolled with.
+const firstMACsFile = "enrolled-macs.json"
+
+// firstMACs is that record: machine → MAC, trusted on first use.
+type firstMACs struct {
+	mu   sync.Mutex
+	path string
+	m    map[string]string
+}
+
+func loadFirstMACs(path string, log *slog.Logger) *firstMACs {
+	f := &firstMACs{path: path, m: map[string]string{}}
+	if path == "" {
+		return f
+	}
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return f
+	}
+	if err == nil {
+		err = json.Unmarshal(b, &f.m)
+	}
+	if err != nil {
+		// Refusing every UUID-matched machine would be worse than
+		// trusting their next boot: say so loudly.
+		log.Error("enrolled MACs: not read; machines matched by UUID or labels enrol again with the MAC of their next boot", "file", path, "err", err)
+		f.m = map[string]string{}
+	}
+	return f
+}
+
+func (f *firstMACs) get(machine string) (string, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	mac, ok := f.m[machine]
+	return mac, ok
+}
+
+// keep records mac for m if m is matched by UUID or labels and has none.
+func (f *firstMACs) keep(m *profiles.Machine, mac string) error {
+	if m.MAC != "" {
+		return nil
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.m[m.Name]; ok {
+		return nil
+	}
+	f.m[m.Name] = strings.ToLower(mac)
+	if f.path == "" {
+		return nil
+	}
+	b, err := json.MarshalIndent(f.m, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := fsutil.WriteFileAtomic(f.path, append(b, '\n'), 0o600); err != nil {
+		delete(f.m, m.Name)
+		return fmt.Errorf("enrolled MAC of %s: %w", m.Name, err)
+	}
+	return nil
 }
 
 // procNeighbour looks ip up in the kernel's ARP table.

@@ -179,3 +179,39 @@ garbage
 		}
 	}
 }
+
+// A machine the site names by SMBIOS UUID (no MAC) enrols: its first boot
+// is tied to the address leased to the MAC it reports, and that MAC is
+// kept (across restarts). A later boot claiming its UUID with another MAC
+// — anyone can type a UUID — gets nothing.
+func TestAMachineMatchedByUUIDEnrolsWithTheMACItFirstBootedWith(t *testing.T) {
+	const uuid = "4c4c4544-0051-3510-8052-b4c04f4e4d32"
+	const nic, thief = "52:54:00:00:00:44", "52:54:00:00:00:55"
+	site := strings.Replace(siteTOML, "%s", "token", 1) + "\n[[machine]]\nname = \"by-uuid\"\nuuid = \"" + uuid + "\"\nrole = \"minion\"\nimage = \"img\"\n"
+	s, _ := fixtureSite(t, site, func(c *Config) { c.StateDir = t.TempDir() })
+	addr := leaseTo(t, s, nic)
+	w := getFrom(s.Handler(), addr, "/boot.ipxe?mac="+nic+"&uuid="+uuid)
+	tok := tokenIn(w.Body.String())
+	if tok == "" {
+		t.Fatalf("a UUID-matched machine booting from its lease got no token:\n%s", w.Body)
+	}
+	if w := getFrom(s.Handler(), addr, api.ProfilePath("by-uuid"), api.HeaderToken, tok); w.Code != http.StatusOK {
+		t.Fatalf("its profile: %d %s", w.Code, w.Body)
+	}
+
+	// After a restart, the thief: its own MAC, its own lease, the UUID.
+	s2, err := New(s.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	theirs := leaseTo(t, s2, thief)
+	w = getFrom(s2.Handler(), theirs, "/boot.ipxe?mac="+thief+"&uuid="+uuid)
+	if tok := tokenIn(w.Body.String()); tok != "" || !strings.Contains(w.Body.String(), "enrolled with MAC "+nic) {
+		t.Fatalf("another MAC claiming the UUID: token %q:\n%s", tok, w.Body)
+	}
+	// The machine itself still enrols.
+	addr = leaseTo(t, s2, nic)
+	if tok := tokenIn(getFrom(s2.Handler(), addr, "/boot.ipxe?mac="+nic+"&uuid="+uuid).Body.String()); tok == "" {
+		t.Fatal("the machine's own next boot got no token")
+	}
+}

@@ -100,7 +100,11 @@ func (s *Server) etcdRestore(w http.ResponseWriter, r *http.Request) {
 		if !roles.Get(m.Role).EtcdMember {
 			continue
 		}
-		if _, ok := s.verifyAddress(m, ip); ok {
+		mac := m.MAC
+		if mac == "" {
+			mac, _ = s.firstMACs.get(m.Name)
+		}
+		if _, ok := s.verifyAddress(m, mac, ip); ok {
 			member = m.Name
 			break
 		}

@@ -269,9 +269,18 @@ func (s *Server) bootScript(w http.ResponseWriter, r *http.Request) {
 	// profile, once.
 	var tok string
 	if snap.site.Enrolment == "token" {
-		how, ok := s.verifyAddress(m, remoteIP(r))
+		mac, err := s.enrolMAC(m, q.MAC)
+		if err != nil {
+			s.refuse(w, r, m.Name, q, err.Error())
+			return
+		}
+		how, ok := s.verifyAddress(m, mac, remoteIP(r))
 		if !ok {
 			s.refuse(w, r, m.Name, q, fmt.Sprintf("machine %s must boot from its own address (static, leased by this server, or seen on the boot network with MAC %s)", m.Name, q.MAC))
+			return
+		}
+		if err := s.firstMACs.keep(m, mac); err != nil {
+			s.fail(w, r, http.StatusInternalServerError, "boot.ipxe: "+err.Error(), "machine", m.Name)
 			return
 		}
 		if tok, err = s.tokens.mint(m.Name, remoteIP(r)); err != nil {

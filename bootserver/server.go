@@ -71,21 +71,23 @@ type Config struct {
 
 // Server is a boot server.
 type Server struct {
-	cfg      Config
-	log      *slog.Logger
-	snap     atomic.Pointer[snapshot]
-	state    *stateTable
-	tokens   *tokens
-	reports  *reportKeys
-	pool     *apiPool
-	streams  atomic.Int32 // event streams open (limits.go)
-	tlsConf  *tls.Config  // the HTTPS listener's; nil without TLSListen
-	tlsURL   string       // how machines reach it
-	apiPort  int          // where the pool's health checks find /readyz
-	journals *journals
-	metrics  *metrics
-	leases   *leases
-	etcd     *siteetcd.Watcher // nil unless cfg.Etcd
+	cfg     Config
+	log     *slog.Logger
+	snap    atomic.Pointer[snapshot]
+	state   *stateTable
+	tokens  *tokens
+	reports *reportKeys
+	pool    *apiPool
+	streams atomic.Int32 // event streams open (limits.go)
+	// firstMACs: the MAC each UUID- or label-matched machine enrolled with.
+	firstMACs *firstMACs
+	tlsConf   *tls.Config // the HTTPS listener's; nil without TLSListen
+	tlsURL    string      // how machines reach it
+	apiPort   int         // where the pool's health checks find /readyz
+	journals  *journals
+	metrics   *metrics
+	leases    *leases
+	etcd      *siteetcd.Watcher // nil unless cfg.Etcd
 	// neighbour finds the MAC behind an address on the boot network; a
 	// field so tests need no ARP table.
 	neighbour func(netip.Addr) (string, bool)
@@ -145,6 +147,7 @@ func New(cfg Config) (*Server, error) {
 	s.apiPort = profiles.APIPort
 	s.reports = loadReportKeys(s.statePath(ReportKeysFile), cfg.Log)
 	s.tokens = loadTokens(s.statePath(TokensFile), cfg.Log)
+	s.firstMACs = loadFirstMACs(s.statePath(firstMACsFile), cfg.Log)
 	s.pool = loadPool(s.statePath(PoolFile), cfg.Log)
 	if cfg.TLSListen != "" {
 		if cfg.CA == nil {
