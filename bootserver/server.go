@@ -138,9 +138,22 @@ func New(cfg Config) (*Server, error) {
 		cfg.StateDir = cfg.CA.Dir()
 	}
 	loaded := fingerprint(cfg.SiteDir, cfg.ArtifactsDir)
-	snap, err := load(cfg.SiteDir, cfg.ArtifactsDir)
+	site, siteErr, err := LoadSiteOrLastGood(cfg.SiteDir, cfg.StateDir)
 	if err != nil {
 		return nil, err
+	}
+	if siteErr != nil {
+		cfg.Log.Error("the site has problems: serving the last good site until they are fixed; a fixed site is taken as soon as it is saved",
+			"site", cfg.SiteDir, "last_good", site.Dir, "problems", siteErr.Error())
+	}
+	snap, err := loadWith(site, cfg.ArtifactsDir)
+	if err != nil {
+		return nil, err
+	}
+	if siteErr == nil {
+		if err := saveLastGood(cfg.StateDir, site); err != nil {
+			cfg.Log.Warn("last good site: not kept", "state", cfg.StateDir, "err", err)
+		}
 	}
 	state := newStateTable()
 	s := &Server{cfg: cfg, log: cfg.Log, state: state, journals: newJournals(), metrics: newMetrics(state), leases: newLeases(), neighbour: procNeighbour, loaded: loaded}
@@ -199,6 +212,9 @@ func (s *Server) Reload() error {
 		return fmt.Errorf("reload rejected, keeping the running configuration: %w", err)
 	}
 	old := s.snap.Swap(snap)
+	if err := saveLastGood(s.cfg.StateDir, snap.site); err != nil {
+		s.log.Warn("last good site: not kept", "state", s.cfg.StateDir, "err", err)
+	}
 	if old == nil || old.key != snap.key {
 		s.metrics.reloads.WithLabelValues("applied").Inc()
 		s.seed(snap)

@@ -49,6 +49,11 @@ func load(siteDir, artifactsDir string) (*snapshot, error) {
 	if err != nil {
 		return nil, err
 	}
+	return loadWith(site, artifactsDir)
+}
+
+// loadWith is load with the site already read.
+func loadWith(site *profiles.Site, artifactsDir string) (*snapshot, error) {
 	s := &snapshot{site: site, images: map[string]*image{}, artifacts: map[string]artifact{}}
 	var keys []string
 	keys = append(keys, site.Digest())

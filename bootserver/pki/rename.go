@@ -35,15 +35,32 @@ func RecordSiteDir(stateDir, siteDir string) error {
 // default ones of other site names) that holds a CA and last served
 // siteDir; "" when there is none.
 func CAOfSiteDirElsewhere(stateDir, siteDir string) (string, error) {
-	abs, err := filepath.Abs(siteDir)
-	if err != nil {
-		return "", err
-	}
 	self, err := filepath.Abs(stateDir)
 	if err != nil {
 		return "", err
 	}
-	entries, err := os.ReadDir(filepath.Dir(self))
+	return servedFrom(filepath.Dir(self), self, siteDir)
+}
+
+// DefaultStateOfSiteDir is the default state directory (of any site name)
+// that holds a CA and last served siteDir; "" when there is none. It finds
+// a site's state when its site.toml cannot be read for the name.
+func DefaultStateOfSiteDir(siteDir string) (string, error) {
+	d, err := DefaultStateDir("x")
+	if err != nil {
+		return "", err
+	}
+	return servedFrom(filepath.Dir(d), "", siteDir)
+}
+
+// servedFrom is the directory in root, other than skip, with a CA whose
+// SiteDirFile names siteDir.
+func servedFrom(root, skip, siteDir string) (string, error) {
+	abs, err := filepath.Abs(siteDir)
+	if err != nil {
+		return "", err
+	}
+	entries, err := os.ReadDir(root)
 	if errors.Is(err, fs.ErrNotExist) {
 		return "", nil
 	}
@@ -51,8 +68,8 @@ func CAOfSiteDirElsewhere(stateDir, siteDir string) (string, error) {
 		return "", err
 	}
 	for _, e := range entries {
-		dir := filepath.Join(filepath.Dir(self), e.Name())
-		if !e.IsDir() || dir == self {
+		dir := filepath.Join(root, e.Name())
+		if !e.IsDir() || dir == skip {
 			continue
 		}
 		b, err := os.ReadFile(filepath.Join(dir, SiteDirFile))

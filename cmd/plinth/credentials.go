@@ -121,9 +121,18 @@ func openCA(site *profiles.Site, siteDir, stateDir string, create bool, log *slo
 // address. Names outside the site are forwarded for clients on dnsClients
 // (CIDRs), or by default on this host's own networks.
 func siteServices(c *bootserver.Config, stateDir, dnsFlag string, dnsClients []string, log *slog.Logger) (func(context.Context) error, error) {
-	site, err := profiles.LoadSite(c.SiteDir)
+	// A site with problems does not keep the server from starting when
+	// its state keeps the last good one (bootserver/lastgood.go).
+	fallback := stateDir
+	if fallback == "" {
+		fallback, _ = pki.DefaultStateOfSiteDir(c.SiteDir)
+	}
+	site, siteErr, err := bootserver.LoadSiteOrLastGood(c.SiteDir, fallback)
 	if err != nil {
 		return nil, err
+	}
+	if siteErr != nil {
+		stateDir = fallback // the last good site's name may differ from the broken one's
 	}
 	if c.CA, err = openCA(site, c.SiteDir, stateDir, true, log); err != nil {
 		return nil, err

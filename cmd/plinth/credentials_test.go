@@ -131,3 +131,31 @@ func TestARenamedSiteGetsNoSecondCAUnnoticed(t *testing.T) {
 		t.Fatalf("a second site beside the first: %v", err)
 	}
 }
+
+// plinth serve with a broken site on disk starts from the last good site
+// its state keeps, found by the site directory even though the broken
+// site.toml cannot give the name.
+func TestServeStartsFromTheLastGoodSiteWhenTheSiteIsBroken(t *testing.T) {
+	t.Setenv("XDG_STATE_HOME", t.TempDir())
+	site := labSite(t)
+	c := bootserver.Config{SiteDir: site, ArtifactsDir: t.TempDir(), PublicURL: "http://127.0.0.1:1"}
+	if _, err := siteServices(&c, "", "off", nil, slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bootserver.New(c); err != nil { // keeps the last good site
+		t.Fatal(err)
+	}
+	first := c.CA.Cert().Raw
+	os.WriteFile(filepath.Join(site, "site.toml"), []byte("[site\nname = \"lab\"\n"), 0o644)
+
+	c = bootserver.Config{SiteDir: site, ArtifactsDir: c.ArtifactsDir, PublicURL: "http://127.0.0.1:1"}
+	if _, err := siteServices(&c, "", "off", nil, slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatalf("serve with a broken site and a last good one: %v", err)
+	}
+	if !bytes.Equal(c.CA.Cert().Raw, first) {
+		t.Fatal("not the site's CA")
+	}
+	if _, err := bootserver.New(c); err != nil {
+		t.Fatalf("the server with a broken site and a last good one: %v", err)
+	}
+}
