@@ -3,6 +3,7 @@ module github.com/plinth-dev/plinth
 go 1.26.0
 
 require (
+	aead.dev/minisign v0.3.0
 	github.com/coreos/go-systemd/v22 v22.7.0
 	github.com/pin/tftp/v3 v3.1.0
 	github.com/u-root/u-root v0.16.0

@@ -142,7 +142,7 @@ func TestScanWritesNoMoreThanTheManifestSaysOfAnyEntry(t *testing.T) {
 			}
 		}
 		cs := &countingSink{n: map[string]int64{}}
-		_, err := scan(context.Background(), file, cs.sink)
+		_, err := scan(context.Background(), file, cs.sink, unsigned)
 		want := map[string]string{"sparse": "site/site.toml: a sparse entry", "long": "site/site.toml: size"}[tc.name]
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: err %v, want the size named", tc.name, err)
@@ -152,7 +152,7 @@ func TestScanWritesNoMoreThanTheManifestSaysOfAnyEntry(t *testing.T) {
 		}
 		// And Unpack leaves nothing behind.
 		state := filepath.Join(dir, tc.name+"-state")
-		if _, _, err := Unpack(context.Background(), file, state, nil); err == nil {
+		if _, _, err := Unpack(context.Background(), file, state, nil, unsigned); err == nil {
 			t.Errorf("%s: unpacked", tc.name)
 		}
 		if left, _ := os.ReadDir(state); len(left) != 0 {
@@ -185,7 +185,7 @@ func FuzzScan(f *testing.F) {
 			t.Fatal(err)
 		}
 		cs := &countingSink{n: map[string]int64{}}
-		res, err := scan(context.Background(), file, cs.sink)
+		res, err := scan(context.Background(), file, cs.sink, unsigned)
 		if res != nil && res.Manifest != nil {
 			for name, n := range cs.n {
 				if fl := res.Manifest.File(name); fl == nil || n > fl.Size {

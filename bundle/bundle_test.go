@@ -132,7 +132,7 @@ func TestBundleSameInputsSameBytes(t *testing.T) {
 		}
 		prev = h.Name
 	}
-	if _, err := Verify(ctx, a); err != nil {
+	if _, err := Verify(ctx, a, unsigned); err != nil {
 		t.Fatalf("a fresh bundle does not verify: %v", err)
 	}
 }
@@ -206,7 +206,7 @@ func TestVerifyNamesAFlippedByteInEveryFile(t *testing.T) {
 			_ = os.WriteFile(bad+".sha256", side, 0o644)
 			at := offs[f.Name]
 			flip(t, bad, at[0]+at[1]/2)
-			_, err := Verify(ctx, bad)
+			_, err := Verify(ctx, bad, unsigned)
 			if err == nil {
 				t.Fatal("a flipped byte was not caught")
 			}
@@ -235,7 +235,7 @@ func TestVerifyCatchesATruncatedBundle(t *testing.T) {
 	if err := os.Truncate(p, at[0]); err != nil {
 		t.Fatal(err)
 	}
-	_, err := Verify(ctx, p)
+	_, err := Verify(ctx, p, unsigned)
 	if err == nil || !strings.Contains(err.Error(), "artifacts/etcd/rootfs.squashfs: missing from the bundle") {
 		t.Fatalf("want the missing files named, got %v", err)
 	}
@@ -280,7 +280,7 @@ func TestUnpackServesOnlyAVerifiedBundle(t *testing.T) {
 		t.Fatal(err)
 	}
 	state := filepath.Join(dir, "state")
-	got, res, err := Unpack(ctx, p, state, ServeSet)
+	got, res, err := Unpack(ctx, p, state, ServeSet, unsigned)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -294,14 +294,14 @@ func TestUnpackServesOnlyAVerifiedBundle(t *testing.T) {
 		t.Error("the mirror was unpacked for serving")
 	}
 	// Unpacking again swaps a fresh copy in.
-	again, _, err := Unpack(ctx, p, state, ServeSet)
+	again, _, err := Unpack(ctx, p, state, ServeSet, unsigned)
 	if err != nil || again != got {
 		t.Fatalf("second unpack: %s %v", again, err)
 	}
 	// A bad bundle leaves nothing behind.
 	at := entryOffsets(t, p)["artifacts/base/vmlinuz"]
 	flip(t, p, at[0])
-	if _, _, err := Unpack(ctx, p, filepath.Join(dir, "state2"), nil); err == nil {
+	if _, _, err := Unpack(ctx, p, filepath.Join(dir, "state2"), nil, unsigned); err == nil {
 		t.Fatal("a corrupt bundle was unpacked")
 	}
 	ents, _ := os.ReadDir(filepath.Join(dir, "state2"))

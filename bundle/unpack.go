@@ -20,8 +20,9 @@ import (
 // accepts (nil: all) into a new directory under stateDir, and only when
 // everything verified renames it into place as stateDir/bundle-<digest
 // prefix>, replacing an earlier unpacking of the same bundle in one atomic
-// swap. Nothing of a bad bundle is left behind.
-func Unpack(ctx context.Context, file, stateDir string, keep func(name string) bool) (string, *Result, error) {
+// swap. Nothing of a bad bundle (or one trust does not accept) is left
+// behind.
+func Unpack(ctx context.Context, file, stateDir string, keep func(name string) bool, trust Trust) (string, *Result, error) {
 	if err := os.MkdirAll(stateDir, 0o755); err != nil {
 		return "", nil, fmt.Errorf("bundle: state: %w", err)
 	}
@@ -44,7 +45,7 @@ func Unpack(ctx context.Context, file, stateDir string, keep func(name string) b
 		}
 		return syncCloser{f}, nil
 	}
-	res, err := scan(ctx, file, sink)
+	res, err := scan(ctx, file, sink, trust)
 	if err != nil {
 		return "", nil, err
 	}

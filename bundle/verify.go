@@ -16,6 +16,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	"aead.dev/minisign"
+
 	"github.com/plinth-dev/plinth/manifest"
 )
 
@@ -32,27 +34,34 @@ type Result struct {
 	// Sidecar is false when there was no FILE.sha256 to check the whole tar
 	// (and so the manifest itself) against.
 	Sidecar bool
+	// Signer is the ID of the trusted key whose signature (FILE.minisig)
+	// the bundle carries; "" when unsigned (accepted only by
+	// Trust.Unsigned).
+	Signer string
 }
 
 // Verify checks a bundle in one pass: every file against the bundle
 // manifest, every artifact against its image's manifest.json, nothing
 // missing or extra, and the whole tar against FILE.sha256 when present. It
 // returns every problem at once, each naming the file with the digest
-// expected and the one found.
-func Verify(ctx context.Context, file string) (*Result, error) {
-	return scan(ctx, file, nil)
+// expected and the one found. The bundle's signature must be by one of
+// trust's keys, or trust must accept it unsigned (sign.go).
+func Verify(ctx context.Context, file string, trust Trust) (*Result, error) {
+	return scan(ctx, file, nil, trust)
 }
 
 // scan reads the bundle at file, hands each entry whose name sink accepts
 // to the writer it returns, and verifies everything.
-func scan(ctx context.Context, file string, sink func(name string) (io.WriteCloser, error)) (*Result, error) {
+func scan(ctx context.Context, file string, sink func(name string) (io.WriteCloser, error), trust Trust) (*Result, error) {
 	f, err := os.Open(file)
 	if err != nil {
 		return nil, fmt.Errorf("bundle: %w", err)
 	}
 	defer f.Close()
 	whole := sha256.New()
-	in := io.TeeReader(bufio.NewReaderSize(f, 1<<20), whole)
+	// One pass for everything: the tar, its sha256, and the BLAKE2b-512
+	// a minisign signature covers.
+	in := minisign.NewReader(io.TeeReader(bufio.NewReaderSize(f, 1<<20), whole))
 	tr := tar.NewReader(in)
 	fail := func(err error) (*Result, error) { return nil, fmt.Errorf("bundle %s: %w", file, err) }
 
@@ -171,6 +180,11 @@ func scan(ctx context.Context, file string, sink func(name string) (io.WriteClos
 			errs = append(errs, fmt.Errorf("%s: %s, %s says %s: %w", filepath.Base(file), res.Digest, filepath.Base(file)+".sha256", want, ErrMismatch))
 		}
 	}
+	signer, err := checkSignature(file, in, trust)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	res.Signer = signer
 	if err := errors.Join(errs...); err != nil {
 		return res, fmt.Errorf("bundle %s:\n%w", file, err)
 	}

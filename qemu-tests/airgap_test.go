@@ -95,8 +95,11 @@ mac      = "52:54:00:78:00:01"
 hostname = "island"
 image    = "base"
 `)
+	// The near side's signing key; the far side is given KEY.pub once.
+	key := filepath.Join(near, "signing.key")
+	plinth(t, ctx, "keygen", "--out", key)
 	bundleArgs := func(out string) []string {
-		return []string{"bundle", "--out", out, "--artifacts", art, "--mirror", filepath.Join(near, "mirror"), "--site", filepath.Join(near, "site")}
+		return []string{"bundle", "--out", out, "--sign", key, "--artifacts", art, "--mirror", filepath.Join(near, "mirror"), "--site", filepath.Join(near, "site")}
 	}
 	start = time.Now()
 	plinth(t, ctx, bundleArgs(filepath.Join(near, "air.tar"))...)
@@ -111,9 +114,10 @@ image    = "base"
 	}
 	figure(t, "airgap: mirror of base.toml %.1fs, bundle %.1f MB in %.1fs", tMirror.Seconds(), float64(st.Size())/1e6, tBundle.Seconds())
 
-	// Only the bundle and its .sha256 cross the gap.
+	// Only the bundle, its .sha256 and its signature cross the gap (and,
+	// once and beforehand, the public key).
 	bundle := filepath.Join(far, "air.tar")
-	for _, f := range []string{"air.tar", "air.tar.sha256"} {
+	for _, f := range []string{"air.tar", "air.tar.sha256", "air.tar.minisig", "signing.key.pub"} {
 		if err := os.Rename(filepath.Join(near, f), filepath.Join(far, f)); err != nil {
 			t.Fatal(err)
 		}
@@ -129,7 +133,11 @@ image    = "base"
 		t.Fatal(err)
 	}
 	start = time.Now()
-	if out, err := farPlinth(ctx, far, "verify", bundle); err != nil || !strings.Contains(out, "checked against") {
+	pub := filepath.Join(far, "signing.key.pub")
+	if out, err := farPlinth(ctx, far, "verify", bundle); err == nil || !strings.Contains(out, "no key is trusted") {
+		t.Fatalf("verify without a trusted key: %v\n%s", err, out)
+	}
+	if out, err := farPlinth(ctx, far, "verify", "--trust", pub, bundle); err != nil || !strings.Contains(out, "checked against") || !strings.Contains(out, "signed by key") {
 		t.Fatalf("verify on the far side: %v\n%s", err, out)
 	}
 	figure(t, "airgap: verify on the far side %.1fs", time.Since(start).Seconds())
@@ -167,7 +175,7 @@ func verifyCatchesAFlip(t *testing.T, ctx context.Context, far, bundle string) {
 		t.Fatal(err)
 	}
 	defer os.Remove(bad)
-	out, err := farPlinth(ctx, far, "verify", bad)
+	out, err := farPlinth(ctx, far, "verify", "--unsigned", bad)
 	if err == nil {
 		t.Fatalf("verify passed a bundle with a flipped byte:\n%s", out)
 	}
@@ -180,7 +188,7 @@ func verifyCatchesAFlip(t *testing.T, ctx context.Context, far, bundle string) {
 // network and an empty module cache and compares the manifest.
 func offlineBuildMatches(t *testing.T, ctx context.Context, far, bundle string, want []byte) {
 	t.Helper()
-	out, err := farPlinth(ctx, far, "verify", "--unpack", filepath.Join(far, "unpacked"), bundle)
+	out, err := farPlinth(ctx, far, "verify", "--trust", filepath.Join(far, "signing.key.pub"), "--unpack", filepath.Join(far, "unpacked"), bundle)
 	if err != nil {
 		t.Fatalf("verify --unpack: %v\n%s", err, out)
 	}
@@ -233,7 +241,7 @@ func serveBundleAndBoot(t *testing.T, ctx context.Context, far, bundle string) {
 			env = append(env, kv)
 		}
 	}
-	args := append(env, plinthBin, "serve", "--bundle", bundle, "--bundle-dir", filepath.Join(far, "state"),
+	args := append(env, plinthBin, "serve", "--bundle", bundle, "--trust", filepath.Join(far, "signing.key.pub"), "--bundle-dir", filepath.Join(far, "state"),
 		"--state", filepath.Join(far, "ca"), "--listen", l.Server+":8080", "--server-ip", l.Server, "--dhcp-interface", "br0")
 	if err := l.Start(ctx, logf, args[0], args[1:]...); err != nil {
 		t.Fatal(err)

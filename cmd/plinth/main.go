@@ -55,8 +55,9 @@ Typical use:
   plinth inspect artifacts/minion                            # what is inside
   plinth serve --site profiles/examples/qemu-lab --artifacts artifacts
   plinth mirror --to mirror images/*.toml                     # air-gapped: every source in one OCI layout
-  plinth bundle --out site.tar --artifacts artifacts --mirror mirror --site DIR
-  plinth verify site.tar && plinth serve --bundle site.tar    # on the far side`,
+  plinth keygen --out sign.key                                # once; the far side gets sign.key.pub
+  plinth bundle --out site.tar --sign sign.key --artifacts artifacts --mirror mirror --site DIR
+  plinth serve --bundle site.tar --trust sign.key.pub         # on the far side`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
@@ -82,6 +83,7 @@ Typical use:
 		newQemuCmd(g),
 		newMirrorCmd(g),
 		newBundleCmd(g),
+		newKeygenCmd(g),
 		newVerifyCmd(g),
 		newEtcdCmd(g),
 	)

@@ -19,6 +19,7 @@ func newServeCmd(g *globals) *cobra.Command {
 	var serverIP, stateDir, dnsFlag string
 	var dnsClients []string
 	var bundleFile, bundleDir string
+	var bundleTrust trustFlags
 	var etcdPoll, etcdEvery time.Duration
 	var etcdKeep int
 	var etcdutlFlag, tlsListen string
@@ -40,7 +41,11 @@ serves the masters that reported ready that way and whose /readyz passes.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if bundleFile != "" {
-				if err := serveBundle(cmd, &c, bundleFile, bundleDir, g.log); err != nil {
+				trust, err := bundleTrust.trust()
+				if err != nil {
+					return err
+				}
+				if err := serveBundle(cmd, &c, bundleFile, bundleDir, trust, g.log); err != nil {
 					return err
 				}
 			}
@@ -102,6 +107,7 @@ serves the masters that reported ready that way and whose /readyz passes.`,
 	f.StringVar(&c.SiteDir, "site", "", "site profile directory")
 	f.StringVar(&bundleFile, "bundle", "", "serve a bundle (plinth bundle) instead of --site and --artifacts: verified, then unpacked into --bundle-dir")
 	f.StringVar(&bundleDir, "bundle-dir", "", "where a --bundle is unpacked, swapped in atomically (default $PLINTH_CACHE/bundles)")
+	bundleTrust.add(cmd)
 	f.StringVar(&c.ArtifactsDir, "artifacts", "artifacts", "artifacts directory (the builder's --out)")
 	f.StringVar(&c.Listen, "listen", ":8080", "HTTP listen address")
 	f.StringVar(&c.PublicURL, "public-url", "", "URL machines reach this server at (default http://SERVER-IP:PORT)")
