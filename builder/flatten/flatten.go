@@ -33,6 +33,10 @@ import (
 type Options struct {
 	Epoch time.Time // every entry's mtime
 	Spool string    // directory for spooled contents; default os.TempDir()
+	// InMemory keeps spooled contents in memory instead: for layers known
+	// to be small (the fuzz target, where a temporary directory and a
+	// file per entry cost more than the flattening itself).
+	InMemory bool
 }
 
 // Stats count what was written.
@@ -65,19 +69,25 @@ type state struct {
 	// lower layer, by target path: its content is spooled for them.
 	wanted   map[string][]*entry
 	spoolDir string
+	mem      map[string][]byte // Options.InMemory: spooled contents by name
 	nspool   int
 	stats    Stats
 }
 
 // Flatten writes the merged filesystem of layers (bottom first) to w.
 func Flatten(ctx context.Context, layers []v1.Layer, w io.Writer, o Options) (Stats, error) {
-	spool, err := os.MkdirTemp(o.Spool, "plinth-flatten-")
-	if err != nil {
-		return Stats{}, err
-	}
-	defer os.RemoveAll(spool)
 	st := &state{entries: map[string]*entry{}, hidden: map[string]bool{}, opaque: map[string]bool{},
-		wanted: map[string][]*entry{}, spoolDir: spool}
+		wanted: map[string][]*entry{}}
+	if o.InMemory {
+		st.mem = map[string][]byte{}
+	} else {
+		spool, err := os.MkdirTemp(o.Spool, "plinth-flatten-")
+		if err != nil {
+			return Stats{}, err
+		}
+		defer os.RemoveAll(spool)
+		st.spoolDir = spool
+	}
 	for i := len(layers) - 1; i >= 0; i-- {
 		if err := st.readLayer(ctx, i, layers[i]); err != nil {
 			return st.stats, fmt.Errorf("layer %d: %w", i, err)
@@ -265,6 +275,13 @@ func (s *state) reread(ctx context.Context, l v1.Layer, need map[string][]*entry
 
 func (s *state) spoolFile(r io.Reader) (string, error) {
 	s.nspool++
+	if s.mem != nil {
+		name := fmt.Sprint(s.nspool)
+		b, err := io.ReadAll(r)
+		s.stats.Spooled += int64(len(b))
+		s.mem[name] = b
+		return name, err
+	}
 	name := filepath.Join(s.spoolDir, fmt.Sprint(s.nspool))
 	f, err := os.Create(name)
 	if err != nil {
@@ -369,6 +386,17 @@ func (s *state) write(ctx context.Context, w io.Writer, epoch time.Time) error {
 }
 
 func (s *state) copyContent(tw *tar.Writer, h *tar.Header, spool string) error {
+	if s.mem != nil {
+		b := s.mem[spool]
+		h.Size = int64(len(b))
+		if err := tw.WriteHeader(h); err != nil {
+			return err
+		}
+		n, err := tw.Write(b)
+		s.stats.Files++
+		s.stats.Bytes += int64(n)
+		return err
+	}
 	f, err := os.Open(spool)
 	if err != nil {
 		return err
