@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,12 +13,10 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
-	"os"
 	"sync"
 
 	"github.com/plinth-dev/plinth/bootserver/api"
 	"github.com/plinth-dev/plinth/bootserver/pki"
-	"github.com/plinth-dev/plinth/internal/fsutil"
 )
 
 // Reports (events, readiness, heartbeats, journals) prove who sends them:
@@ -97,17 +94,7 @@ type reportKeys struct {
 
 func loadReportKeys(path string, log *slog.Logger) *reportKeys {
 	k := &reportKeys{path: path, log: log, m: map[string]string{}}
-	if path == "" {
-		return k
-	}
-	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return k
-	}
-	if err == nil {
-		err = json.Unmarshal(b, &k.m)
-	}
-	if err != nil {
+	if err := readState(path, &k.m); err != nil {
 		log.Error("report tokens: not read; machines booted before this start report again with their certificate or at their next boot", "file", path, "err", err)
 		k.m = map[string]string{}
 	}
@@ -124,14 +111,7 @@ func (k *reportKeys) set(machine, tok string) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.m[machine] = hashToken(tok)
-	if k.path == "" {
-		return nil
-	}
-	b, err := json.MarshalIndent(k.m, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := fsutil.WriteFileAtomic(k.path, append(b, '\n'), 0o600); err != nil {
+	if err := writeState(k.path, k.m, 0o600); err != nil {
 		return fmt.Errorf("report token of %s: %w", machine, err)
 	}
 	return nil

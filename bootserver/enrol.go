@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -16,7 +14,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/plinth-dev/plinth/internal/fsutil"
 	"github.com/plinth-dev/plinth/profiles"
 )
 
@@ -54,17 +51,7 @@ const tokenTTL = 15 * time.Minute
 // machines in the middle of a boot then ask for a new boot script.
 func loadTokens(path string, log *slog.Logger) *tokens {
 	t := &tokens{path: path, log: log, m: map[string]tokenInfo{}}
-	if path == "" {
-		return t
-	}
-	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return t
-	}
-	if err == nil {
-		err = json.Unmarshal(b, &t.m)
-	}
-	if err != nil {
+	if err := readState(path, &t.m); err != nil {
 		log.Error("enrolment tokens: not read; machines between boot script and profile ask for a new boot script", "file", path, "err", err)
 		t.m = map[string]tokenInfo{}
 	}
@@ -81,16 +68,7 @@ func newToken() (string, error) {
 }
 
 // save writes the table; the caller holds mu.
-func (t *tokens) save() error {
-	if t.path == "" {
-		return nil
-	}
-	b, err := json.MarshalIndent(t.m, "", "  ")
-	if err != nil {
-		return err
-	}
-	return fsutil.WriteFileAtomic(t.path, append(b, '\n'), 0o600)
-}
+func (t *tokens) save() error { return writeState(t.path, t.m, 0o600) }
 
 func (t *tokens) mint(machine, ip string) (string, error) {
 	tok, err := newToken()
@@ -197,17 +175,7 @@ type firstMACs struct {
 
 func loadFirstMACs(path string, log *slog.Logger) *firstMACs {
 	f := &firstMACs{path: path, m: map[string]string{}}
-	if path == "" {
-		return f
-	}
-	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return f
-	}
-	if err == nil {
-		err = json.Unmarshal(b, &f.m)
-	}
-	if err != nil {
+	if err := readState(path, &f.m); err != nil {
 		// Refusing every UUID-matched machine would be worse than
 		// trusting their next boot: say so loudly.
 		log.Error("enrolled MACs: not read; machines matched by UUID or labels enrol again with the MAC of their next boot", "file", path, "err", err)
@@ -234,14 +202,7 @@ func (f *firstMACs) keep(m *profiles.Machine, mac string) error {
 		return nil
 	}
 	f.m[m.Name] = strings.ToLower(mac)
-	if f.path == "" {
-		return nil
-	}
-	b, err := json.MarshalIndent(f.m, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := fsutil.WriteFileAtomic(f.path, append(b, '\n'), 0o600); err != nil {
+	if err := writeState(f.path, f.m, 0o600); err != nil {
 		delete(f.m, m.Name)
 		return fmt.Errorf("enrolled MAC of %s: %w", m.Name, err)
 	}

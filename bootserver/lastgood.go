@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/plinth-dev/plinth/internal/fsutil"
 	"github.com/plinth-dev/plinth/profiles"
 )
 
@@ -55,11 +54,7 @@ func saveLastGood(stateDir string, site *profiles.Site) error {
 		}
 		lg.Files[filepath.Base(f)] = string(b)
 	}
-	b, err := json.MarshalIndent(lg, "", "  ")
-	if err != nil {
-		return err
-	}
-	return fsutil.WriteFileAtomic(p, append(b, '\n'), 0o600)
+	return writeState(p, lg, 0o600)
 }
 
 // LoadSiteOrLastGood loads the site in siteDir; when it has problems and

@@ -3,8 +3,6 @@ package bootserver
 import (
 	"context"
 	"crypto/tls"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,14 +10,11 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/plinth-dev/plinth/internal/fsutil"
 )
 
 // The API pool: the API servers behind the site's API name.
@@ -62,18 +57,8 @@ type apiPool struct {
 // in the log and the pool starts empty (the masters' next reports fill it).
 func loadPool(path string, log *slog.Logger) *apiPool {
 	p := &apiPool{path: path, log: log, m: map[string]*poolMember{}}
-	if path == "" {
-		return p
-	}
-	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return p
-	}
 	var list []poolMember
-	if err == nil {
-		err = json.Unmarshal(b, &list)
-	}
-	if err != nil {
+	if err := readState(path, &list); err != nil {
 		log.Error("API pool: not read, starting empty until the masters report", "file", path, "err", err)
 		return p
 	}
@@ -98,11 +83,7 @@ func (p *apiPool) save() {
 		list = append(list, *m)
 	}
 	slices.SortFunc(list, func(a, b poolMember) int { return strings.Compare(a.Machine, b.Machine) })
-	b, err := json.MarshalIndent(list, "", "  ")
-	if err == nil {
-		err = fsutil.WriteFileAtomic(p.path, append(b, '\n'), 0o644)
-	}
-	if err != nil {
+	if err := writeState(p.path, list, 0o644); err != nil {
 		p.log.Error("API pool: not saved", "file", p.path, "err", err)
 	}
 }

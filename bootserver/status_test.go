@@ -37,24 +37,7 @@ func TestStatusPageUpdatesLiveInABrowser(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	b := startBrowser(t, ctx, chromium)
-	target, err := b.call("", "Target.createTarget", map[string]any{"url": ts.URL + "/"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	attached, err := b.call("", "Target.attachToTarget", map[string]any{"targetId": target["targetId"], "flatten": true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	session, _ := attached["sessionId"].(string)
-	eval := func(expr string) string {
-		t.Helper()
-		res, err := b.call(session, "Runtime.evaluate", map[string]any{"expression": expr, "returnByValue": true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		v, _ := res["result"].(map[string]any)["value"].(string)
-		return v
-	}
+	session, eval := b.open(t, ts.URL+"/")
 
 	waitUntil(t, ctx, "the page subscribes to the event stream", func() bool { return subscribers(s) > 0 })
 	const row = `(document.getElementById("m-node-1") || {dataset: {}}).dataset.state + "|" + ((document.getElementById("m-node-1") || {}).textContent || "")`
@@ -117,6 +100,30 @@ func waitUntil(t *testing.T, ctx context.Context, what string, ok func() bool) {
 			t.Fatalf("waiting until %s: %v", what, ctx.Err())
 		case <-time.After(50 * time.Millisecond):
 		}
+	}
+}
+
+// open opens url in a new tab; eval evaluates a JavaScript expression
+// there and returns its string value.
+func (b *browser) open(t *testing.T, url string) (session string, eval func(expr string) string) {
+	t.Helper()
+	target, err := b.call("", "Target.createTarget", map[string]any{"url": url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	attached, err := b.call("", "Target.attachToTarget", map[string]any{"targetId": target["targetId"], "flatten": true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	session, _ = attached["sessionId"].(string)
+	return session, func(expr string) string {
+		t.Helper()
+		res, err := b.call(session, "Runtime.evaluate", map[string]any{"expression": expr, "returnByValue": true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, _ := res["result"].(map[string]any)["value"].(string)
+		return v
 	}
 }
 
@@ -274,25 +281,7 @@ func TestEventStreamsAreCappedAndThePagePollsBeyond(t *testing.T) {
 		t.Fatalf("stream %d: %s %s, want 503", maxStreams+1, r.Status, b)
 	}
 
-	b2 := startBrowser(t, ctx, chromium)
-	target, err := b2.call("", "Target.createTarget", map[string]any{"url": ts.URL + "/"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	attached, err := b2.call("", "Target.attachToTarget", map[string]any{"targetId": target["targetId"], "flatten": true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	session, _ := attached["sessionId"].(string)
-	eval := func(expr string) string {
-		t.Helper()
-		res, err := b2.call(session, "Runtime.evaluate", map[string]any{"expression": expr, "returnByValue": true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		v, _ := res["result"].(map[string]any)["value"].(string)
-		return v
-	}
+	_, eval := startBrowser(t, ctx, chromium).open(t, ts.URL+"/")
 	waitUntil(t, ctx, "the refused page falls back to polling", func() bool {
 		return eval(`(document.getElementById("machines") || {dataset: {}}).dataset.mode || ""`) == "poll"
 	})
