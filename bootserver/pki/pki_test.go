@@ -210,8 +210,14 @@ func TestMachineCertificatesCarryTheNamesAndUsesTheirRoleNeeds(t *testing.T) {
 	if admin.Subject.CommonName != "plinth:admin" || !slices.Equal(admin.Subject.Organization, []string{"system:masters"}) {
 		t.Errorf("admin subject %s", admin.Subject)
 	}
-	if len(m.Identities) != 1 {
-		t.Errorf("master identities %v, want admin only", keys(m.Identities))
+	for id, cn := range map[string]string{node.IdentityControllerManager: "system:kube-controller-manager", node.IdentityScheduler: "system:kube-scheduler"} {
+		c := verify(t, ca, m.Identities[id], x509.ExtKeyUsageClientAuth)
+		if c.Subject.CommonName != cn || len(c.Subject.Organization) != 0 {
+			t.Errorf("%s subject %s, want CN %s and no group (not system:masters)", id, c.Subject, cn)
+		}
+	}
+	if len(m.Identities) != 3 {
+		t.Errorf("master identities %v, want admin, controller-manager, scheduler", keys(m.Identities))
 	}
 	m2, _ := ca.ForMachine(master("master-2"), netip.MustParseAddr("10.77.0.22"))
 	if m.ServiceAccountKey == "" || m.ServiceAccountKey != m2.ServiceAccountKey {

@@ -39,6 +39,8 @@ func labConfig(t *testing.T, machine string) *node.Config {
 	switch cfg.Role {
 	case "master":
 		cfg.TLS.Identities[node.IdentityAdmin] = node.KeyPair{Cert: pem("ADMIN CERTIFICATE"), Key: pem("ADMIN KEY")}
+		cfg.TLS.Identities[node.IdentityControllerManager] = node.KeyPair{Cert: pem("CM CERTIFICATE"), Key: pem("CM KEY")}
+		cfg.TLS.Identities[node.IdentityScheduler] = node.KeyPair{Cert: pem("SCHEDULER CERTIFICATE"), Key: pem("SCHEDULER KEY")}
 		cfg.TLS.ServiceAccountKey = pem("SA KEY")
 	case "minion":
 		cfg.TLS.Identities[node.IdentityKubelet] = node.KeyPair{Cert: pem("KUBELET CERTIFICATE"), Key: pem("KUBELET KEY")}

@@ -34,6 +34,10 @@ func (m Master) Configure(_ context.Context, root Root, cfg *node.Config) error 
 // local API server.
 const AdminKubeconfig = KubeDir + "/admin.kubeconfig"
 
+// IdentityKubeconfig is the kubeconfig of a component that runs as
+// identity id against its master's own API server.
+func IdentityKubeconfig(id string) string { return KubeDir + "/" + id + ".kubeconfig" }
+
 // Plan renders the master's files and units.
 func (Master) Plan(cfg *node.Config) (*Plan, error) {
 	cl, err := needCluster(cfg)
@@ -47,7 +51,7 @@ func (Master) Plan(cfg *node.Config) (*Plan, error) {
 		return nil, errors.New("the site has no [network] flannel network")
 	}
 	p := &Plan{Services: roles.Get("master").Services}
-	if err := tlsFiles(p, cfg, node.IdentityAdmin); err != nil {
+	if err := tlsFiles(p, cfg, node.IdentityAdmin, node.IdentityControllerManager, node.IdentityScheduler); err != nil {
 		return nil, err
 	}
 	if cfg.TLS.ServiceAccountKey == "" {
@@ -55,8 +59,13 @@ func (Master) Plan(cfg *node.Config) (*Plan, error) {
 	}
 	p.file(SAKeyFile, 0o600, cfg.TLS.ServiceAccountKey)
 	port := apiPort(cl)
-	p.file(AdminKubeconfig, 0o600, kubeconfig("https://"+hostPort("127.0.0.1", port),
-		IdentityCert(node.IdentityAdmin), IdentityKey(node.IdentityAdmin)))
+	local := "https://" + hostPort("127.0.0.1", port)
+	p.file(AdminKubeconfig, 0o600, kubeconfig(local, IdentityCert(node.IdentityAdmin), IdentityKey(node.IdentityAdmin)))
+	// The controller manager and the scheduler each run as themselves,
+	// with what Kubernetes' default RBAC grants them, not as admin.
+	cmKubeconfig, schedKubeconfig := IdentityKubeconfig(node.IdentityControllerManager), IdentityKubeconfig(node.IdentityScheduler)
+	p.file(cmKubeconfig, 0o600, kubeconfig(local, IdentityCert(node.IdentityControllerManager), IdentityKey(node.IdentityControllerManager)))
+	p.file(schedKubeconfig, 0o600, kubeconfig(local, IdentityCert(node.IdentityScheduler), IdentityKey(node.IdentityScheduler)))
 	kernelSetup(p)
 	if err := flannel(p, cfg); err != nil {
 		return nil, err
@@ -93,9 +102,9 @@ func (Master) Plan(cfg *node.Config) (*Plan, error) {
 		return nil, err
 	}
 	cm := []string{"/usr/bin/kube-controller-manager",
-		"--kubeconfig=" + AdminKubeconfig,
-		"--authentication-kubeconfig=" + AdminKubeconfig,
-		"--authorization-kubeconfig=" + AdminKubeconfig,
+		"--kubeconfig=" + cmKubeconfig,
+		"--authentication-kubeconfig=" + cmKubeconfig,
+		"--authorization-kubeconfig=" + cmKubeconfig,
 		"--bind-address=127.0.0.1",
 		"--root-ca-file=" + CAFile,
 		"--service-account-private-key-file=" + SAKeyFile,
@@ -111,9 +120,9 @@ func (Master) Plan(cfg *node.Config) (*Plan, error) {
 		return nil, err
 	}
 	sched := []string{"/usr/bin/kube-scheduler",
-		"--kubeconfig=" + AdminKubeconfig,
-		"--authentication-kubeconfig=" + AdminKubeconfig,
-		"--authorization-kubeconfig=" + AdminKubeconfig,
+		"--kubeconfig=" + schedKubeconfig,
+		"--authentication-kubeconfig=" + schedKubeconfig,
+		"--authorization-kubeconfig=" + schedKubeconfig,
 		"--bind-address=127.0.0.1",
 		"--profiling=false",
 	}

@@ -115,9 +115,9 @@ type TLS struct {
 	Cert string `json:"cert"`
 	Key  string `json:"key"`
 	// Identities are client certificates for Kubernetes users, by
-	// purpose: IdentityAdmin on masters (controller-manager, scheduler,
-	// kube-apiserver to kubelets); IdentityKubelet and IdentityKubeProxy
-	// on minions.
+	// purpose: on masters IdentityControllerManager, IdentityScheduler
+	// and IdentityAdmin (kube-apiserver to kubelets, the agent's probe);
+	// IdentityKubelet and IdentityKubeProxy on minions.
 	Identities map[string]KeyPair `json:"identities,omitempty"`
 	// ServiceAccountKey (masters only) is the private key every master
 	// signs and checks service account tokens with; the same for all.
@@ -140,6 +140,11 @@ const (
 	// IdentityKubeProxy: CN "system:kube-proxy" (bound to
 	// system:node-proxier by Kubernetes' default RBAC).
 	IdentityKubeProxy = "kube-proxy"
+	// IdentityControllerManager: CN "system:kube-controller-manager" and
+	// IdentityScheduler: CN "system:kube-scheduler", each bound by
+	// Kubernetes' default RBAC to what that component needs, nothing more.
+	IdentityControllerManager = "controller-manager"
+	IdentityScheduler         = "scheduler"
 )
 
 // SchemaVersion is the version of Config this tree writes and reads.
