@@ -1,8 +1,6 @@
 package bootserver
 
 import (
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -36,11 +34,9 @@ func saveLastGood(stateDir string, site *profiles.Site) error {
 		return nil
 	}
 	p := filepath.Join(stateDir, LastGoodSiteFile)
-	if b, err := os.ReadFile(p); err == nil {
-		var old lastGood
-		if json.Unmarshal(b, &old) == nil && old.Digest == site.Digest() {
-			return nil
-		}
+	var old lastGood
+	if readState(p, &old) == nil && old.Digest == site.Digest() {
+		return nil
 	}
 	paths, err := filepath.Glob(filepath.Join(site.Dir, "*.toml"))
 	if err != nil {
@@ -79,16 +75,12 @@ func loadLastGood(stateDir string) (*profiles.Site, error) {
 	if stateDir == "" {
 		return nil, fs.ErrNotExist
 	}
-	b, err := os.ReadFile(filepath.Join(stateDir, LastGoodSiteFile))
-	if err != nil {
-		return nil, err
-	}
 	var lg lastGood
-	if err := json.Unmarshal(b, &lg); err != nil {
+	if err := readState(filepath.Join(stateDir, LastGoodSiteFile), &lg); err != nil {
 		return nil, fmt.Errorf("%s: %w", filepath.Join(stateDir, LastGoodSiteFile), err)
 	}
 	if len(lg.Files) == 0 {
-		return nil, errors.New("last good site: no files")
+		return nil, fs.ErrNotExist // none kept yet
 	}
 	dir, err := os.MkdirTemp("", "plinth-last-good-site-")
 	if err != nil {

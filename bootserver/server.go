@@ -212,10 +212,10 @@ func (s *Server) Reload() error {
 		return fmt.Errorf("reload rejected, keeping the running configuration: %w", err)
 	}
 	old := s.snap.Swap(snap)
-	if err := saveLastGood(s.cfg.StateDir, snap.site); err != nil {
-		s.log.Warn("last good site: not kept", "state", s.cfg.StateDir, "err", err)
-	}
 	if old == nil || old.key != snap.key {
+		if err := saveLastGood(s.cfg.StateDir, snap.site); err != nil {
+			s.log.Warn("last good site: not kept", "state", s.cfg.StateDir, "err", err)
+		}
 		s.metrics.reloads.WithLabelValues("applied").Inc()
 		s.seed(snap)
 		s.pool.keep(s.apiServerOfSite)
