@@ -69,21 +69,51 @@ func (b *build) planInitramfs(ctx context.Context) (*initramfsPlan, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: kernel.source %s: %w", b.spec.File, ks.Source, err)
 	}
-	mods, err := k.Resolve(ks.Modules)
+	if _, err := k.Resolve(stage1Needs); err != nil {
+		return nil, fmt.Errorf("%s: kernel.source %s: stage 1 needs %s (as modules or built in): %w", b.spec.File, ks.Source, strings.Join(stage1Needs, ", "), err)
+	}
+	mods, err := k.Resolve(append(slices.Clone(ks.Modules), stage1Needs...))
 	if err != nil {
 		return nil, fmt.Errorf("%s: kernel.modules: %w", b.spec.File, err)
+	}
+	named, optional := expandDrivers(ks.Drivers)
+	drv, missing, err := k.Drivers(named, optional)
+	if err != nil {
+		return nil, fmt.Errorf("%s: kernel.drivers: %w", b.spec.File, err)
+	}
+	carried := slices.Clone(mods)
+	for _, d := range drv {
+		carried = append(carried, d.Load...)
 	}
 	if digest == "" {
 		// A dir: tree is not content-addressed: hash what the image takes
 		// from it, the kernel and the chosen modules.
-		if digest, err = kernelDigest(k, mods); err != nil {
+		if digest, err = kernelDigest(k, carried); err != nil {
 			return nil, fmt.Errorf("%s: kernel.source %s: %w", b.spec.File, ks.Source, err)
 		}
 	}
 	b.sources = append(b.sources, manifest.Source{Ref: ks.Source, Use: "kernel", Digest: digest})
-	b.kernel = &manifest.Kernel{Version: k.Version}
+	b.kernel = &manifest.Kernel{Version: k.Version, DriversMissing: missing}
 	for _, m := range mods {
 		b.kernel.Modules = append(b.kernel.Modules, m.Name)
+	}
+	for _, d := range drv {
+		b.kernel.Drivers = append(b.kernel.Drivers, d.Name)
+	}
+	if len(missing) > 0 {
+		b.log.Info("common drivers this kernel does not have, left out", "kernel", k.Version, "drivers", strings.Join(missing, " "))
+	}
+	fw, err := b.firmware(ctx, k, carried)
+	if err != nil {
+		return nil, err
+	}
+	for _, f := range fw.found {
+		b.kernel.Firmware = append(b.kernel.Firmware, f.Name)
+	}
+	b.kernel.FirmwareMissing = fw.missing
+	if len(fw.missing) > 0 {
+		b.log.Info("firmware the drivers may ask for is in neither the kernel source nor stage1.firmware; devices that need it will not work in stage 1",
+			"kernel", k.Version, "files", len(fw.missing))
 	}
 	p := &initramfsPlan{kernel: k, mods: mods}
 	cmds := slices.Clone(initCommands)
@@ -96,6 +126,8 @@ func (b *build) planInitramfs(ctx context.Context) (*initramfsPlan, error) {
 		Rescue:      rescue,
 		ModuleDir:   tree,
 		Modules:     mods,
+		Drivers:     driverIndex(drv),
+		Firmware:    fw.found,
 		Cmdline:     b.spec.Stage1.Params,
 		Compression: b.spec.Output.Compression,
 		Epoch:       b.o.Epoch,
@@ -115,10 +147,16 @@ func (b *build) planInitramfs(ctx context.Context) (*initramfsPlan, error) {
 		p.cfg.CACert = ca
 	}
 	h := sha256.New()
-	fmt.Fprintf(h, "initramfs v2\n%s\n%s\n%v\n%q\n", digest, b.spec.Output.Compression, b.o.Rescue, p.cfg.Cmdline)
+	fmt.Fprintf(h, "initramfs v3\n%s\n%s\n%v\n%q\n", digest, b.spec.Output.Compression, b.o.Rescue, p.cfg.Cmdline)
 	h.Write(p.cfg.CACert)
 	for _, m := range mods {
 		fmt.Fprintln(h, m.Name, m.Path)
+	}
+	if err := p.cfg.Drivers.Write(h); err != nil {
+		return nil, fmt.Errorf("%s: kernel.drivers: %w", b.spec.File, err)
+	}
+	for _, f := range fw.found {
+		fmt.Fprintln(h, "firmware", f.Name, f.Digest)
 	}
 	bb, err := compose.Key(p.cfg)
 	if err != nil {

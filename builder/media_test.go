@@ -39,6 +39,7 @@ func mediaProject(t *testing.T, root string) string {
 	w("kernel/boot/vmlinuz-6.1.0-test", "not really a kernel")
 	w(md+"modules.dep", "kernel/fs/squashfs/squashfs.ko:\nkernel/fs/isofs/isofs.ko: kernel/drivers/cdrom/cdrom.ko\n"+
 		"kernel/drivers/cdrom/cdrom.ko:\nkernel/fs/fat/vfat.ko: kernel/fs/fat/fat.ko\nkernel/fs/fat/fat.ko:\n")
+	w(md+"modules.builtin", "kernel/drivers/block/loop.ko\nkernel/fs/overlayfs/overlay.ko\nkernel/net/packet/af_packet.ko\n")
 	for _, m := range []string{"fs/squashfs/squashfs", "fs/isofs/isofs", "drivers/cdrom/cdrom", "fs/fat/vfat", "fs/fat/fat"} {
 		w(md+"kernel/"+m+".ko", "module "+m)
 	}

@@ -57,6 +57,18 @@ func (s *Spec) check(r *tomlx.Report) {
 	if strings.ContainsAny(s.Stage1.Params, "\n\r") {
 		r.Addf(f, "stage1.params", "must be one line")
 	}
+	if fw := s.Stage1.Firmware; fw != "" {
+		src, err := ParseSource(fw, s.Dir)
+		switch {
+		case err != nil:
+			r.Addf(f, "stage1.firmware", "%v", err)
+		case src.Kind == KindGo:
+			r.Addf(f, "stage1.firmware", "firmware cannot come from a go: source")
+		case s.Kernel == nil:
+			r.Addf(f, "stage1.firmware", "only an image with a [kernel] has an initramfs to carry it")
+		}
+		s.Stage1.FirmwareSrc = src
+	}
 	if ca := s.Stage1.CA; ca != "" {
 		if !filepath.IsAbs(ca) {
 			s.Stage1.CA = filepath.Join(s.Dir, ca)
@@ -81,6 +93,11 @@ func (s *Spec) checkKernel(r *tomlx.Report, empty func(field, v string) bool) {
 	for i, m := range k.Modules {
 		if field := fmt.Sprintf("kernel.modules[%d]", i); !moduleRE.MatchString(m) && !r.Has(f, field) {
 			r.Addf(f, field, "%q is not a module name (letters, digits, '_' and '-')", m)
+		}
+	}
+	for i, m := range k.Drivers {
+		if field := fmt.Sprintf("kernel.drivers[%d]", i); m != CommonSet && !moduleRE.MatchString(m) && !r.Has(f, field) {
+			r.Addf(f, field, "%q is not a module name (letters, digits, '_' and '-') or %s", m, CommonSet)
 		}
 	}
 	if strings.ContainsAny(k.Cmdline, "\n\r") {

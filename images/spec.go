@@ -32,10 +32,36 @@ type Spec struct {
 
 // Kernel names the kernel and the modules stage 1 loads.
 type Kernel struct {
-	Source  string   `toml:"source,required"`
+	Source string `toml:"source,required"`
+	// Modules are loaded by stage 1 on every machine, after what stage 1
+	// needs for itself (loop, squashfs, overlay: the builder adds those).
 	Modules []string `toml:"modules"`
+	// Drivers are carried by stage 1 and loaded only on a machine with a
+	// device they drive (a /sys modalias matching one of theirs). Absent:
+	// CommonDrivers. The entry CommonSet stands for that set, so a spec
+	// adds to it with drivers = ["@common", "sfc"]; drivers = [] carries
+	// none.
+	Drivers []string `toml:"drivers"`
 	Cmdline string   `toml:"cmdline"`
 	Src     Source   `toml:"-"`
+}
+
+// CommonSet is the drivers entry that stands for CommonDrivers.
+const CommonSet = "@common"
+
+// CommonDrivers are the NIC and storage drivers of common servers and
+// virtual machines: Intel, Mellanox, Broadcom and Realtek NICs, virtio and
+// VMware's, SATA, NVMe, SAS RAID and HBAs, and the SCSI disk and CD-ROM
+// drivers their disks need. A kernel that lacks one is fine (the build
+// says which); one named outside the set must exist.
+var CommonDrivers = []string{
+	"e1000", "e1000e", "igb", "igc", "ixgbe", "i40e", "ice",
+	"mlx4_core", "mlx4_en", "mlx5_core",
+	"bnxt_en", "tg3", "bnx2x",
+	"r8169", "8139cp", "8139too",
+	"virtio_pci", "virtio_net", "virtio_blk", "virtio_scsi", "vmxnet3",
+	"ahci", "ata_piix", "nvme", "megaraid_sas", "mpt3sas",
+	"sd_mod", "sr_mod",
 }
 
 // Layer is one entry of the root filesystem's stack, bottom first.
@@ -53,6 +79,12 @@ type Stage1 struct {
 	// CA is a PEM file (relative to the spec) of the authority that signed an
 	// https boot server's certificate.
 	CA string `toml:"ca"`
+	// Firmware is a source (dir: or oci:, like a layer) whose lib/firmware
+	// holds firmware files the drivers ask for, searched before the kernel
+	// source's own lib/firmware: how a site adds what Debian keeps in
+	// non-free-firmware (rtl_nic, tigon, bnx2x, ice's DDP package).
+	Firmware    string `toml:"firmware"`
+	FirmwareSrc Source `toml:"-"`
 }
 
 // Role is what first boot configures: a role of package roles, whose
@@ -135,6 +167,9 @@ func (s *Spec) applyDefaults() {
 	}
 	if s.Output.Compression == "" {
 		s.Output.Compression = "zstd"
+	}
+	if s.Kernel != nil && s.Kernel.Drivers == nil {
+		s.Kernel.Drivers = []string{CommonSet}
 	}
 }
 

@@ -59,6 +59,15 @@ type Manifest struct {
 type Kernel struct {
 	Version string   `json:"version"`
 	Modules []string `json:"modules,omitempty"` // in load order, dependencies first
+	// Drivers are carried in the initramfs and loaded by stage 1 when the
+	// machine has a device they drive; DriversMissing are common drivers
+	// the kernel does not have.
+	Drivers        []string `json:"drivers,omitempty"`
+	DriversMissing []string `json:"drivers_missing,omitempty"`
+	// Firmware are the firmware files carried (under lib/firmware);
+	// FirmwareMissing those the drivers may ask for that no source had.
+	Firmware        []string `json:"firmware,omitempty"`
+	FirmwareMissing []string `json:"firmware_missing,omitempty"`
 }
 
 // Source is one resolved input of the build.

@@ -35,7 +35,6 @@ description = "Debian minbase with systemd, booted from the initramfs alone"
 
 [kernel]
 source  = "dir:%s"
-modules = ["virtio_pci", "virtio_net", "squashfs", "overlay", "loop"]
 cmdline = "console=ttyS0"
 
 [[layer]]

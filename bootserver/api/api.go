@@ -19,6 +19,9 @@ const (
 	ParamToken   = "plinth.token"   // enrolment token, when the site enables them
 	ParamRescue  = "plinth.rescue"  // "1": a shell on the console if boot fails
 	ParamIface   = "plinth.iface"   // boot NIC name or MAC; default: first with link
+	// ParamReboot is how long a machine whose boot stopped waits before it
+	// reboots (a Go duration or seconds; "off" or 0: it stays halted).
+	ParamReboot = "plinth.reboot"
 	// ParamTLS is the boot server's HTTPS URL: stage 1 fetches the profile
 	// and sends its reports there (artifacts, pinned by digest, stay on
 	// ParamServer).

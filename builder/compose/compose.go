@@ -11,6 +11,7 @@ package compose
 
 import (
 	"bufio"
+	"bytes"
 	"compress/gzip"
 	"context"
 	"crypto/sha256"
@@ -36,6 +37,7 @@ import (
 	"github.com/u-root/uio/llog"
 
 	"github.com/plinth-dev/plinth/builder/kernel"
+	"github.com/plinth-dev/plinth/initramfs/drivers"
 	"github.com/plinth-dev/plinth/internal/fsutil"
 	"github.com/plinth-dev/plinth/manifest"
 )
@@ -57,13 +59,17 @@ type Config struct {
 	// becomes /init.
 	Commands []string
 	// Rescue are extra commands (a shell and tools) for plinth.rescue=1.
-	Rescue      []string
-	ModuleDir   string          // the kernel tree the modules' paths are relative to
-	Modules     []kernel.Module // in load order
-	Cmdline     string          // default parameters, /etc/plinth/cmdline
-	CACert      []byte          // optional CA for an https boot server
-	Embedded    *Embedded       // rootfs and profile, for booting without a server
-	Compression string          // zstd (default) or gzip
+	Rescue    []string
+	ModuleDir string          // the kernel tree the modules' paths are relative to
+	Modules   []kernel.Module // in load order
+	// Drivers are loaded by stage 1 when a device matches; their files are
+	// relative to ModuleDir too.
+	Drivers     *drivers.Index
+	Firmware    []Firmware // under lib/firmware
+	Cmdline     string     // default parameters, /etc/plinth/cmdline
+	CACert      []byte     // optional CA for an https boot server
+	Embedded    *Embedded  // rootfs and profile, for booting without a server
+	Compression string     // zstd (default) or gzip
 	Epoch       time.Time
 	CacheDir    string // compiled busybox archives, by input hash
 	WorkDir     string // the Go module the commands are resolved in
@@ -71,6 +77,13 @@ type Config struct {
 	// the process's own: an offline build's GOPROXY into a mirror.
 	GoEnv []string
 	Log   *slog.Logger
+}
+
+// Firmware is one firmware file of the initramfs.
+type Firmware struct {
+	Name   string // relative to lib/firmware, e.g. rtl_nic/rtl8168h-2.fw
+	Src    string // path on disk
+	Digest string // "sha256:<hex>" of Src
 }
 
 // Embedded is what an embedded image carries.
@@ -369,6 +382,28 @@ func writeStage1Extras(w io.Writer, c Config) error {
 		order.WriteString(m.Path + "\n")
 	}
 	files[ModulesList] = file{data: []byte(order.String())}
+	if c.Drivers != nil && len(c.Drivers.Drivers) > 0 {
+		for _, d := range c.Drivers.Drivers {
+			for _, p := range d.Load {
+				if !safeRel(p) {
+					return fmt.Errorf("driver %s: path %q is not a clean relative path", d.Name, p)
+				}
+				files[p] = file{src: filepath.Join(c.ModuleDir, filepath.FromSlash(p))}
+			}
+		}
+		var idx bytes.Buffer
+		if err := c.Drivers.Write(&idx); err != nil {
+			return err
+		}
+		files[drivers.File] = file{data: idx.Bytes()}
+	}
+	for _, f := range c.Firmware {
+		p := "lib/firmware/" + f.Name
+		if !safeRel(p) {
+			return fmt.Errorf("firmware %q: not a clean relative path", f.Name)
+		}
+		files[p] = file{src: f.Src}
+	}
 	if c.Cmdline != "" {
 		files[CmdlineFile] = file{data: []byte(c.Cmdline + "\n")}
 	}

@@ -117,15 +117,23 @@ func (ix *index) depsOf(n string) ([]string, error) {
 // Resolve returns the modules named, with everything they depend on, in
 // load order: every module after all it depends on, dependencies in the
 // order modules.dep lists them (sorted when read from .modinfo), named
-// modules in the order given. Names may use '-' or '_'. Modules built into
-// the kernel (modules.builtin) need nothing and are left out. Without a
-// modules.dep the tree's module files are scanned and their .modinfo read.
+// modules in the order given. Soft dependencies (modules.softdep, or the
+// module's "softdep=") come along too: "pre:" ones before the module,
+// "post:" ones after, each a module name or an alias (every module the
+// alias names); one the kernel does not have is skipped, as modprobe skips
+// it. Names may use '-' or '_'. Modules built into the kernel
+// (modules.builtin) need nothing and are left out. Without a modules.dep
+// the tree's module files are scanned and their .modinfo read.
 func (k *Kernel) Resolve(names []string) ([]Module, error) {
 	ix, err := k.index()
 	if err != nil {
 		return nil, err
 	}
 	builtin, err := k.readBuiltin()
+	if err != nil {
+		return nil, err
+	}
+	hw, err := k.hwIndex()
 	if err != nil {
 		return nil, err
 	}
@@ -154,6 +162,17 @@ func (k *Kernel) Resolve(names []string) ([]Module, error) {
 			}
 			return fmt.Errorf("kernel %s: module %s depends on %s, which is neither a module nor built in", k.Version, from, n)
 		}
+		soft, err := hw.softdepOf(k, n, ix.paths[n])
+		if err != nil {
+			return err
+		}
+		for _, s := range soft.Pre {
+			for _, m := range hw.lookup(ix, builtin, s) {
+				if err := visit(m, n); err != nil {
+					return err
+				}
+			}
+		}
 		deps, err := ix.depsOf(n)
 		if err != nil {
 			return err
@@ -164,6 +183,13 @@ func (k *Kernel) Resolve(names []string) ([]Module, error) {
 			}
 		}
 		out = append(out, Module{Name: n, Path: "lib/modules/" + k.Version + "/" + ix.paths[n]})
+		for _, s := range soft.Post {
+			for _, m := range hw.lookup(ix, builtin, s) {
+				if err := visit(m, n); err != nil {
+					return err
+				}
+			}
+		}
 		return nil
 	}
 	for _, raw := range names {

@@ -17,9 +17,9 @@ import (
 // few tens of MB, so anything far beyond is a broken or hostile file.
 const maxModule = 256 << 20
 
-// readModinfoDepends returns the "depends=" list of a module file's .modinfo
-// section (canonical names, sorted), decompressing .ko.xz/.ko.zst/.ko.gz.
-func readModinfoDepends(path string) ([]string, error) {
+// readModinfo returns the .modinfo section of a module file,
+// decompressing .ko.xz/.ko.zst/.ko.gz.
+func readModinfo(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
@@ -36,6 +36,16 @@ func readModinfoDepends(path string) ([]string, error) {
 	info, err := modinfoSection(ra)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return info, nil
+}
+
+// readModinfoDepends returns the "depends=" list of a module file's
+// .modinfo section (canonical names, sorted).
+func readModinfoDepends(path string) ([]string, error) {
+	info, err := readModinfo(path)
+	if err != nil {
+		return nil, err
 	}
 	return parseModinfoDepends(info), nil
 }
@@ -99,18 +109,27 @@ func modinfoSection(ra io.ReaderAt) ([]byte, error) {
 	return b, nil
 }
 
-// parseModinfoDepends reads "depends=a,b" from a .modinfo section: NUL
-// separated key=value strings. A module may carry the key once, empty.
+// parseModinfoDepends reads "depends=a,b" from a .modinfo section. A
+// module may carry the key once, empty.
 func parseModinfoDepends(info []byte) []string {
 	var deps []string
-	for kv := range bytes.SplitSeq(info, []byte{0}) {
-		v, ok := bytes.CutPrefix(kv, []byte("depends="))
-		if !ok {
-			continue
-		}
-		for d := range strings.SplitSeq(string(v), ",") {
+	for _, v := range modinfoValues(info, "depends") {
+		for d := range strings.SplitSeq(v, ",") {
 			deps = append(deps, canon(strings.TrimSpace(d)))
 		}
 	}
 	return sortedUnique(deps)
+}
+
+// modinfoValues returns every value of key in a .modinfo section (NUL
+// separated key=value strings), in order.
+func modinfoValues(info []byte, key string) []string {
+	var out []string
+	prefix := []byte(key + "=")
+	for kv := range bytes.SplitSeq(info, []byte{0}) {
+		if v, ok := bytes.CutPrefix(kv, prefix); ok {
+			out = append(out, string(v))
+		}
+	}
+	return out
 }

@@ -57,6 +57,12 @@ func (Linux) MountBasics() error {
 	return nil
 }
 
+// Reboot syncs and restarts the machine.
+func (Linux) Reboot() error {
+	unix.Sync()
+	return unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
+}
+
 // Console opens /dev/console for writing.
 func (Linux) Console() (io.Writer, error) {
 	return os.OpenFile("/dev/console", os.O_WRONLY|unix.O_NOCTTY, 0)

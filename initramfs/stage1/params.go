@@ -8,7 +8,9 @@ package stage1
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/plinth-dev/plinth/bootserver/api"
 )
@@ -27,7 +29,13 @@ type Params struct {
 	Rescue  bool   // a shell on the console when boot fails
 	Iface   string // boot NIC, by name or MAC
 	Init    string // the image's init; default /sbin/init
+	// Reboot is how long after boot stopped the machine reboots; 0: never.
+	Reboot time.Duration
 }
+
+// DefaultReboot is how long a machine whose boot stopped stays on the
+// console before it reboots to try again: long enough to read why.
+const DefaultReboot = 5 * time.Minute
 
 // ParseParams reads the plinth.* parameters: defaults (the initramfs's
 // /etc/plinth/cmdline) first, then the real command line, which wins.
@@ -53,6 +61,21 @@ func ParseParams(defaults, cmdline string) (Params, error) {
 	}
 	if p.Init == "" {
 		p.Init = "/sbin/init"
+	}
+	switch v := kv[api.ParamReboot]; v {
+	case "":
+		p.Reboot = DefaultReboot
+	case "off", "no", "0":
+	default:
+		d, err := time.ParseDuration(v)
+		if n, nerr := strconv.Atoi(v); nerr == nil {
+			d, err = time.Duration(n)*time.Second, nil
+		}
+		if err != nil || d < 0 {
+			p.Reboot = DefaultReboot
+			return p, fmt.Errorf("%s=%q: want a duration (90s, 5m), seconds, or off", api.ParamReboot, v)
+		}
+		p.Reboot = d
 	}
 	if !strings.HasPrefix(p.Init, "/") {
 		return p, fmt.Errorf("%s=%q: want an absolute path", ParamInit, p.Init)

@@ -15,7 +15,7 @@ func TestParseParamsCommandLineWinsOverInitramfsDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Params{Server: "http://a:1", Machine: "m2", Rootfs: digestA, Iface: "52:54:00:00:00:01", Init: "/sbin/init"}
+	want := Params{Server: "http://a:1", Machine: "m2", Rootfs: digestA, Iface: "52:54:00:00:00:01", Init: "/sbin/init", Reboot: DefaultReboot}
 	if p != want {
 		t.Errorf("params %+v, want %+v", p, want)
 	}

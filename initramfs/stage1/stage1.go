@@ -62,6 +62,8 @@ type Kernel interface {
 	Console() (io.Writer, error)
 	// Self returns the running executable (the busybox holding the agent).
 	Self() ([]byte, error)
+	// Reboot restarts the machine; it returns only on failure.
+	Reboot() error
 }
 
 // Rescuer runs a shell on the console until it exits.
@@ -250,6 +252,8 @@ func ReadModuleList(b []byte) ([]string, error) {
 }
 
 func (s *Stage1) modules(ctx context.Context) error {
+	loaded := map[string]bool{}
+	defer s.hardware(ctx, loaded)
 	b, err := s.readFile(ModulesList)
 	if errors.Is(err, fs.ErrNotExist) {
 		s.Con.Step(ctx, api.StageModules, "none listed")
@@ -262,20 +266,29 @@ func (s *Stage1) modules(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var failed []string
+	var failed, skipped []string
 	for _, m := range mods {
+		loaded[strings.TrimPrefix(m, "/")] = true
 		// One bad module is worth a line, not a dead machine: the phase
 		// that needs it fails later with its own message.
-		if err := s.Modules.LoadModule(m); err != nil {
+		err := s.Modules.LoadModule(m)
+		switch {
+		case err == nil:
+		case notForThisMachine(err):
+			skipped = append(skipped, filepath.Base(m))
+		default:
 			s.Con.Fail(ctx, api.StageModules, "FAILED %s: %v", m, err)
 			failed = append(failed, filepath.Base(m))
 		}
 	}
-	if len(failed) > 0 {
-		s.Con.Step(ctx, api.StageModules, "%d of %d modules loaded; failed: %s", len(mods)-len(failed), len(mods), strings.Join(failed, ", "))
-		return nil
+	msg := fmt.Sprintf("%d modules loaded", len(mods)-len(failed)-len(skipped))
+	if len(skipped) > 0 {
+		msg += fmt.Sprintf("; not for this machine: %s", strings.Join(skipped, ", "))
 	}
-	s.Con.Step(ctx, api.StageModules, "%d modules loaded", len(mods))
+	if len(failed) > 0 {
+		msg = fmt.Sprintf("%d of %d modules loaded; failed: %s", len(mods)-len(failed)-len(skipped), len(mods), strings.Join(failed, ", "))
+	}
+	s.Con.Step(ctx, api.StageModules, "%s", msg)
 	return nil
 }
 
@@ -404,17 +417,41 @@ func (s *Stage1) configure(ctx context.Context) error {
 	return nil
 }
 
-// Halt never returns while ctx lives: PID 1 must not exit (the kernel
+// Halt is where a boot that stopped ends. PID 1 must not exit (the kernel
 // would panic), so it repeats why boot stopped, once a minute, for whoever
-// looks at the console later.
+// looks at the console, and after Params.Reboot reboots the machine to try
+// again (a netbooted machine left halted needs a hand on it). With
+// plinth.reboot=off it never returns while ctx lives.
 func (s *Stage1) Halt(ctx context.Context, err error) {
+	wait := s.Params.Reboot
+	var at time.Time
+	if wait > 0 {
+		at = time.Now().Add(wait)
+	}
 	for {
 		s.Con.mu.Lock()
 		io.WriteString(s.Con.W, s.Con.last)
 		fmt.Fprintf(s.Con.W, "plinth: [halt] boot stopped: %v\n", err)
+		if !at.IsZero() {
+			fmt.Fprintf(s.Con.W, "plinth: [halt] rebooting in %s (%s=off keeps the machine halted)\n", time.Until(at).Round(time.Second), api.ParamReboot)
+		}
 		s.Con.mu.Unlock()
-		if sleep(ctx, time.Minute) != nil {
+		next := time.Minute
+		if !at.IsZero() && time.Until(at) < next {
+			next = time.Until(at)
+		}
+		if sleep(ctx, next) != nil {
 			return
+		}
+		if !at.IsZero() && !time.Now().Before(at) {
+			s.Con.mu.Lock()
+			io.WriteString(s.Con.W, "plinth: [halt] rebooting\n")
+			s.Con.mu.Unlock()
+			rerr := s.Kernel.Reboot()
+			s.Con.mu.Lock()
+			fmt.Fprintf(s.Con.W, "plinth: [halt] reboot failed: %v; staying halted\n", rerr)
+			s.Con.mu.Unlock()
+			at = time.Time{}
 		}
 	}
 }

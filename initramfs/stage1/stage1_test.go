@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/plinth-dev/plinth/bootserver/api"
 )
@@ -31,15 +32,31 @@ type fakeMachine struct {
 	shells     int
 	stopShells int // after this many rescue shells, call cancel
 	cancel     func()
+	onLoad     func(path string) error // a fake kernel's reaction to a module
+	reboots    int
 }
 
 func (f *fakeMachine) MountBasics() error          { return nil }
 func (f *fakeMachine) Console() (io.Writer, error) { return nil, errors.New("no console in tests") }
 func (f *fakeMachine) Cmdline() (string, error)    { return f.cmdline, nil }
 func (f *fakeMachine) Self() ([]byte, error)       { return []byte("\x7fELF bb"), nil }
+func (f *fakeMachine) Reboot() error {
+	f.mu.Lock()
+	f.reboots++
+	f.mu.Unlock()
+	if f.cancel != nil {
+		f.cancel()
+	}
+	return errors.New("reboot (fake)")
+}
 func (f *fakeMachine) LoadModule(p string) error {
 	if f.missing[p] {
 		return fmt.Errorf("open %s: no such file or directory", p)
+	}
+	if f.onLoad != nil {
+		if err := f.onLoad(p); err != nil {
+			return err
+		}
 	}
 	f.loaded = append(f.loaded, p)
 	return nil
@@ -348,5 +365,44 @@ func TestRunStopsOnABadCommandLine(t *testing.T) {
 	err := s.Run(context.Background())
 	if !IsPermanent(err) || !strings.Contains(out.String(), "plinth: [init] FAILED: plinth.server is set but plinth.rootfs is not") {
 		t.Errorf("Run = %v\n%s", err, out)
+	}
+}
+
+// A boot that stopped reboots after plinth.reboot, saying when.
+func TestHaltRebootsAfterTheStatedDelay(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	m := &fakeMachine{cancel: cancel}
+	s, out := newStage1(t, m, t.TempDir())
+	s.Params.Reboot = 50 * time.Millisecond
+	s.Halt(ctx, errors.New("[network] no NIC"))
+	if m.reboots != 1 {
+		t.Errorf("%d reboots, want 1", m.reboots)
+	}
+	for _, want := range []string{"plinth: [halt] boot stopped: [network] no NIC", "plinth: [halt] rebooting in 0s (plinth.reboot=off keeps the machine halted)", "plinth: [halt] rebooting\n"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("console lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestRebootParam(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want time.Duration
+		bad  bool
+	}{
+		{"", DefaultReboot, false},
+		{"plinth.reboot=off", 0, false},
+		{"plinth.reboot=0", 0, false},
+		{"plinth.reboot=90s", 90 * time.Second, false},
+		{"plinth.reboot=30", 30 * time.Second, false},
+		{"plinth.reboot=soon", DefaultReboot, true},
+		{"plinth.reboot=-5s", DefaultReboot, true},
+	} {
+		p, err := ParseParams("", tc.in)
+		if (err != nil) != tc.bad || p.Reboot != tc.want {
+			t.Errorf("%q: Reboot %s, err %v; want %s, error %v", tc.in, p.Reboot, err, tc.want, tc.bad)
+		}
 	}
 }

@@ -1,0 +1,138 @@
+package stage1
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/plinth-dev/plinth/bootserver/api"
+	"github.com/plinth-dev/plinth/initramfs/drivers"
+)
+
+// Loading drivers by hardware: rounds of scanning /sys for modaliases and
+// loading the drivers that match, until a round finds nothing new (a bus
+// driver, virtio_pci say, makes the devices the next round's drivers
+// drive). maxRounds bounds a driver that keeps making new devices.
+const (
+	maxRounds   = 8
+	roundSettle = 100 * time.Millisecond
+)
+
+// ScanModaliases returns the distinct modaliases of the devices under
+// sys/devices of fsys (the root file system, with /sys mounted), in walk
+// order. Symbolic links are not followed, so each device is seen once.
+func ScanModaliases(fsys fs.FS) ([]string, error) {
+	var out []string
+	seen := map[string]bool{}
+	err := fs.WalkDir(fsys, "sys/devices", func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if p == "sys/devices" {
+				return err
+			}
+			return nil // a device gone while walking, or a file root may not read
+		}
+		if d.IsDir() || d.Name() != "modalias" {
+			return nil
+		}
+		b, err := fs.ReadFile(fsys, p)
+		if err != nil {
+			return nil
+		}
+		if a := strings.TrimSpace(string(b)); a != "" && !seen[a] {
+			seen[a] = true
+			out = append(out, a)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// notForThisMachine is a module that refused to load because the machine
+// lacks what it drives (crc32c_intel on a CPU without SSE 4.2): not a
+// failure.
+func notForThisMachine(err error) bool {
+	return errors.Is(err, syscall.ENODEV) || errors.Is(err, syscall.ENXIO)
+}
+
+// hardware loads the index's drivers for the devices this machine has.
+// loaded holds the module files already inserted.
+func (s *Stage1) hardware(ctx context.Context, loaded map[string]bool) {
+	b, err := s.readFile("/" + drivers.File)
+	if errors.Is(err, fs.ErrNotExist) {
+		return
+	}
+	var ix *drivers.Index
+	if err == nil {
+		ix, err = drivers.Parse(b)
+	}
+	if err != nil {
+		// The listed modules are loaded; a boot that needed a driver
+		// fails later with its own message.
+		s.Con.Fail(ctx, api.StageModules, "FAILED drivers by hardware: %v", err)
+		return
+	}
+	start := time.Now()
+	tried := map[string]bool{}
+	var used, failed []string
+	rounds, devices := 0, 0
+	for rounds < maxRounds {
+		aliases, err := ScanModaliases(s.Files)
+		if err != nil {
+			s.Con.Fail(ctx, api.StageModules, "FAILED scanning /sys/devices: %v", err)
+			return
+		}
+		rounds++
+		devices = len(aliases)
+		var todo []*drivers.Driver
+		for _, a := range aliases {
+			for _, d := range ix.Match(a) {
+				if !tried[d.Name] {
+					tried[d.Name] = true
+					todo = append(todo, d)
+				}
+			}
+		}
+		if len(todo) == 0 {
+			break
+		}
+		for _, d := range todo {
+			ok := true
+			for _, p := range d.Load {
+				if loaded[p] {
+					continue
+				}
+				loaded[p] = true
+				if err := s.Modules.LoadModule("/" + p); err != nil && !notForThisMachine(err) {
+					s.Con.Fail(ctx, api.StageModules, "FAILED %s (for %s): %v", p, d.Name, err)
+					ok = false
+				}
+			}
+			if ok {
+				used = append(used, d.Name)
+			} else {
+				failed = append(failed, d.Name)
+			}
+		}
+		if err := sleep(ctx, roundSettle); err != nil {
+			return
+		}
+	}
+	slices.Sort(used)
+	msg := fmt.Sprintf("hardware: %d devices, drivers %s (%d rounds, %.1fs)", devices, orNone(used), rounds, time.Since(start).Seconds())
+	if len(failed) > 0 {
+		msg += "; failed: " + strings.Join(failed, ", ")
+	}
+	s.Con.Step(ctx, api.StageModules, "%s", msg)
+}
+
+func orNone(s []string) string {
+	if len(s) == 0 {
+		return "none matched"
+	}
+	return strings.Join(s, ", ")
+}
