@@ -264,6 +264,11 @@ func (s *Server) bootScript(w http.ResponseWriter, r *http.Request) {
 	}
 	cmdline := strings.TrimSpace(fmt.Sprintf("%s %s=%s %s=%s %s=%s", im.m.Cmdline,
 		api.ParamServer, s.cfg.PublicURL, api.ParamMachine, m.Name, api.ParamRootfs, root))
+	if q.MAC != "" && !strings.Contains(" "+im.m.Cmdline, " "+api.ParamIface+"=") {
+		// The NIC iPXE booted from (its ${mac}): stage 1 configures that
+		// one, not the first with a link, unless the image names one.
+		cmdline += " " + api.ParamIface + "=" + q.MAC
+	}
 	// The boot's token: its reports prove themselves with it until the
 	// machine has its certificate; in token enrolment it also opens the
 	// profile, once.

@@ -127,7 +127,7 @@ func TestBootScriptPinsKernelInitrdAndRootfsByDigest(t *testing.T) {
 	}
 	hex := func(n string) string { return strings.TrimPrefix(d[n], "sha256:") }
 	for _, want := range []string{
-		"kernel http://10.77.0.1:8080/artifacts/sha256/" + hex(manifest.KernelFile) + " initrd=initramfs console=ttyS0 plinth.server=http://10.77.0.1:8080 plinth.machine=node-1 plinth.rootfs=" + d[manifest.Rootfs],
+		"kernel http://10.77.0.1:8080/artifacts/sha256/" + hex(manifest.KernelFile) + " initrd=initramfs console=ttyS0 plinth.server=http://10.77.0.1:8080 plinth.machine=node-1 plinth.rootfs=" + d[manifest.Rootfs] + " plinth.iface=52:54:00:00:00:01",
 		"initrd --name initramfs http://10.77.0.1:8080/artifacts/sha256/" + hex(manifest.Initramfs),
 		"boot\n",
 	} {
