@@ -235,3 +235,23 @@ func FuzzParseSpec(f *testing.F) {
 		}
 	})
 }
+
+func TestKernelDriversDefaultAndChecks(t *testing.T) {
+	s, err := Parse("d.toml", []byte("name = \"d\"\n[kernel]\nsource = \"dir:k\"\n[[layer]]\nsource = \"dir:l\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(s.Kernel.Drivers, []string{CommonSet}) {
+		t.Errorf("default drivers %v, want [%s]", s.Kernel.Drivers, CommonSet)
+	}
+	s, err = Parse("d.toml", []byte("name = \"d\"\n[kernel]\nsource = \"dir:k\"\ndrivers = []\n[[layer]]\nsource = \"dir:l\"\n"))
+	if err != nil || s.Kernel.Drivers == nil || len(s.Kernel.Drivers) != 0 {
+		t.Errorf("drivers = []: %v, %v; want none", s.Kernel.Drivers, err)
+	}
+	_, err = Parse("d.toml", []byte("name = \"d\"\n[kernel]\nsource = \"dir:k\"\ndrivers = [\"@common\", \"bad/name\"]\n[[layer]]\nsource = \"dir:l\"\n[stage1]\nfirmware = \"go:example.com/x\"\n"))
+	for _, want := range []string{"d.toml:4:", "kernel.drivers[1]: \"bad/name\" is not a module name", "stage1.firmware: firmware cannot come from a go: source"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v lacks %q", err, want)
+		}
+	}
+}
