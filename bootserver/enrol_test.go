@@ -18,6 +18,7 @@ import (
 func getFrom(h http.Handler, remote, path string, hdr ...string) *httptest.ResponseRecorder {
 	r := httptest.NewRequest(http.MethodGet, path, nil)
 	r.RemoteAddr = remote + ":40000"
+	r.Host = "10.77.0.1:8080" // as the machine reached the server: the fixtures' public URL
 	for i := 0; i+1 < len(hdr); i += 2 {
 		r.Header.Set(hdr[i], hdr[i+1])
 	}

@@ -63,8 +63,9 @@ func (s *Server) runEtcd(ctx context.Context) (stop func()) {
 
 // etcdProfile adds what the boot server knows of the site's etcd to a
 // rendered profile: the cluster's ID for every machine with cluster
-// settings, and a restore offer for etcd members.
-func (s *Server) etcdProfile(c *node.Config) {
+// settings, and a restore offer for etcd members (at base, the server as
+// the machine reached it).
+func (s *Server) etcdProfile(c *node.Config, base string) {
 	if s.etcd == nil || c.Cluster == nil {
 		return
 	}
@@ -73,7 +74,7 @@ func (s *Server) etcdProfile(c *node.Config) {
 		return
 	}
 	if r := s.etcd.RestoreOffer(); r != nil {
-		c.Cluster.EtcdRestore = &node.EtcdRestore{URL: s.cfg.PublicURL + api.EtcdRestorePath(r.SHA256), SHA256: r.SHA256}
+		c.Cluster.EtcdRestore = &node.EtcdRestore{URL: base + api.EtcdRestorePath(r.SHA256), SHA256: r.SHA256}
 	}
 }
 

@@ -227,7 +227,8 @@ func (s *Server) bootScript(w http.ResponseWriter, r *http.Request) {
 	if r.URL.RawQuery == "" {
 		// First request from firmware whose DHCP bootfile cannot carry
 		// iPXE variables: chain to ourselves with the machine's identity.
-		fmt.Fprintf(w, "#!ipxe\nchain %s%s?mac=${mac:hexhyp}&uuid=${uuid}&arch=${buildarch}\n", s.cfg.PublicURL, api.PathBootScript)
+		// A path, not a URL: iPXE resolves it against this script's URL.
+		fmt.Fprintf(w, "#!ipxe\nchain %s?mac=${mac:hexhyp}&uuid=${uuid}&arch=${buildarch}\n", api.PathBootScript)
 		return
 	}
 	q, err := ParseBootQuery(r.URL.RawQuery)
@@ -263,7 +264,7 @@ func (s *Server) bootScript(w http.ResponseWriter, r *http.Request) {
 		s.state.update(m.Name, func(st *MachineStatus) { st.MAC, st.Role, st.Image = m.MAC, m.Role, m.Image })
 	}
 	cmdline := strings.TrimSpace(fmt.Sprintf("%s %s=%s %s=%s %s=%s", im.m.Cmdline,
-		api.ParamServer, s.cfg.PublicURL, api.ParamMachine, m.Name, api.ParamRootfs, root))
+		api.ParamServer, s.httpBase(r), api.ParamMachine, m.Name, api.ParamRootfs, root))
 	if q.MAC != "" && !strings.Contains(" "+im.m.Cmdline, " "+api.ParamIface+"=") {
 		// The NIC iPXE booted from (its ${mac}): stage 1 configures that
 		// one, not the first with a link, unless the image names one.
@@ -305,9 +306,10 @@ func (s *Server) bootScript(w http.ResponseWriter, r *http.Request) {
 	if s.tlsConf != nil {
 		// Stage 1 fetches the profile and reports over HTTPS, trusting
 		// the site CA by this fingerprint.
-		cmdline += fmt.Sprintf(" %s=%s %s=%s", api.ParamTLS, s.tlsURL, api.ParamCA, api.CAFingerprint(s.cfg.CA.Cert().Raw))
+		cmdline += fmt.Sprintf(" %s=%s %s=%s", api.ParamTLS, s.tlsBase(r), api.ParamCA, api.CAFingerprint(s.cfg.CA.Cert().Raw))
 	}
-	url := func(d string) string { return s.cfg.PublicURL + api.ArtifactPath(strings.TrimPrefix(d, "sha256:")) }
+	// Paths: iPXE resolves them against this script's URL.
+	url := func(d string) string { return api.ArtifactPath(strings.TrimPrefix(d, "sha256:")) }
 	fmt.Fprintf(w, "#!ipxe\necho plinth: %s is %s, image %s\nkernel %s initrd=initramfs %s\ninitrd --name initramfs %s\nboot\n",
 		m.Name, orDash(m.Role), m.Image, url(k), cmdline, url(i))
 	s.state.update(m.Name, func(st *MachineStatus) {
@@ -332,8 +334,8 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, name string, q B
 	})
 	s.metrics.refused.Inc()
 	s.log.Warn("boot refused", "machine", name, "mac", q.MAC, "uuid", q.UUID, "remote", r.RemoteAddr, "reason", why)
-	fmt.Fprintf(w, "#!ipxe\necho plinth: %s\nsleep %d\nchain %s%s?mac=${mac:hexhyp}&uuid=${uuid}&arch=${buildarch}\n",
-		why, int(refuseRetry.Seconds()), s.cfg.PublicURL, api.PathBootScript)
+	fmt.Fprintf(w, "#!ipxe\necho plinth: %s\nsleep %d\nchain %s?mac=${mac:hexhyp}&uuid=${uuid}&arch=${buildarch}\n",
+		why, int(refuseRetry.Seconds()), api.PathBootScript)
 }
 
 // unknownName is how the status page lists a machine the site refused.
@@ -415,7 +417,7 @@ func (s *Server) profile(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, http.StatusForbidden, "config: enrolment token missing, used, expired or from another address", "machine", id)
 		return
 	}
-	c, err := snap.site.Render(m, s.cfg.PublicURL)
+	c, err := snap.site.Render(m, s.httpBase(r))
 	if err != nil {
 		s.fail(w, r, http.StatusInternalServerError, "config: "+err.Error(), "machine", id)
 		return
@@ -425,9 +427,9 @@ func (s *Server) profile(w http.ResponseWriter, r *http.Request) {
 			c.Rootfs = root
 		}
 	}
-	s.etcdProfile(c)
+	s.etcdProfile(c, s.httpBase(r))
 	if c.Cluster != nil {
-		c.Cluster.ReportURL = s.tlsURL
+		c.Cluster.ReportURL = s.tlsBase(r)
 	}
 	// A machine the site's [default] booted is not the operator's yet:
 	// anyone can plug one in. It gets no certificate (no way into etcd

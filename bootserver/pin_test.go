@@ -70,6 +70,11 @@ func TestStage1TrustsTheServerByTheCAFingerprintOnItsBootCommandLine(t *testing.
 	leaf := machineCert(t, other, "node-2", "master", netip.MustParseAddr("127.0.0.1"))
 	withRealCA := leaf
 	withRealCA.Certificate = append(append([][]byte{}, leaf.Certificate...), ca.Cert().Raw)
+	// A master's own certificate from the site CA, server auth for the
+	// very address stage 1 dials: right CA, right address, but not the
+	// boot server's name.
+	master := machineCert(t, ca, "node-2", "master", netip.MustParseAddr("127.0.0.1"))
+	master.Certificate = append(append([][]byte{}, master.Certificate...), ca.Cert().Raw)
 	for _, tc := range []struct {
 		name string
 		cert tls.Certificate
@@ -77,6 +82,7 @@ func TestStage1TrustsTheServerByTheCAFingerprintOnItsBootCommandLine(t *testing.
 	}{
 		{"another CA", leaf, "does not hold the site CA"},
 		{"another CA's leaf sent with the real CA", withRealCA, "not the pinned site CA's"},
+		{"a machine's certificate from the site CA", master, "is valid for"},
 	} {
 		var reached atomic.Int32
 		imp := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -110,6 +110,7 @@ func get(t *testing.T, h http.Handler, path string, hdr ...string) *httptest.Res
 	t.Helper()
 	r := httptest.NewRequest(http.MethodGet, path, nil)
 	r.RemoteAddr = "10.77.0.100:5555"
+	r.Host = "10.77.0.1:8080" // as the machine reached the server: the fixture's public URL
 	for i := 0; i+1 < len(hdr); i += 2 {
 		r.Header.Set(hdr[i], hdr[i+1])
 	}
@@ -127,8 +128,8 @@ func TestBootScriptPinsKernelInitrdAndRootfsByDigest(t *testing.T) {
 	}
 	hex := func(n string) string { return strings.TrimPrefix(d[n], "sha256:") }
 	for _, want := range []string{
-		"kernel http://10.77.0.1:8080/artifacts/sha256/" + hex(manifest.KernelFile) + " initrd=initramfs console=ttyS0 plinth.server=http://10.77.0.1:8080 plinth.machine=node-1 plinth.rootfs=" + d[manifest.Rootfs] + " plinth.iface=52:54:00:00:00:01",
-		"initrd --name initramfs http://10.77.0.1:8080/artifacts/sha256/" + hex(manifest.Initramfs),
+		"kernel /artifacts/sha256/" + hex(manifest.KernelFile) + " initrd=initramfs console=ttyS0 plinth.server=http://10.77.0.1:8080 plinth.machine=node-1 plinth.rootfs=" + d[manifest.Rootfs] + " plinth.iface=52:54:00:00:00:01",
+		"initrd --name initramfs /artifacts/sha256/" + hex(manifest.Initramfs),
 		"boot\n",
 	} {
 		if !strings.Contains(body, want) {

@@ -38,6 +38,91 @@ func newLab(t *testing.T) *lab.Lab {
 
 type pxeMachine struct{ name, mac, host, role string }
 
+// pxeBoot is one machine to netboot: what it reports when ready, its NICs
+// (the first with a MAC the site knows boots) and its memory in MiB.
+type pxeBoot struct {
+	m      pxeMachine
+	nics   []qemu.NIC
+	memory int
+}
+
+// bootAllReady starts every machine at once and waits until each one's
+// agent says it is ready with its profile's host name and role, returning
+// how long each took from QEMU start.
+func bootAllReady(t *testing.T, ctx context.Context, l *lab.Lab, dir string, boots []pxeBoot) []time.Duration {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make([]error, len(boots))
+	times := make([]time.Duration, len(boots))
+	for i, b := range boots {
+		vm, err := qemu.Start(ctx, t, qemu.Config{
+			Name: b.m.name, Memory: b.memory, Boot: "n", Wrap: l.Wrap(), LogDir: dir, NICs: b.nics,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func(i int, m pxeMachine, vm *qemu.VM) {
+			defer wg.Done()
+			re := regexp.MustCompile(`plinth-agent: ready host=` + m.host + ` role=` + m.role + ` root=overlay lower=ro upper=rw`)
+			if _, err := vm.Expect(ctx, re); err != nil {
+				errs[i] = fmt.Errorf("%s: %w", m.name, err)
+				return
+			}
+			times[i] = vm.Since()
+		}(i, b.m, vm)
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return times
+}
+
+// startPXE starts `plinth serve` as the DHCP server of a new lab network,
+// serving the image built in art to the site's [[machine]] tables
+// (machines), and waits until it answers. It returns the lab, the server's
+// URL and the test's directory (the server's log is serve.log there).
+func startPXE(t *testing.T, ctx context.Context, art, machines string) (*lab.Lab, string, string) {
+	t.Helper()
+	dir := t.TempDir()
+	site := `
+[site]
+name   = "pxe"
+domain = "pxe.example"
+[dhcp]
+mode        = "server"
+range_start = "10.77.0.100"
+range_end   = "10.77.0.150"
+netmask     = "255.255.255.0"
+router      = "10.77.0.1"
+dns         = ["10.77.0.1"]
+` + machines
+	writeFile(t, filepath.Join(dir, "site", "site.toml"), site)
+	l := newLab(t)
+	server := "http://" + l.Server + ":8080"
+	srvLog := filepath.Join(dir, "serve.log")
+	logf, err := os.Create(srvLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { logf.Close() })
+	if err := l.Start(ctx, logf, plinthBin, "serve", "--site", filepath.Join(dir, "site"), "--artifacts", filepath.Dir(art),
+		"--listen", l.Server+":8080", "--server-ip", l.Server, "--dhcp-interface", "br0", "--state", filepath.Join(dir, "state")); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(srvLog)
+			t.Logf("plinth serve log:\n%s", b)
+		}
+	})
+	waitFor(t, ctx, "boot server", func() bool { _, err := l.Get(ctx, server+api.PathMachines); return err == nil })
+	return l, server, dir
+}
+
 // TestPXENetbootTwoMachinesReportTheirProfiles boots two empty machines on a
 // private L2 network where `plinth serve` is the DHCP server: each gets iPXE
 // from QEMU's ROM, its boot script, kernel, initramfs and rootfs, and its
@@ -54,75 +139,21 @@ func TestPXENetbootTwoMachinesReportTheirProfiles(t *testing.T) {
 		{"pxe-a", "52:54:00:77:00:0a", "alpha", "none"},
 		{"pxe-b", "52:54:00:77:00:0b", "beta", "none"},
 	}
-	dir := t.TempDir()
-	site := `
-[site]
-name   = "pxe"
-domain = "pxe.example"
-[dhcp]
-mode        = "server"
-range_start = "10.77.0.100"
-range_end   = "10.77.0.150"
-netmask     = "255.255.255.0"
-router      = "10.77.0.1"
-dns         = ["10.77.0.1"]
-`
+	var site strings.Builder
 	for _, m := range machines {
-		site += fmt.Sprintf("[[machine]]\nname = %q\nmac = %q\nhostname = %q\nimage = \"smoke\"\n", m.name, m.mac, m.host)
+		fmt.Fprintf(&site, "[[machine]]\nname = %q\nmac = %q\nhostname = %q\nimage = \"smoke\"\n", m.name, m.mac, m.host)
 	}
-	writeFile(t, filepath.Join(dir, "site", "site.toml"), site)
-	l := newLab(t)
-	server := "http://" + l.Server + ":8080"
-	srvLog := filepath.Join(dir, "serve.log")
-	logf, err := os.Create(srvLog)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
-	if err := l.Start(ctx, logf, plinthBin, "serve", "--site", filepath.Join(dir, "site"), "--artifacts", filepath.Dir(art),
-		"--listen", l.Server+":8080", "--server-ip", l.Server, "--dhcp-interface", "br0", "--state", filepath.Join(dir, "state")); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			b, _ := os.ReadFile(srvLog)
-			t.Logf("plinth serve log:\n%s", b)
-		}
-	})
-	waitFor(t, ctx, "boot server", func() bool { _, err := l.Get(ctx, server+api.PathMachines); return err == nil })
+	l, server, dir := startPXE(t, ctx, art, site.String())
 
-	var wg sync.WaitGroup
-	errs := make([]error, len(machines))
-	times := make([]time.Duration, len(machines))
+	boots := make([]pxeBoot, len(machines))
 	for i, m := range machines {
 		netdev, err := l.AddTap(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		vm, err := qemu.Start(ctx, t, qemu.Config{
-			Name: m.name, Memory: 1024, Boot: "n", Wrap: l.Wrap(), LogDir: dir,
-			NICs: []qemu.NIC{{MAC: m.mac, Netdev: netdev}},
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		wg.Add(1)
-		go func(i int, m pxeMachine, vm *qemu.VM) {
-			defer wg.Done()
-			re := regexp.MustCompile(`plinth-agent: ready host=` + m.host + ` role=` + m.role + ` root=overlay lower=ro upper=rw`)
-			if _, err := vm.Expect(ctx, re); err != nil {
-				errs[i] = err
-				return
-			}
-			times[i] = vm.Since()
-		}(i, m, vm)
+		boots[i] = pxeBoot{m, []qemu.NIC{{MAC: m.mac, Netdev: netdev}}, 1024}
 	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	times := bootAllReady(t, ctx, l, dir, boots)
 	for i, m := range machines {
 		figure(t, "PXE netboot (%s): %s ready %.1fs after QEMU start", qemu.Accel(ctx), m.name, times[i].Seconds())
 	}

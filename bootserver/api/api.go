@@ -31,6 +31,13 @@ const (
 	ParamCA = "plinth.ca"
 )
 
+// BootServerSAN is the DNS name in the boot server's HTTPS certificate
+// that machines check, whatever address they reached the server at (its
+// own, a NAT's, QEMU's 10.0.2.2): the site CA gives it to the boot server
+// alone (pki refuses it in any other certificate). The .invalid top-level
+// domain (RFC 2606) never resolves, so no real host can be meant.
+const BootServerSAN = "boot-server.plinth.invalid"
+
 // ParseCmdline splits a kernel command line into parameters, for stage 1
 // and the agent alike. Values may be
 // double-quoted (the kernel's own rule); a bare word maps to "".

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/plinth-dev/plinth/bootserver/api"
 	"github.com/plinth-dev/plinth/profiles/node"
 	"github.com/plinth-dev/plinth/roles"
 )
@@ -37,8 +38,19 @@ type Request struct {
 	Client       bool // client auth
 }
 
-// Issue makes a new key and a certificate for it signed by the CA.
+// Issue makes a new key and a certificate for it signed by the CA. The
+// boot server's name (api.BootServerSAN) is refused: only BootServer
+// issues it.
 func (ca *CA) Issue(r Request) (node.KeyPair, error) {
+	for _, n := range r.DNSNames {
+		if strings.EqualFold(strings.TrimSuffix(n, "."), api.BootServerSAN) {
+			return node.KeyPair{}, fmt.Errorf("issue %s: %s names the boot server; no other certificate may carry it", r.CommonName, n)
+		}
+	}
+	return ca.issue(r)
+}
+
+func (ca *CA) issue(r Request) (node.KeyPair, error) {
 	if r.CommonName == "" {
 		return node.KeyPair{}, errors.New("issue: no common name")
 	}
@@ -190,10 +202,12 @@ func MachineOf(cert *x509.Certificate) (string, bool) {
 }
 
 // BootServer issues the boot server's own certificate for its HTTPS
-// listener: server auth for the names and addresses machines reach it at,
-// client auth for its health checks of the API servers.
+// listener: server auth for api.BootServerSAN (what machines check) and the
+// names and addresses it listens at, client auth for its health checks of
+// the API servers.
 func (ca *CA) BootServer(names []string, ips []netip.Addr) (node.KeyPair, error) {
-	return ca.Issue(Request{CommonName: BootServerName, Organization: []string{BootServerName}, DNSNames: dedup(names), IPs: dedupAddrs(ips), Server: true, Client: true})
+	names = append([]string{api.BootServerSAN}, names...)
+	return ca.issue(Request{CommonName: BootServerName, Organization: []string{BootServerName}, DNSNames: dedup(names), IPs: dedupAddrs(ips), Server: true, Client: true})
 }
 
 // BootServerName is the subject of the boot server's certificate.

@@ -18,6 +18,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/plinth-dev/plinth/bootserver/api"
 	"github.com/plinth-dev/plinth/profiles/node"
 )
 
@@ -344,5 +345,27 @@ func TestCredentialsGiveAWorkingAdminKubeconfig(t *testing.T) {
 	}
 	if _, err := ca.WriteCredentials(out, "lab", "http://api:6443"); err == nil {
 		t.Error("a plain-HTTP API server was accepted")
+	}
+}
+
+// Only the boot server's certificate carries the name machines check it by.
+func TestIssueRefusesTheBootServerName(t *testing.T) {
+	ca, _, err := LoadOrCreate(t.TempDir(), "lab", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{api.BootServerSAN, "BOOT-SERVER.plinth.invalid."} {
+		if _, err := ca.Issue(Request{CommonName: "evil", DNSNames: []string{"evil.lab", n}, Server: true}); err == nil {
+			t.Errorf("Issue with %s: no error", n)
+		}
+	}
+	kp, err := ca.BootServer(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := pem.Decode([]byte(kp.Cert))
+	c, err := x509.ParseCertificate(b.Bytes)
+	if err != nil || c.VerifyHostname(api.BootServerSAN) != nil {
+		t.Errorf("the boot server's certificate is not for %s: %v %v", api.BootServerSAN, err, c.DNSNames)
 	}
 }

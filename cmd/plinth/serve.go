@@ -59,16 +59,24 @@ serves the masters that reported ready that way and whose /readyz passes.`,
 				}
 				c.ServerIP = a
 			}
+			lhost, port, err := net.SplitHostPort(c.Listen)
+			if err != nil {
+				return fmt.Errorf("--listen %q: %w", c.Listen, err)
+			}
 			if c.PublicURL == "" {
+				// Only DHCP's boot file name and requests without a Host
+				// use it: scripts and command lines follow the address
+				// each machine reached the server at.
 				host := serverIP
-				if host == "" {
+				if a, err := netip.ParseAddr(lhost); err == nil && !a.IsUnspecified() {
+					host = lhost
+				} else if host == "" {
 					host = firstAddr()
 				}
-				_, port, err := net.SplitHostPort(c.Listen)
-				if err != nil {
-					return fmt.Errorf("--listen %q: %w", c.Listen, err)
-				}
 				c.PublicURL = "http://" + net.JoinHostPort(host, port)
+			}
+			if err := bootserver.CheckPublicURL(c.PublicURL, c.Listen, localAddrs()); err != nil {
+				return fmt.Errorf("--public-url: %w", err)
 			}
 			switch tlsListen {
 			case "off":
@@ -110,7 +118,7 @@ serves the masters that reported ready that way and whose /readyz passes.`,
 	bundleTrust.add(cmd)
 	f.StringVar(&c.ArtifactsDir, "artifacts", "artifacts", "artifacts directory (the builder's --out)")
 	f.StringVar(&c.Listen, "listen", ":8080", "HTTP listen address")
-	f.StringVar(&c.PublicURL, "public-url", "", "URL machines reach this server at (default http://SERVER-IP:PORT)")
+	f.StringVar(&c.PublicURL, "public-url", "", "URL machines reach this server at (default http://LISTEN-ADDRESS:PORT, or SERVER-IP when listening on every address; refused if the server does not listen there). Boot scripts and command lines follow the address each machine reached the server at; this URL is for DHCP boot file names")
 	f.StringVar(&c.DHCPInterface, "dhcp-interface", "", "interface to answer DHCP on (site [dhcp] mode proxy or server)")
 	f.StringVar(&serverIP, "server-ip", "", "this server's IPv4 address on the boot network")
 	f.StringVar(&c.TFTPListen, "tftp", "", "TFTP listen address for legacy PXE, e.g. :69 (off when empty)")
@@ -129,6 +137,20 @@ serves the masters that reported ready that way and whose /readyz passes.`,
 }
 
 // firstAddr is the first non-loopback IPv4 address of this host.
+// localAddrs are this host's interface addresses.
+func localAddrs() []netip.Addr {
+	var out []netip.Addr
+	addrs, _ := net.InterfaceAddrs()
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok {
+			if x, ok := netip.AddrFromSlice(ipn.IP); ok {
+				out = append(out, x.Unmap())
+			}
+		}
+	}
+	return out
+}
+
 func firstAddr() string {
 	addrs, _ := net.InterfaceAddrs()
 	for _, a := range addrs {

@@ -235,7 +235,7 @@ func (p Poster) ForMachine(cfg *node.Config, files TLSFiles, token string) (Post
 		return p, errors.New("the profile has no cluster settings (no boot server)")
 	}
 	if cfg.Cluster.ReportURL != "" {
-		c, err := TLSClient(files)
+		c, err := BootServerClient(files)
 		if err == nil {
 			p.URL, p.Client, p.Token = strings.TrimRight(cfg.Cluster.ReportURL, "/")+api.PathEvents, c, ""
 			return p, nil
@@ -275,6 +275,19 @@ func TLSClient(f TLSFiles) (*http.Client, error) {
 	return &http.Client{Transport: &http.Transport{TLSClientConfig: cfg, DisableKeepAlives: true}}, nil
 }
 
+// BootServerClient is TLSClient for the boot server: it checks the
+// server's certificate for api.BootServerSAN, not for the address in the
+// URL, so a machine that reached the server through an address of its own
+// (a NAT, QEMU's 10.0.2.2) still knows it is the site's boot server.
+func BootServerClient(f TLSFiles) (*http.Client, error) {
+	c, err := TLSClient(f)
+	if err != nil {
+		return nil, err
+	}
+	c.Transport.(*http.Transport).TLSClientConfig.ServerName = api.BootServerSAN
+	return c, nil
+}
+
 // CheckPin says whether caPEM is one certificate whose api.CAFingerprint
 // is pin.
 func CheckPin(caPEM []byte, pin string) error {
@@ -291,26 +304,27 @@ func CheckPin(caPEM []byte, pin string) error {
 // PinnedClient talks HTTPS to serverURL and trusts one CA only: the one
 // whose api.CAFingerprint is pin, which the server sends in its chain (as
 // plinth serve does). Stage 1 knows the site CA by that fingerprint alone,
-// from its boot command line, before it has the CA itself.
+// from its boot command line, before it has the CA itself. The server's
+// certificate must be for api.BootServerSAN, whatever serverURL's host.
 func PinnedClient(serverURL, pin string) (*http.Client, error) {
 	u, err := url.Parse(serverURL)
 	if err != nil || u.Scheme != "https" || u.Hostname() == "" {
 		return nil, fmt.Errorf("%q: want an https:// URL", serverURL)
 	}
-	host := u.Hostname()
 	cfg := &tls.Config{
 		MinVersion: tls.VersionTLS12,
 		// Go's own check needs the CA in RootCAs; the machine has only
 		// its fingerprint, so VerifyConnection makes the whole check.
 		InsecureSkipVerify: true,
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			return verifyPinned(cs.PeerCertificates, host, pin)
+			return verifyPinned(cs.PeerCertificates, api.BootServerSAN, pin)
 		},
 	}
 	return &http.Client{Transport: &http.Transport{TLSClientConfig: cfg, DisableKeepAlives: true}}, nil
 }
 
-// verifyPinned accepts a server chain whose leaf is for host and chains
+// verifyPinned accepts a server chain whose leaf is for host (the boot
+// server's name) and chains
 // to a certificate in it with fingerprint pin.
 func verifyPinned(chain []*x509.Certificate, host, pin string) error {
 	if len(chain) == 0 {
