@@ -207,6 +207,12 @@ func isPXE(req *dhcpv4.DHCPv4) bool {
 	return strings.HasPrefix(string(req.Options.Get(dhcpv4.OptionClassIdentifier)), "PXEClient")
 }
 
+// isHTTPClient is UEFI HTTP boot's request (vendor class
+// "HTTPClient:Arch:00016:..."): its answer is a URL, and says HTTPClient.
+func isHTTPClient(req *dhcpv4.DHCPv4) bool {
+	return strings.HasPrefix(string(req.Options.Get(dhcpv4.OptionClassIdentifier)), "HTTPClient")
+}
+
 func isIPXE(req *dhcpv4.DHCPv4) bool {
 	for _, uc := range req.UserClass() {
 		if uc == "iPXE" {
@@ -217,11 +223,19 @@ func isIPXE(req *dhcpv4.DHCPv4) bool {
 }
 
 // bootFile chooses what a PXE client is told to boot: iPXE firmware gets
-// the HTTP boot script; legacy firmware gets iPXE over TFTP, for BIOS or
-// for x86-64 UEFI by option 93.
-func bootFile(req *dhcpv4.DHCPv4, publicURL string) string {
+// the HTTP boot script; UEFI HTTP boot gets ipxe.efi by URL; legacy
+// firmware gets iPXE over TFTP, for BIOS or for x86-64 UEFI by option 93
+// — "" when this server has no TFTP (tftp false): sending it to a TFTP
+// server that is not there would only delay its next boot option.
+func bootFile(req *dhcpv4.DHCPv4, publicURL string, tftp bool) string {
 	if isIPXE(req) {
 		return publicURL + api.PathBootScript
+	}
+	if isHTTPClient(req) {
+		return publicURL + strings.Replace(api.PathFirmware, "{file}", EFIBootFile, 1)
+	}
+	if !tftp {
+		return ""
 	}
 	switch ClientArch(req) {
 	case 7, 9: // EFI x86-64 (and EFI BC)
@@ -250,7 +264,14 @@ func (s *Server) DHCPReply(req *dhcpv4.DHCPv4, mode string) (*dhcpv4.DHCPv4, err
 	default:
 		return nil, nil
 	}
-	pxe := isPXE(req) || isIPXE(req)
+	pxe := isPXE(req) || isIPXE(req) || isHTTPClient(req)
+	file := bootFile(req, s.cfg.PublicURL, s.cfg.TFTPListen != "")
+	if pxe && file == "" {
+		pxe = false // nothing to boot here: an address at most
+		if mode == "proxy" {
+			return nil, nil
+		}
+	}
 	if mode == "proxy" && !pxe {
 		return nil, nil
 	}
@@ -261,11 +282,17 @@ func (s *Server) DHCPReply(req *dhcpv4.DHCPv4, mode string) (*dhcpv4.DHCPv4, err
 		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(server)),
 	}
 	if pxe {
+		class := "PXEClient"
+		if isHTTPClient(req) {
+			class = "HTTPClient"
+		}
 		mods = append(mods,
-			dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient")),
-			dhcpv4.WithOption(dhcpv4.OptBootFileName(bootFile(req, s.cfg.PublicURL))),
-			dhcpv4.WithOption(dhcpv4.OptTFTPServerName(server.String())),
+			dhcpv4.WithOption(dhcpv4.OptClassIdentifier(class)),
+			dhcpv4.WithOption(dhcpv4.OptBootFileName(file)),
 		)
+		if class == "PXEClient" {
+			mods = append(mods, dhcpv4.WithOption(dhcpv4.OptTFTPServerName(server.String())))
+		}
 	}
 	if mode == "server" {
 		mac := req.ClientHWAddr.String()
@@ -326,7 +353,7 @@ func (s *Server) DHCPReply(req *dhcpv4.DHCPv4, mode string) (*dhcpv4.DHCPv4, err
 		return nil, err
 	}
 	if pxe {
-		resp.BootFileName = bootFile(req, s.cfg.PublicURL)
+		resp.BootFileName = file
 	}
 	return resp, nil
 }

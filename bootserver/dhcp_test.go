@@ -2,6 +2,8 @@ package bootserver
 
 import (
 	"net"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -24,12 +26,15 @@ var (
 		dhcpv4.WithOption(dhcpv4.OptClientArch(iana.INTEL_X86PC))}
 	pxeEFI = []dhcpv4.Modifier{dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient:Arch:00007:UNDI:003016")),
 		dhcpv4.WithOption(dhcpv4.OptClientArch(iana.EFI_X86_64))}
+	httpEFI = []dhcpv4.Modifier{dhcpv4.WithOption(dhcpv4.OptClassIdentifier("HTTPClient:Arch:00016:UNDI:003001")),
+		dhcpv4.WithOption(dhcpv4.OptClientArch(iana.EFI_X86_64_HTTP))}
 	ipxe = []dhcpv4.Modifier{dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient:Arch:00000:UNDI:002001")),
 		dhcpv4.WithUserClass("iPXE", false)}
 )
 
 func TestDHCPServerLeasesAndPointsEachFirmwareAtItsBootFile(t *testing.T) {
 	s, _ := fixture(t, "none")
+	s.cfg.TFTPListen = "10.77.0.1:69" // legacy PXE clients are sent there
 	for _, tc := range []struct {
 		name, mac string
 		mods      []dhcpv4.Modifier
@@ -59,6 +64,7 @@ func TestDHCPServerLeasesAndPointsEachFirmwareAtItsBootFile(t *testing.T) {
 
 func TestProxyDHCPAnswersOnlyPXEClientsWithoutAnAddress(t *testing.T) {
 	s, _ := fixture(t, "none")
+	s.cfg.TFTPListen = "10.77.0.1:69" // legacy PXE clients are sent there
 	if resp, err := s.DHCPReply(discover(t, "52:54:00:00:00:01"), "proxy"); resp != nil || err != nil {
 		t.Fatalf("proxy answered a plain DHCP client: %v %v", resp, err)
 	}
@@ -92,6 +98,7 @@ func FuzzDHCPReply(f *testing.F) {
 
 func TestProxyDHCPAcksThePXERequestOnPort4011(t *testing.T) {
 	s, _ := fixture(t, "none")
+	s.cfg.TFTPListen = "10.77.0.1:69" // legacy PXE clients are sent there
 	// What BIOS PXE firmware sends to port 4011 after a proxy offer: a
 	// REQUEST from the address it already has.
 	req := discover(t, "52:54:00:00:00:01", append(pxeBIOS, dhcpv4.WithMessageType(dhcpv4.MessageTypeRequest),
@@ -199,6 +206,38 @@ func TestLeasesBindAtRequestExpireAndNeverMoveWhileLive(t *testing.T) {
 	for _, a := range []string{"10.77.0.12", "10.77.0.200"} {
 		if r := reply(request(t, forger1, a, "")); r.MessageType() != dhcpv4.MessageTypeNak {
 			t.Errorf("request for %s: %s, want NAK", a, r.MessageType())
+		}
+	}
+}
+
+// UEFI HTTP boot is told ipxe.efi's URL and that the answer is for an
+// HTTPClient; without TFTP a legacy PXE client gets an address and no boot
+// file in server mode (its firmware moves on to the next boot option), and
+// no answer in proxy mode.
+func TestDHCPUEFIHTTPBootAndNoTFTP(t *testing.T) {
+	s, _ := fixture(t, "none")
+	resp, err := s.DHCPReply(discover(t, "52:54:00:00:00:09", httpEFI...), "server")
+	if err != nil || resp == nil {
+		t.Fatalf("%v %v", resp, err)
+	}
+	if resp.BootFileName != "http://10.77.0.1:8080/ipxe/ipxe.efi" || string(resp.Options.Get(dhcpv4.OptionClassIdentifier)) != "HTTPClient" {
+		t.Errorf("HTTP boot: file %q class %q", resp.BootFileName, resp.Options.Get(dhcpv4.OptionClassIdentifier))
+	}
+	resp, err = s.DHCPReply(discover(t, "52:54:00:00:00:08", pxeEFI...), "server")
+	if err != nil || resp == nil || resp.BootFileName != "" || resp.YourIPAddr.String() != "10.77.0.101" {
+		t.Errorf("PXE without TFTP: %v %v", resp, err)
+	}
+	if resp, err := s.DHCPReply(discover(t, "52:54:00:00:00:08", pxeEFI...), "proxy"); resp != nil || err != nil {
+		t.Errorf("proxy PXE without TFTP: %v %v, want no answer", resp, err)
+	}
+	s.cfg.IPXEDir = t.TempDir()
+	for _, f := range []string{EFIBootFile, BIOSBootFile} {
+		os.WriteFile(filepath.Join(s.cfg.IPXEDir, f), []byte("MZ not really "+f), 0o644)
+	}
+	os.WriteFile(filepath.Join(s.cfg.IPXEDir, "ipxe.lkrn"), []byte("x"), 0o644)
+	for path, want := range map[string]int{"/ipxe/ipxe.efi": 200, "/ipxe/undionly.kpxe": 200, "/ipxe/..%2fetc%2fpasswd": 404, "/ipxe/ipxe.lkrn": 404} {
+		if w := get(t, s.Handler(), path); w.Code != want {
+			t.Errorf("GET %s: %d, want %d", path, w.Code, want)
 		}
 	}
 }

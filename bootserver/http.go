@@ -41,6 +41,7 @@ func (s *Server) routes() http.Handler {
 	handle("GET "+api.PathLogs, "logs", s.serveLog)
 	handle("GET "+api.PathEventStream, "stream", s.stream)
 	handle("GET "+api.PathEtcdRestore, "etcd-restore", s.etcdRestore)
+	handle("GET "+api.PathFirmware, "ipxe", s.firmware)
 	handle("GET /{$}", "status", s.statusPage)
 	mux.Handle("GET "+api.PathMetrics, promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
 	return mux

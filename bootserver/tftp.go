@@ -5,12 +5,40 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/pin/tftp/v3"
 )
+
+// bootFiles are the iPXE files plinth hands to firmware, by name.
+func (s *Server) bootFiles() map[string]string {
+	return map[string]string{
+		BIOSBootFile: filepath.Join(s.cfg.IPXEDir, BIOSBootFile),
+		EFIBootFile:  filepath.Join(s.cfg.IPXEDir, EFIBootFile),
+	}
+}
+
+// firmware serves iPXE over HTTP to UEFI HTTP boot: only the two boot
+// files, by name.
+func (s *Server) firmware(w http.ResponseWriter, r *http.Request) {
+	path, ok := s.bootFiles()[r.PathValue("file")]
+	if !ok {
+		s.fail(w, r, http.StatusNotFound, fmt.Sprintf("ipxe: plinth serves only %s and %s", BIOSBootFile, EFIBootFile))
+		return
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		s.fail(w, r, http.StatusNotFound, "ipxe: "+err.Error())
+		return
+	}
+	defer f.Close()
+	w.Header().Set("Content-Type", "application/efi")
+	http.ServeContent(w, r, "", time.Time{}, f)
+	s.log.Info("ipxe over http", "file", r.PathValue("file"), "remote", r.RemoteAddr)
+}
 
 // serveTFTP serves iPXE to legacy PXE firmware: only the two boot files, by
 // their names, never a path from the request; write requests are refused.
@@ -19,14 +47,10 @@ import (
 // read request (FuzzTFTP's seed) — one datagram from anyone on the boot
 // network ended the whole server.
 func (s *Server) serveTFTP() (func(), error) {
-	allowed := map[string]string{
-		BIOSBootFile: filepath.Join(s.cfg.IPXEDir, BIOSBootFile),
-		EFIBootFile:  filepath.Join(s.cfg.IPXEDir, EFIBootFile),
-	}
 	srv := tftp.NewServer(func(name string, rf io.ReaderFrom) error {
 		ot := rf.(tftp.OutgoingTransfer)
 		remote := ot.RemoteAddr()
-		path, ok := allowed[name]
+		path, ok := s.bootFiles()[name]
 		if !ok {
 			s.log.Warn("tftp: refused", "file", name, "remote", remote.String())
 			return fmt.Errorf("plinth serves only %s and %s", BIOSBootFile, EFIBootFile)

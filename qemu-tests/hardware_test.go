@@ -168,3 +168,47 @@ image    = "smoke"
 		return false
 	})
 }
+
+// TestUEFINetboot boots a UEFI machine (OVMF) whose NIC has no option ROM,
+// so the firmware netboots with its own driver: by native PXE (DHCP, then
+// ipxe.efi over plinth's TFTP) and by UEFI HTTP boot (DHCP answers the
+// HTTPClient vendor class with ipxe.efi's URL; no TFTP at all). Either way
+// iPXE then takes the boot script and the machine boots to ready.
+func TestUEFINetboot(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		extra []string
+		want  string // what the server log shows iPXE came by
+	}{
+		{"pxe", []string{"--tftp", "10.77.0.1:69"}, `msg=tftp file=ipxe.efi`},
+		{"http", nil, `msg="ipxe over http" file=ipxe.efi`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+			defer cancel()
+			art := buildSmoke(t, ctx)
+			m := pxeMachine{"uefi-" + tc.name, "52:54:00:77:04:01", "uefi" + tc.name, "none"}
+			site := fmt.Sprintf("[[machine]]\nname = %q\nmac = %q\nhostname = %q\nimage = \"smoke\"\n", m.name, m.mac, m.host)
+			l, _, dir := startPXE(t, ctx, art, site, tc.extra...)
+			tap, err := l.AddTap(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			vm, err := qemu.Start(ctx, t, qemu.Config{
+				Name: m.name, Memory: 1024, Boot: "n", Firmware: "ovmf", Wrap: l.Wrap(), LogDir: dir,
+				NICs: []qemu.NIC{{MAC: m.mac, Netdev: tap, NoROM: true}},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := vm.Expect(ctx, regexp.MustCompile(`plinth-agent: ready host=`+m.host+` role=none`)); err != nil {
+				t.Fatal(err)
+			}
+			figure(t, "UEFI %s netboot (%s): ready %.1fs after QEMU start", tc.name, qemu.Accel(ctx), vm.Since().Seconds())
+			b, _ := os.ReadFile(filepath.Join(dir, "serve.log"))
+			if !strings.Contains(string(b), tc.want) {
+				t.Errorf("the server log does not show iPXE fetched that way (%s)", tc.want)
+			}
+		})
+	}
+}

@@ -85,7 +85,8 @@ func bootAllReady(t *testing.T, ctx context.Context, l *lab.Lab, dir string, boo
 // serving the image built in art to the site's [[machine]] tables
 // (machines), and waits until it answers. It returns the lab, the server's
 // URL and the test's directory (the server's log is serve.log there).
-func startPXE(t *testing.T, ctx context.Context, art, machines string) (*lab.Lab, string, string) {
+// extra are more flags for plinth serve.
+func startPXE(t *testing.T, ctx context.Context, art, machines string, extra ...string) (*lab.Lab, string, string) {
 	t.Helper()
 	dir := t.TempDir()
 	site := `
@@ -109,8 +110,9 @@ dns         = ["10.77.0.1"]
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { logf.Close() })
-	if err := l.Start(ctx, logf, plinthBin, "serve", "--site", filepath.Join(dir, "site"), "--artifacts", filepath.Dir(art),
-		"--listen", l.Server+":8080", "--server-ip", l.Server, "--dhcp-interface", "br0", "--state", filepath.Join(dir, "state")); err != nil {
+	args := append([]string{"serve", "--site", filepath.Join(dir, "site"), "--artifacts", filepath.Dir(art),
+		"--listen", l.Server + ":8080", "--server-ip", l.Server, "--dhcp-interface", "br0", "--state", filepath.Join(dir, "state")}, extra...)
+	if err := l.Start(ctx, logf, plinthBin, args...); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {

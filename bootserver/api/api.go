@@ -90,6 +90,9 @@ const (
 	PathMachines    = "/v1/machines"             // GET: []MachineStatus
 	PathAPIPool     = "/v1/api-pool"             // GET: the API pool's members and their health
 	PathMetrics     = "/metrics"                 // GET: Prometheus metrics
+	// PathFirmware is iPXE itself (ipxe.efi, undionly.kpxe) over HTTP, for
+	// UEFI HTTP boot: the firmware's own HTTP client fetches it.
+	PathFirmware = "/ipxe/{file}"
 	// PathLogs is one unit's journal on one machine. The agent POSTs it
 	// (text, at most MaxLogBytes) when the unit is down or slow, or when an
 	// EventReply asks for it; GET returns the last upload, and with

@@ -35,6 +35,9 @@ type NIC struct {
 	// card's netdev is named n<index>.
 	Netdev string
 	Model  string // default virtio-net-pci
+	// NoROM leaves out the card's option ROM (QEMU's iPXE), so UEFI
+	// firmware netboots with its own driver: its native PXE and HTTP boot.
+	NoROM bool
 }
 
 // Config describes a machine. Zero values get defaults in Start.
@@ -219,6 +222,9 @@ func (c Config) args(accel string) ([]string, error) {
 		dev := model + ",netdev=" + id
 		if n.MAC != "" {
 			dev += ",mac=" + n.MAC
+		}
+		if n.NoROM {
+			dev += ",romfile="
 		}
 		if c.Boot == "n" {
 			// Without a bootindex only the first card's ROM is tried.

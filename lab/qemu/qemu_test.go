@@ -411,6 +411,8 @@ func TestConfigArgs(t *testing.T) {
 		{name: "unknown drive interface", cfg: Config{Drives: []Drive{{Path: "a.raw", Interface: "scsi"}}}, wantErr: `interface "scsi"`},
 		{name: "cdrom boot", cfg: Config{CDROM: "x.iso", Boot: "d"},
 			want: []string{"-boot", "d", "-drive", "file=x.iso,media=cdrom,readonly=on,if=ide,index=2"}},
+		{name: "a nic without its option rom", cfg: Config{NICs: []NIC{{Netdev: "user", NoROM: true}}},
+			want: []string{"-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,romfile="}},
 		{name: "pxe nics get ids and boot order", cfg: Config{Boot: "n", NICs: []NIC{{MAC: "52:54:00:00:00:01", Netdev: "user"}, {Netdev: "socket,id=lan,mcast=230.0.0.1:1234", Model: "e1000"}}},
 			want: []string{"-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,mac=52:54:00:00:00:01,bootindex=1",
 				"-netdev", "socket,id=lan,mcast=230.0.0.1:1234", "-device", "e1000,netdev=lan,bootindex=2"}},
