@@ -21,6 +21,30 @@ import (
 // module or built in) cannot boot the image: that is a build error.
 var stage1Needs = []string{"loop", "squashfs", "overlay", "af_packet"}
 
+// companions are modules a driver loads itself with request_module, which
+// needs a modprobe stage 1 does not have: they load right after it. mlx4's
+// Ethernet ports are mlx4_en's (mlx4_core has the PCI aliases, mlx4_en
+// none).
+var companions = map[string][]string{"mlx4_core": {"mlx4_en"}}
+
+// withCompanions adds each driver's companions the kernel has to its load
+// order.
+func withCompanions(k *kernel.Kernel, ds []kernel.Driver) {
+	for i, d := range ds {
+		for _, c := range companions[d.Name] {
+			extra, err := k.Resolve([]string{c})
+			if err != nil {
+				continue // a kernel without it: the driver alone
+			}
+			for _, m := range extra {
+				if !slices.ContainsFunc(ds[i].Load, func(x kernel.Module) bool { return x.Path == m.Path }) {
+					ds[i].Load = append(ds[i].Load, m)
+				}
+			}
+		}
+	}
+}
+
 // expandDrivers splits a spec's kernel.drivers into the drivers named
 // (the kernel must have them) and those of images.CommonDrivers (it may
 // lack some).

@@ -17,13 +17,7 @@ import (
 // The Debian kernel carries no firmware; a site's [stage1] firmware tree
 // gives r8169 the file it asks for, and the rest stay listed as missing.
 func TestFirmwareFromTheStage1Source(t *testing.T) {
-	fx := os.Getenv("PLINTH_FIXTURES")
-	if fx == "" {
-		home, _ := os.UserHomeDir()
-		fx = filepath.Join(home, ".cache", "plinth", "fixtures")
-	}
-	k, err := kernel.Find(filepath.Join(fx, "kernel"))
-	testutil.Need(t, err == nil, "no Debian kernel fixture (make fixtures): %v", err)
+	k := debianKernel(t)
 	mods, err := k.Resolve([]string{"r8169"})
 	if err != nil {
 		t.Fatal(err)
@@ -58,4 +52,33 @@ func TestExpandDrivers(t *testing.T) {
 	if n, o := expandDrivers([]string{}); n != nil || o != nil {
 		t.Errorf("drivers = []: %v %v, want none", n, o)
 	}
+}
+
+func TestMlx4LoadsItsEthernetDriver(t *testing.T) {
+	k := debianKernel(t)
+	ds, _, err := k.Drivers([]string{"mlx4_core"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	withCompanions(k, ds)
+	var names []string
+	for _, m := range ds[0].Load {
+		names = append(names, m.Name)
+	}
+	if i, j := slices.Index(names, "mlx4_core"), slices.Index(names, "mlx4_en"); i < 0 || j < i {
+		t.Errorf("mlx4_core's load order %v: want mlx4_en after it", names)
+	}
+}
+
+// debianKernel is the Debian kernel fixture (make fixtures), or a skip.
+func debianKernel(t *testing.T) *kernel.Kernel {
+	t.Helper()
+	fx := os.Getenv("PLINTH_FIXTURES")
+	if fx == "" {
+		home, _ := os.UserHomeDir()
+		fx = filepath.Join(home, ".cache", "plinth", "fixtures")
+	}
+	k, err := kernel.Find(filepath.Join(fx, "kernel"))
+	testutil.Need(t, err == nil, "no Debian kernel fixture (make fixtures): %v", err)
+	return k
 }

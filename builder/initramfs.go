@@ -81,6 +81,7 @@ func (b *build) planInitramfs(ctx context.Context) (*initramfsPlan, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: kernel.drivers: %w", b.spec.File, err)
 	}
+	withCompanions(k, drv)
 	carried := slices.Clone(mods)
 	for _, d := range drv {
 		carried = append(carried, d.Load...)
