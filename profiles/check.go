@@ -242,6 +242,96 @@ func checkMachine(rep *tomlx.Report, m *Machine) {
 		}
 	}
 	checkAddrs(rep, file, f("dns"), m.DNS)
+	checkLinks(rep, m)
+}
+
+// checkLinks checks a machine's bonds and VLANs: interface names, modes,
+// members, links to bonds of the machine, IDs, addresses and gateways.
+func checkLinks(rep *tomlx.Report, m *Machine) {
+	file := m.File
+	names := map[string]string{} // interface name → where it is defined
+	name := func(field, n string) {
+		if !node.ValidIfname(n) {
+			rep.Addf(file, field, "%q is not an interface name (1 to 15 characters, no '/', ':' or spaces)", n)
+			return
+		}
+		if prev, ok := names[n]; ok {
+			rep.Addf(file, field, "%s is also defined at %s", n, prev)
+			return
+		}
+		names[n] = where(rep, file, field)
+	}
+	addr := func(field, a, gw, gwField string) {
+		var p netip.Prefix
+		if a != "" && a != node.AddressDHCP {
+			var err error
+			if p, err = netip.ParsePrefix(a); err != nil {
+				rep.Addf(file, field, "%q: want a host address with its prefix length (10.7.0.21/24) or %q", a, node.AddressDHCP)
+			}
+		}
+		if gw == "" {
+			return
+		}
+		g, err := netip.ParseAddr(gw)
+		switch {
+		case err != nil:
+			rep.Addf(file, gwField, "%q is not an IP address", gw)
+		case !p.IsValid():
+			rep.Addf(file, gwField, "a gateway needs a static address beside it")
+		case !p.Masked().Contains(g):
+			rep.Addf(file, gwField, "%s is outside %s", g, p.Masked())
+		}
+	}
+	bonds := map[string]bool{}
+	for i, b := range m.Bonds {
+		at := fmt.Sprintf("%s.bond[%d]", m.at, i)
+		name(at+".name", b.Name)
+		bonds[b.Name] = true
+		switch b.Mode {
+		case "":
+			b.Mode = node.Bond8023ad
+		case node.Bond8023ad, node.BondActiveBackup:
+		default:
+			rep.Addf(file, at+".mode", "%q: want %s or %s", b.Mode, node.Bond8023ad, node.BondActiveBackup)
+		}
+		if len(b.Members) == 0 && owner(rep, file, at+".members") {
+			rep.Addf(file, at+".members", "a bond needs at least one NIC")
+		}
+		for j, mem := range b.Members {
+			if mac, ok := normMAC(mem); ok {
+				b.Members[j] = mac
+			} else if !node.ValidIfname(mem) {
+				rep.Addf(file, fmt.Sprintf("%s.members[%d]", at, j), "%q is neither a MAC nor an interface name", mem)
+			}
+		}
+		addr(at+".address", b.Address, b.Gateway, at+".gateway")
+	}
+	for i, v := range m.VLANs {
+		at := fmt.Sprintf("%s.vlan[%d]", m.at, i)
+		if v.ID < 1 || v.ID > 4094 {
+			rep.Addf(file, at+".id", "%d: want 1 to 4094", v.ID)
+		}
+		if mac, ok := normMAC(v.Link); ok {
+			v.Link = mac
+		} else if !node.ValidIfname(v.Link) {
+			rep.Addf(file, at+".link", "%q is neither a bond of this machine, a NIC name nor a MAC", v.Link)
+		}
+		if node.ValidIfname(v.Link) && !bonds[v.Link] && strings.HasPrefix(v.Link, "bond") {
+			rep.Addf(file, at+".link", "%q: no bond of that name on this machine", v.Link)
+		}
+		if v.Name == "" {
+			link := v.Link
+			if _, ok := normMAC(link); ok {
+				link = "vlan"
+			}
+			v.Name = fmt.Sprintf("%s.%d", link, v.ID)
+			if len(v.Name) > 15 {
+				v.Name = fmt.Sprintf("vlan%d", v.ID)
+			}
+		}
+		name(at+".name", v.Name)
+		addr(at+".address", v.Address, v.Gateway, at+".gateway")
+	}
 }
 
 // checkUnique reports a name, host name, MAC, UUID, address or label set

@@ -37,12 +37,18 @@ func (s *Site) Render(m *Machine, bootServer string) (*node.Config, error) {
 		Role:     m.Role,
 		Image:    m.Image,
 	}
-	if m.Address != "" || len(m.DNS) > 0 {
+	if m.Address != "" || len(m.DNS) > 0 || len(m.Bonds) > 0 || len(m.VLANs) > 0 {
 		dns := m.DNS
 		if len(dns) == 0 && m.Address != "" {
 			dns = s.Network.DNS
 		}
 		c.Network = &node.Network{Address: m.Address, Gateway: m.Gateway, DNS: slices.Clone(dns)}
+		for _, b := range m.Bonds {
+			c.Network.Bonds = append(c.Network.Bonds, node.Bond{Name: b.Name, Mode: b.Mode, Members: slices.Clone(b.Members), Address: b.Address, Gateway: b.Gateway})
+		}
+		for _, v := range m.VLANs {
+			c.Network.VLANs = append(c.Network.VLANs, node.VLAN{Name: v.Name, Link: v.Link, ID: v.ID, Address: v.Address, Gateway: v.Gateway})
+		}
 	}
 	cl := &node.Cluster{
 		Name:       s.Name,

@@ -106,9 +106,34 @@ type Machine struct {
 	Gateway  string            `toml:"gateway"`
 	DNS      []string          `toml:"dns"`
 	State    *StateDisk        `toml:"state"` // its own state disk; nil: its role's default
-	File     string            `toml:"-"`     // the file that defines it
+	// Bonds and VLANs are rendered as systemd-networkd files on the
+	// machine ([[machine.bond]], [[machine.vlan]]).
+	Bonds []*Bond `toml:"bond"`
+	VLANs []*VLAN `toml:"vlan"`
+	File  string  `toml:"-"` // the file that defines it
 
 	at string // its key path in File, e.g. machine[2], for positions
+}
+
+// Bond is a [[machine.bond]]: NICs aggregated under one interface.
+type Bond struct {
+	Name    string   `toml:"name,required"`    // e.g. bond0
+	Mode    string   `toml:"mode"`             // 802.3ad (default) | active-backup
+	Members []string `toml:"members,required"` // NIC names (eno1) or MACs
+	// Address is a CIDR, "dhcp", or empty: none of its own (the VLANs on
+	// it have theirs; a bond holding the boot NIC then keeps the boot
+	// network's address, so the machine stays where the server found it).
+	Address string `toml:"address"`
+	Gateway string `toml:"gateway"`
+}
+
+// VLAN is a [[machine.vlan]]: a tagged interface on a bond or a NIC.
+type VLAN struct {
+	Name    string `toml:"name"`          // default LINK.ID
+	Link    string `toml:"link,required"` // a bond of the machine, a NIC name or MAC
+	ID      int    `toml:"id,required"`   // 1..4094
+	Address string `toml:"address"`       // a CIDR or "dhcp"
+	Gateway string `toml:"gateway"`
 }
 
 // file is one TOML file of a site directory.

@@ -4,7 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
+	"maps"
 	"net/netip"
 	"os"
 	"slices"
@@ -33,8 +33,6 @@ const (
 	AgentBinary = "/usr/local/lib/plinth/bb"
 	AgentLink   = "/usr/local/sbin/plinth-agent"
 	AgentUnit   = "plinth-agent.service"
-	// networkFile sorts early so that it wins over an image's catch-all.
-	networkFile = "/etc/systemd/network/10-plinth.network"
 )
 
 // Render writes the machine's identity and profile into root: host name,
@@ -62,9 +60,11 @@ func Render(root role.Root, cfg *node.Config, n *NetInfo) error {
 		files = append(files, file{"/etc/resolv.conf", 0o644, rc})
 	}
 	networkd := root.Exists("/lib/systemd/systemd-networkd") || root.Exists("/usr/lib/systemd/systemd-networkd")
-	nw := NetworkdFile(cfg, n)
-	if networkd && nw != "" {
-		files = append(files, file{networkFile, 0o644, nw})
+	nw := NetworkdFiles(cfg, n)
+	if networkd {
+		for _, p := range slices.Sorted(maps.Keys(nw)) {
+			files = append(files, file{p, 0o644, nw[p]})
+		}
 	}
 	b, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {
@@ -76,7 +76,7 @@ func Render(root role.Root, cfg *node.Config, n *NetInfo) error {
 			return fmt.Errorf("write %s: %w", f.path, err)
 		}
 	}
-	if networkd && nw != "" {
+	if networkd && len(nw) > 0 {
 		// Enabled as `systemctl enable` would; an image that already
 		// enables it gets the same link again.
 		if err := root.Symlink("/lib/systemd/system/systemd-networkd.service",
@@ -118,41 +118,6 @@ func resolvConf(cfg *node.Config, n *NetInfo) string {
 
 // isWord keeps whitespace and line breaks from a server out of files.
 func isWord(s string) bool { return s != "" && !strings.ContainsAny(s, " \t\r\n\x00") }
-
-// NetworkdFile renders a systemd-networkd .network file for the boot NIC,
-// matched by MAC: the profile's static address, or DHCP as stage 1 did.
-// It is "" when the NIC is unknown (embedded mode, no network phase).
-func NetworkdFile(cfg *node.Config, n *NetInfo) string {
-	if n == nil || n.MAC == "" {
-		return ""
-	}
-	if _, err := net.ParseMAC(n.MAC); err != nil {
-		return ""
-	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "# Written by plinth stage 1 for the boot NIC (%s at boot).\n", n.Iface)
-	fmt.Fprintf(&b, "[Match]\nMACAddress=%s\n\n[Network]\n", n.MAC)
-	if st := cfg.Network; st != nil && st.Address != "" {
-		fmt.Fprintf(&b, "Address=%s\n", st.Address)
-		if _, err := netip.ParseAddr(st.Gateway); err == nil {
-			fmt.Fprintf(&b, "Gateway=%s\n", st.Gateway)
-		}
-		for _, d := range st.DNS {
-			if _, err := netip.ParseAddr(d); err == nil {
-				fmt.Fprintf(&b, "DNS=%s\n", d)
-			}
-		}
-		if cfg.Domain != "" && isWord(cfg.Domain) {
-			fmt.Fprintf(&b, "Domains=%s\n", cfg.Domain)
-		}
-		return b.String()
-	}
-	b.WriteString("DHCP=ipv4\n\n[DHCPv4]\n")
-	// Keep the address stage 1 leased: the lease is renewed, not
-	// renegotiated, and the DHCP client id stays the MAC as in iPXE.
-	b.WriteString("ClientIdentifier=mac\n")
-	return b.String()
-}
 
 // InstallAgent copies the running busybox binary into root and enables the
 // readiness agent's unit, which starts with the network and reports while

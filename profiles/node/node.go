@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"strings"
 )
@@ -35,11 +36,115 @@ type Config struct {
 	State *State `json:"state,omitempty"`
 }
 
-// Network is a static address for the boot interface; nil means DHCP.
+// Network is a static address for the boot interface (none: DHCP), and
+// the bonds and VLANs the machine builds from its NICs.
 type Network struct {
 	Address string   `json:"address,omitempty"` // CIDR, e.g. 10.0.0.5/24
 	Gateway string   `json:"gateway,omitempty"`
 	DNS     []string `json:"dns,omitempty"`
+	Bonds   []Bond   `json:"bonds,omitempty"`
+	VLANs   []VLAN   `json:"vlans,omitempty"`
+}
+
+// Bond modes plinth renders.
+const (
+	Bond8023ad       = "802.3ad"
+	BondActiveBackup = "active-backup"
+)
+
+// AddressDHCP is the Address of a bond or VLAN that takes DHCP.
+const AddressDHCP = "dhcp"
+
+// Bond aggregates NICs under one interface.
+type Bond struct {
+	Name    string   `json:"name"`              // e.g. bond0
+	Mode    string   `json:"mode"`              // Bond8023ad | BondActiveBackup
+	Members []string `json:"members"`           // NIC names (eno1) or MACs
+	Address string   `json:"address,omitempty"` // CIDR, AddressDHCP, or none
+	Gateway string   `json:"gateway,omitempty"`
+}
+
+// VLAN is a tagged interface on a bond or a NIC.
+type VLAN struct {
+	Name    string `json:"name"` // e.g. bond0.107
+	Link    string `json:"link"` // a bond's name, a NIC's name or MAC
+	ID      int    `json:"id"`   // 1..4094
+	Address string `json:"address,omitempty"`
+	Gateway string `json:"gateway,omitempty"`
+}
+
+// ValidIfname is what Linux takes as an interface name: 1 to 15 bytes,
+// no '/', ':' or white space, not "." or "..".
+func ValidIfname(s string) bool {
+	if s == "" || len(s) > 15 || s == "." || s == ".." {
+		return false
+	}
+	for _, r := range s {
+		if r <= ' ' || r == '/' || r == ':' || r > '~' {
+			return false
+		}
+	}
+	return true
+}
+
+// checkLinks checks what stage 1 renders into systemd-networkd files: names,
+// modes, members, IDs and addresses, so that no value can break a file.
+func (n *Network) checkLinks() error {
+	addr := func(what, a string) error {
+		if a == "" || a == AddressDHCP {
+			return nil
+		}
+		if _, err := netip.ParsePrefix(a); err != nil {
+			return fmt.Errorf("%s address %q: want a CIDR or %q", what, a, AddressDHCP)
+		}
+		return nil
+	}
+	gw := func(what, g string) error {
+		if _, err := netip.ParseAddr(g); g != "" && err != nil {
+			return fmt.Errorf("%s gateway %q is not an IP address", what, g)
+		}
+		return nil
+	}
+	for _, b := range n.Bonds {
+		if !ValidIfname(b.Name) {
+			return fmt.Errorf("bond name %q is not an interface name", b.Name)
+		}
+		if b.Mode != Bond8023ad && b.Mode != BondActiveBackup {
+			return fmt.Errorf("bond %s: mode %q: want %s or %s", b.Name, b.Mode, Bond8023ad, BondActiveBackup)
+		}
+		if len(b.Members) == 0 {
+			return fmt.Errorf("bond %s: no members", b.Name)
+		}
+		for _, m := range b.Members {
+			if _, err := net.ParseMAC(m); err != nil && !ValidIfname(m) {
+				return fmt.Errorf("bond %s: member %q is neither a MAC nor an interface name", b.Name, m)
+			}
+		}
+		if err := addr("bond "+b.Name, b.Address); err != nil {
+			return err
+		}
+		if err := gw("bond "+b.Name, b.Gateway); err != nil {
+			return err
+		}
+	}
+	for _, v := range n.VLANs {
+		if !ValidIfname(v.Name) {
+			return fmt.Errorf("vlan name %q is not an interface name", v.Name)
+		}
+		if _, err := net.ParseMAC(v.Link); err != nil && !ValidIfname(v.Link) {
+			return fmt.Errorf("vlan %s: link %q is neither a MAC nor an interface name", v.Name, v.Link)
+		}
+		if v.ID < 1 || v.ID > 4094 {
+			return fmt.Errorf("vlan %s: id %d: want 1 to 4094", v.Name, v.ID)
+		}
+		if err := addr("vlan "+v.Name, v.Address); err != nil {
+			return err
+		}
+		if err := gw("vlan "+v.Name, v.Gateway); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Cluster carries the site-wide settings a role needs.
@@ -191,6 +296,11 @@ func (c *Config) Validate() error {
 	if c.Network != nil && c.Network.Address != "" {
 		if _, err := netip.ParsePrefix(c.Network.Address); err != nil {
 			return fmt.Errorf("machine config: network.address: %w", err)
+		}
+	}
+	if c.Network != nil {
+		if err := c.Network.checkLinks(); err != nil {
+			return fmt.Errorf("machine config: network: %w", err)
 		}
 	}
 	return nil

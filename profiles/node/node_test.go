@@ -19,6 +19,14 @@ func TestDecodeRefusesWhatTheMachineCannotFullyApply(t *testing.T) {
 		{`{"version":1,"hostname":"n1","cluster":{"name":"c","etcd":"x"}}`, `unknown field "etcd"`},
 		{`{"version":1,"hostname":"n1"} {"version":1}`, "more than one document"},
 		{`{"version":1,"hostname":"Bad_Name"}`, `hostname "Bad_Name"`},
+		// What stage 1 writes into systemd-networkd files cannot carry a
+		// line break, a section or a path.
+		{`{"version":1,"hostname":"n1","network":{"bonds":[{"name":"bond0\n[Network]","mode":"802.3ad","members":["eno1"]}]}}`, `bond name "bond0\n[Network]"`},
+		{`{"version":1,"hostname":"n1","network":{"bonds":[{"name":"bond0","mode":"802.3ad","members":["../x"]}]}}`, `member "../x"`},
+		{`{"version":1,"hostname":"n1","network":{"bonds":[{"name":"bond0","mode":"balance-rr","members":["eno1"]}]}}`, `mode "balance-rr"`},
+		{`{"version":1,"hostname":"n1","network":{"vlans":[{"name":"v","link":"eno1","id":0}]}}`, `id 0`},
+		{`{"version":1,"hostname":"n1","network":{"vlans":[{"name":"v","link":"eno1","id":7,"address":"10.0.0.1/24\nDNS=1.1.1.1"}]}}`, `want a CIDR`},
+		{`{"version":1,"hostname":"n1","network":{"bonds":[{"name":"bond0","mode":"active-backup","members":["52:54:00:00:00:01","eno2"],"address":"dhcp"}],"vlans":[{"name":"bond0.7","link":"bond0","id":7}]}}`, ""},
 	} {
 		c, err := Decode([]byte(tc.doc))
 		switch {
