@@ -10,7 +10,7 @@ PLINTH := bin/plinth
 
 # Debian packages the build, the tests and the demo use.
 DEB_PKGS := qemu-system-x86 qemu-utils squashfs-tools-ng debootstrap ipxe ovmf \
-	zstd kmod cpio iproute2 chromium grub-pc-bin grub-efi-amd64-bin fdisk e2fsprogs minisign
+	zstd kmod cpio iproute2 chromium grub-pc-bin grub-efi-amd64-bin fdisk e2fsprogs minisign iputils-ping
 
 .PHONY: all deps fixtures stack-fixtures plinth images demo demo-expect test unit qemu-test e2e airgap-test cluster bench bench-serve fuzz clean
 

@@ -21,6 +21,11 @@ import (
 // module or built in) cannot boot the image: that is a build error.
 var stage1Needs = []string{"loop", "squashfs", "overlay", "af_packet"}
 
+// linkDrivers are carried for what a profile may ask of the network (a
+// [[machine.bond]], a [[machine.vlan]]): stage 1 loads them by name when it
+// does, whatever modules the image's root has.
+var linkDrivers = []string{"bonding", "8021q"}
+
 // companions are modules a driver loads itself with request_module, which
 // needs a modprobe stage 1 does not have: they load right after it. mlx4's
 // Ethernet ports are mlx4_en's (mlx4_core has the PCI aliases, mlx4_en

@@ -77,6 +77,7 @@ func (b *build) planInitramfs(ctx context.Context) (*initramfsPlan, error) {
 		return nil, fmt.Errorf("%s: kernel.modules: %w", b.spec.File, err)
 	}
 	named, optional := expandDrivers(ks.Drivers)
+	optional = append(optional, linkDrivers...)
 	drv, missing, err := k.Drivers(named, optional)
 	if err != nil {
 		return nil, fmt.Errorf("%s: kernel.drivers: %w", b.spec.File, err)
@@ -102,7 +103,7 @@ func (b *build) planInitramfs(ctx context.Context) (*initramfsPlan, error) {
 		b.kernel.Drivers = append(b.kernel.Drivers, d.Name)
 	}
 	if len(missing) > 0 {
-		b.log.Info("common drivers this kernel does not have, left out", "kernel", k.Version, "drivers", strings.Join(missing, " "))
+		b.log.Info("drivers this kernel does not have, left out", "kernel", k.Version, "drivers", strings.Join(missing, " "))
 	}
 	fw, err := b.firmware(ctx, k, carried)
 	if err != nil {

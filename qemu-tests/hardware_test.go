@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -211,4 +212,77 @@ func TestUEFINetboot(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestBondWithVLANIsReachedAtTheProfilesAddress boots a machine with two
+// NICs whose site entry puts them in an active-backup bond with VLAN 107 on
+// top at 10.107.0.21/24. The lab's server side gets VLAN 107 on its bridge;
+// the server must reach the machine at the profile's VLAN address, and still
+// at its boot address: the bond took the boot NIC's MAC and DHCP lease.
+func TestBondWithVLANIsReachedAtTheProfilesAddress(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	art := buildSmoke(t, ctx)
+	m := pxeMachine{"bonded", "52:54:00:77:05:01", "bonded", "none"}
+	const second = "52:54:00:77:05:02"
+	site := fmt.Sprintf(`[[machine]]
+name = %q
+mac = %q
+hostname = %q
+image = "smoke"
+[[machine.bond]]
+name = "bond0"
+mode = "active-backup"
+members = [%q, %q]
+[[machine.vlan]]
+link = "bond0"
+id = 107
+address = "10.107.0.21/24"
+`, m.name, m.mac, m.host, m.mac, second)
+	l, server, dir := startPXE(t, ctx, art, site)
+	inLab := func(args ...string) ([]byte, error) {
+		return exec.CommandContext(ctx, l.Wrap()[0], append(l.Wrap()[1:], args...)...).CombinedOutput()
+	}
+	for _, c := range [][]string{
+		{"ip", "link", "add", "link", "br0", "name", "br0.107", "type", "vlan", "id", "107"},
+		{"ip", "addr", "add", "10.107.0.1/24", "dev", "br0.107"},
+		{"ip", "link", "set", "br0.107", "up"},
+	} {
+		if out, err := inLab(c...); err != nil {
+			t.Fatalf("%v: %v\n%s", c, err, out)
+		}
+	}
+	var nics []qemu.NIC
+	for _, mac := range []string{m.mac, second} {
+		tap, err := l.AddTap(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nics = append(nics, qemu.NIC{MAC: mac, Netdev: tap})
+	}
+	times := bootAllReady(t, ctx, l, dir, []pxeBoot{{m: m, nics: nics, memory: 768}})
+	var boot string
+	waitFor(t, ctx, "the machine's boot address", func() bool {
+		b, err := l.Get(ctx, server+api.PathMachines)
+		var list []bootserver.MachineStatus
+		if err != nil || json.Unmarshal(b, &list) != nil {
+			return false
+		}
+		for _, st := range list {
+			if st.Name == m.name && st.IP != "" {
+				boot = st.IP
+				return true
+			}
+		}
+		return false
+	})
+	start := time.Now()
+	for _, addr := range []string{"10.107.0.21", boot} {
+		waitFor(t, ctx, "ping "+addr, func() bool {
+			_, err := inLab("ping", "-c", "1", "-W", "2", addr)
+			return err == nil
+		})
+	}
+	figure(t, "bond+VLAN (%s): ready %.1fs after QEMU start; 10.107.0.21 on bond0.107 and the boot address %s answered %.1fs after ready",
+		qemu.Accel(ctx), times[0].Seconds(), boot, time.Since(start).Seconds())
 }

@@ -130,6 +130,32 @@ func (s *Stage1) hardware(ctx context.Context, loaded map[string]bool) {
 	s.Con.Step(ctx, api.StageModules, "%s", msg)
 }
 
+// loadByName loads the index's drivers by name (a bond's bonding, a
+// VLAN's 8021q), reporting one line; a name the index lacks is named.
+func (s *Stage1) loadByName(ctx context.Context, stage string, names ...string) {
+	b, err := s.readFile("/" + drivers.File)
+	var ix *drivers.Index
+	if err == nil {
+		ix, err = drivers.Parse(b)
+	}
+	if err != nil {
+		s.Con.Fail(ctx, stage, "FAILED loading %s: %v", strings.Join(names, ", "), err)
+		return
+	}
+	for _, n := range names {
+		i := slices.IndexFunc(ix.Drivers, func(d drivers.Driver) bool { return d.Name == n })
+		if i < 0 {
+			s.Con.Fail(ctx, stage, "FAILED: %s is not in this initramfs (its kernel lacks it?)", n)
+			continue
+		}
+		for _, p := range ix.Drivers[i].Load {
+			if err := s.Modules.LoadModule("/" + p); err != nil && !notForThisMachine(err) {
+				s.Con.Fail(ctx, stage, "FAILED %s (for %s): %v", p, n, err)
+			}
+		}
+	}
+}
+
 func orNone(s []string) string {
 	if len(s) == 0 {
 		return "none matched"

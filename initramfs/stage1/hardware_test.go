@@ -101,3 +101,20 @@ func TestScanModaliasesOnThisHost(t *testing.T) {
 	}
 	t.Logf("%d distinct modaliases", len(as))
 }
+
+// A profile with a bond and a VLAN gets bonding and 8021q from the
+// initramfs by name; one the initramfs lacks is named on the console.
+func TestLoadByName(t *testing.T) {
+	dir := writeTree(t, map[string]string{
+		"etc/plinth/drivers": "driver bonding\nload lib/modules/6.1/bonding.ko\nalias rtnl-link-bond\ndriver 8021q\nload lib/modules/6.1/garp.ko\nload lib/modules/6.1/8021q.ko\n",
+	})
+	m := &fakeMachine{}
+	s, out := newStage1(t, m, dir)
+	s.loadByName(context.Background(), "config", "bonding", "8021q", "macvlan")
+	if got := strings.Join(m.loaded, " "); got != "/lib/modules/6.1/bonding.ko /lib/modules/6.1/garp.ko /lib/modules/6.1/8021q.ko" {
+		t.Errorf("loaded %s", got)
+	}
+	if !strings.Contains(out.String(), "FAILED: macvlan is not in this initramfs") {
+		t.Errorf("console:\n%s", out)
+	}
+}

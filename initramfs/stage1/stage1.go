@@ -398,6 +398,21 @@ func (s *Stage1) mount(ctx context.Context) error {
 }
 
 func (s *Stage1) configure(ctx context.Context) error {
+	if nw := s.Config.Network; nw != nil {
+		// The kernel would ask modprobe for them when networkd makes the
+		// links; stage 1 loads them now from the initramfs, so the image's
+		// root need not carry its kernel's modules.
+		var need []string
+		if len(nw.Bonds) > 0 {
+			need = append(need, "bonding")
+		}
+		if len(nw.VLANs) > 0 {
+			need = append(need, "8021q")
+		}
+		if len(need) > 0 {
+			s.loadByName(ctx, api.StageConfig, need...)
+		}
+	}
 	root := role.DirRoot(s.NewRoot)
 	if err := Render(root, s.Config, s.NetCfg); err != nil {
 		return permanent{err}
