@@ -27,27 +27,37 @@ type Softdep struct {
 	Pre, Post []string
 }
 
-// parseAliases parses modules.alias: "alias PATTERN MODULE" per line.
-func parseAliases(r io.Reader) ([]Alias, error) {
-	var out []Alias
+// eachFields calls fn with the number and the fields of each line of r
+// that is neither blank nor a # comment.
+func eachFields(r io.Reader, fn func(line int, f []string) error) error {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	line := 0
-	for sc.Scan() {
-		line++
+	for line := 1; sc.Scan(); line++ {
 		f := strings.Fields(sc.Text())
 		if len(f) == 0 || strings.HasPrefix(f[0], "#") {
 			continue
 		}
+		if err := fn(line, f); err != nil {
+			return err
+		}
+	}
+	return sc.Err()
+}
+
+// parseAliases parses modules.alias: "alias PATTERN MODULE" per line.
+func parseAliases(r io.Reader) ([]Alias, error) {
+	var out []Alias
+	err := eachFields(r, func(line int, f []string) error {
 		if len(f) != 3 || f[0] != "alias" {
-			return nil, fmt.Errorf("line %d: %q is not \"alias PATTERN MODULE\"", line, sc.Text())
+			return fmt.Errorf("line %d: %q is not \"alias PATTERN MODULE\"", line, strings.Join(f, " "))
 		}
 		if _, err := path.Match(f[1], ""); err != nil {
-			return nil, fmt.Errorf("line %d: pattern %q: %w", line, f[1], err)
+			return fmt.Errorf("line %d: pattern %q: %w", line, f[1], err)
 		}
 		out = append(out, Alias{Pattern: f[1], Module: canon(f[2])})
-	}
-	return out, sc.Err()
+		return nil
+	})
+	return out, err
 }
 
 // parseSoftdeps parses modules.softdep (and modprobe.d's softdep lines):
@@ -55,24 +65,17 @@ func parseAliases(r io.Reader) ([]Alias, error) {
 // ignored, as kmod ignores them (Debian's depmod writes a few such lines).
 func parseSoftdeps(r io.Reader) (map[string]Softdep, error) {
 	out := map[string]Softdep{}
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	line := 0
-	for sc.Scan() {
-		line++
-		f := strings.Fields(sc.Text())
-		if len(f) == 0 || strings.HasPrefix(f[0], "#") {
-			continue
-		}
+	err := eachFields(r, func(line int, f []string) error {
 		if len(f) < 2 || f[0] != "softdep" {
-			return nil, fmt.Errorf("line %d: %q is not \"softdep MODULE pre: ... post: ...\"", line, sc.Text())
+			return fmt.Errorf("line %d: %q is not \"softdep MODULE pre: ... post: ...\"", line, strings.Join(f, " "))
 		}
 		n := canon(f[1])
 		sd := out[n]
 		addSoftdep(&sd, f[2:])
 		out[n] = sd
-	}
-	return out, sc.Err()
+		return nil
+	})
+	return out, err
 }
 
 // addSoftdep adds the names of tokens ("pre:", names, "post:", names) to sd.
