@@ -90,6 +90,9 @@ func bootMedium(t *testing.T, name string, c qemu.Config) {
 	for i, d := range c.Disks {
 		c.Disks[i] = filepath.Join(art, d)
 	}
+	for i := range c.Drives {
+		c.Drives[i].Path = filepath.Join(art, c.Drives[i].Path)
+	}
 	vm, err := qemu.Start(ctx, t, c)
 	if err != nil {
 		t.Fatal(err)
@@ -140,6 +143,19 @@ func TestISOBootsUnderOVMF(t *testing.T) {
 // firmware: GPT, the ESP's EFI/BOOT/BOOTX64.EFI, the rootfs on that FAT32.
 func TestRawDiskBootsUnderOVMF(t *testing.T) {
 	bootMedium(t, "raw-uefi", qemu.Config{Disks: []string{"disk.raw"}, Firmware: "ovmf"})
+}
+
+// TestRawDiskBootsOnEveryController boots disk.raw, whose spec names no
+// disk driver, on an NVMe, an AHCI (SATA) and a virtio-scsi controller:
+// stage 1 loads the controller's driver (and sd_mod for the SCSI disks it
+// makes) by hardware and finds its medium there.
+func TestRawDiskBootsOnEveryController(t *testing.T) {
+	for _, iface := range []string{qemu.DriveNVMe, qemu.DriveAHCI, qemu.DriveSCSI} {
+		t.Run(iface, func(t *testing.T) {
+			bootMedium(t, "raw-uefi-"+iface, qemu.Config{Firmware: "ovmf",
+				Drives: []qemu.Drive{{Path: "disk.raw", Interface: iface, Serial: "plinth-medium"}}})
+		})
+	}
 }
 
 // TestISOBootsAsADiskUnderOVMF boots plinth.iso attached as a disk, the way

@@ -70,6 +70,8 @@ type Config struct {
 const (
 	DriveVirtio = "virtio" // virtio-blk-pci: the guest's /dev/vdX, by-id virtio-SERIAL
 	DriveNVMe   = "nvme"   // an NVMe controller: /dev/nvmeXn1, by-id nvme-QEMU_NVMe_Ctrl_SERIAL
+	DriveAHCI   = "ahci"   // a SATA disk on its own AHCI controller: /dev/sdX
+	DriveSCSI   = "scsi"   // a SCSI disk on its own virtio-scsi controller: /dev/sdX
 )
 
 // MaxSerial is the longest serial a guest sees whole: virtio-blk's ID
@@ -80,7 +82,7 @@ const MaxSerial = 20
 // the guest's udev names it by.
 type Drive struct {
 	Path      string // a .qcow2 name is qcow2, anything else raw
-	Interface string // DriveVirtio ("" too) or DriveNVMe
+	Interface string // DriveVirtio ("" too), DriveNVMe, DriveAHCI or DriveSCSI
 	Serial    string // at most MaxSerial bytes; NVMe requires one
 }
 
@@ -97,13 +99,13 @@ func (d Drive) Check() error {
 		return fmt.Errorf("drive %s: serial %q is longer than the %d bytes a guest sees", d.Path, d.Serial, MaxSerial)
 	}
 	switch d.Interface {
-	case "", DriveVirtio:
+	case "", DriveVirtio, DriveAHCI, DriveSCSI:
 	case DriveNVMe:
 		if d.Serial == "" {
 			return fmt.Errorf("drive %s: an NVMe drive needs a serial", d.Path)
 		}
 	default:
-		return fmt.Errorf("drive %s: interface %q: want %s or %s", d.Path, d.Interface, DriveVirtio, DriveNVMe)
+		return fmt.Errorf("drive %s: interface %q: want %s, %s, %s or %s", d.Path, d.Interface, DriveVirtio, DriveNVMe, DriveAHCI, DriveSCSI)
 	}
 	return nil
 }
@@ -113,15 +115,23 @@ func (d Drive) args(id string) ([]string, error) {
 	if err := d.Check(); err != nil {
 		return nil, err
 	}
+	var ctrl []string // a controller of its own, for a disk on a bus
 	dev := "virtio-blk-pci"
-	if d.Interface == DriveNVMe {
+	switch d.Interface {
+	case DriveNVMe:
 		dev = "nvme"
+	case DriveAHCI:
+		ctrl = []string{"-device", "ahci,id=" + id + "c"}
+		dev = "ide-hd,bus=" + id + "c.0"
+	case DriveSCSI:
+		ctrl = []string{"-device", "virtio-scsi-pci,id=" + id + "c"}
+		dev = "scsi-hd,bus=" + id + "c.0"
 	}
 	dev += ",drive=" + id
 	if d.Serial != "" {
 		dev += ",serial=" + d.Serial
 	}
-	return []string{"-drive", "file=" + d.Path + ",format=" + diskFormat(d.Path) + ",if=none,id=" + id, "-device", dev}, nil
+	return append(ctrl, "-drive", "file="+d.Path+",format="+diskFormat(d.Path)+",if=none,id="+id, "-device", dev), nil
 }
 
 // diskFormat is QEMU's format of a disk image, by its name.
