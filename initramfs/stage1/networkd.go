@@ -2,9 +2,12 @@ package stage1
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"strings"
+
+	"github.com/coreos/go-systemd/v22/unit"
 
 	"github.com/plinth-dev/plinth/profiles/node"
 )
@@ -14,6 +17,19 @@ import (
 // member files ("10-plinth-B-…") sort before the boot NIC's own
 // ("10-plinth.network"): networkd takes the first file that matches.
 const networkDir = "/etc/systemd/network/"
+
+type opts = []*unit.UnitOption
+
+func opt(section, name, value string) *unit.UnitOption {
+	return unit.NewUnitOption(section, name, value)
+}
+
+// ini serializes options (go-systemd's unit format, which networkd's
+// files share) under a comment line.
+func ini(comment string, o opts) string {
+	b, _ := io.ReadAll(unit.Serialize(o))
+	return "# " + comment + "\n" + string(b)
+}
 
 // NetworkdFiles renders the machine's network for systemd-networkd, by
 // file path: the boot NIC (matched by MAC) with the profile's static
@@ -35,74 +51,76 @@ func NetworkdFiles(cfg *node.Config, n *NetInfo) map[string]string {
 	if cfg.Network != nil {
 		nw = cfg.Network
 	}
+	const by = "Written by plinth stage 1"
 	files := map[string]string{}
 	isBoot := func(nic string) bool { return strings.EqualFold(nic, n.MAC) || nic == n.Iface }
-	vlansOn := func(link func(string) bool) string {
-		var b strings.Builder
+	vlansOn := func(link func(string) bool) opts {
+		var o opts
 		for _, v := range nw.VLANs {
 			if link(v.Link) {
-				fmt.Fprintf(&b, "VLAN=%s\n", v.Name)
+				o = append(o, opt("Network", "VLAN", v.Name))
 			}
 		}
-		return b.String()
+		return o
 	}
+	match := func(nic string) *unit.UnitOption {
+		if _, err := net.ParseMAC(nic); err == nil {
+			// The permanent one: a bond gives its members its own MAC.
+			return opt("Match", "PermanentMACAddress", nic)
+		}
+		return opt("Match", "Name", nic)
+	}
+	noAddress := opt("Network", "LinkLocalAddressing", "no")
 	bootInBond := false
 	for _, bond := range nw.Bonds {
 		holdsBoot := false
 		for i, m := range bond.Members {
-			match := "Name=" + m
-			if _, err := net.ParseMAC(m); err == nil {
-				match = "PermanentMACAddress=" + m
-			}
 			if isBoot(m) {
 				holdsBoot, bootInBond = true, true
 			}
-			files[fmt.Sprintf("%s10-plinth-%s-m%d.network", networkDir, bond.Name, i)] = fmt.Sprintf(
-				"# Written by plinth stage 1: a member of %s.\n[Match]\n%s\n\n[Network]\nBond=%s\nLinkLocalAddressing=no\n", bond.Name, match, bond.Name)
+			files[fmt.Sprintf("%s10-plinth-%s-m%d.network", networkDir, bond.Name, i)] = ini(by+": a member of "+bond.Name,
+				opts{match(m), opt("Network", "Bond", bond.Name), noAddress})
 		}
-		var nd strings.Builder
-		fmt.Fprintf(&nd, "# Written by plinth stage 1.\n[NetDev]\nName=%s\nKind=bond\n", bond.Name)
+		nd := opts{opt("NetDev", "Name", bond.Name), opt("NetDev", "Kind", "bond")}
 		if holdsBoot {
-			fmt.Fprintf(&nd, "MACAddress=%s\n", n.MAC)
+			nd = append(nd, opt("NetDev", "MACAddress", n.MAC))
 		}
-		fmt.Fprintf(&nd, "\n[Bond]\nMode=%s\nMIIMonitorSec=100ms\n", bond.Mode)
+		nd = append(nd, opt("Bond", "Mode", bond.Mode), opt("Bond", "MIIMonitorSec", "100ms"))
 		if bond.Mode == node.Bond8023ad {
-			nd.WriteString("LACPTransmitRate=fast\nTransmitHashPolicy=layer3+4\n")
+			nd = append(nd, opt("Bond", "LACPTransmitRate", "fast"), opt("Bond", "TransmitHashPolicy", "layer3+4"))
 		}
-		files[networkDir+"10-plinth-"+bond.Name+".netdev"] = nd.String()
-		var body string
+		files[networkDir+"10-plinth-"+bond.Name+".netdev"] = ini(by, nd)
+		o := append(opts{opt("Match", "Name", bond.Name)}, vlansOn(func(l string) bool { return l == bond.Name })...)
 		switch {
 		case bond.Address != "":
-			body = addressLines(bond.Address, bond.Gateway, nil, "")
+			o = append(o, addressOpts(bond.Address, bond.Gateway, nil, "")...)
 		case holdsBoot:
-			body = bootLines(cfg, n)
+			o = append(o, bootOpts(cfg)...)
 		default:
-			body = "LinkLocalAddressing=no\n"
+			o = append(o, noAddress)
 		}
-		files[networkDir+"10-plinth-"+bond.Name+".network"] = fmt.Sprintf("# Written by plinth stage 1.\n[Match]\nName=%s\n\n[Network]\n%s%s",
-			bond.Name, vlansOn(func(l string) bool { return l == bond.Name }), body)
+		files[networkDir+"10-plinth-"+bond.Name+".network"] = ini(by, o)
 	}
 	for _, v := range nw.VLANs {
-		files[networkDir+"10-plinth-"+v.Name+".netdev"] = fmt.Sprintf("# Written by plinth stage 1.\n[NetDev]\nName=%s\nKind=vlan\n\n[VLAN]\nId=%d\n", v.Name, v.ID)
-		body := "LinkLocalAddressing=no\n"
+		files[networkDir+"10-plinth-"+v.Name+".netdev"] = ini(by, opts{
+			opt("NetDev", "Name", v.Name), opt("NetDev", "Kind", "vlan"), opt("VLAN", "Id", fmt.Sprint(v.ID))})
+		o := opts{opt("Match", "Name", v.Name)}
 		if v.Address != "" {
-			body = addressLines(v.Address, v.Gateway, nil, "")
+			o = append(o, addressOpts(v.Address, v.Gateway, nil, "")...)
+		} else {
+			o = append(o, noAddress)
 		}
-		files[networkDir+"10-plinth-"+v.Name+".network"] = fmt.Sprintf("# Written by plinth stage 1.\n[Match]\nName=%s\n\n[Network]\n%s", v.Name, body)
+		files[networkDir+"10-plinth-"+v.Name+".network"] = ini(by, o)
 		if isBond(nw, v.Link) || isBoot(v.Link) {
 			continue // named in the bond's or the boot NIC's file
 		}
-		match := "Name=" + v.Link
-		if _, err := net.ParseMAC(v.Link); err == nil {
-			match = "PermanentMACAddress=" + v.Link
-		}
 		key := strings.ReplaceAll(v.Link, ":", "")
-		files[networkDir+"10-plinth-link-"+key+".network"] = fmt.Sprintf("# Written by plinth stage 1: a NIC carrying VLANs.\n[Match]\n%s\n\n[Network]\n%sLinkLocalAddressing=no\n",
-			match, vlansOn(func(l string) bool { return l == v.Link }))
+		files[networkDir+"10-plinth-link-"+key+".network"] = ini(by+": a NIC carrying VLANs",
+			append(append(opts{match(v.Link)}, vlansOn(func(l string) bool { return l == v.Link })...), noAddress))
 	}
 	if !bootInBond {
-		files[networkDir+"10-plinth.network"] = fmt.Sprintf("# Written by plinth stage 1 for the boot NIC (%s at boot).\n[Match]\nMACAddress=%s\n\n[Network]\n%s%s",
-			n.Iface, n.MAC, vlansOn(isBoot), bootLines(cfg, n))
+		o := append(opts{opt("Match", "MACAddress", n.MAC)}, vlansOn(isBoot)...)
+		files[networkDir+"10-plinth.network"] = ini(fmt.Sprintf("%s for the boot NIC (%s at boot).", by, n.Iface), append(o, bootOpts(cfg)...))
 	}
 	return files
 }
@@ -116,38 +134,37 @@ func isBond(nw *node.Network, name string) bool {
 	return false
 }
 
-// bootLines is the boot network's [Network] lines (and sections after):
-// the profile's static address, or DHCP as stage 1 did.
-func bootLines(cfg *node.Config, n *NetInfo) string {
+// bootOpts configure the boot network: the profile's static address, or
+// DHCP as stage 1 did.
+func bootOpts(cfg *node.Config) opts {
 	if st := cfg.Network; st != nil && st.Address != "" {
-		return addressLines(st.Address, st.Gateway, st.DNS, cfg.Domain)
+		return addressOpts(st.Address, st.Gateway, st.DNS, cfg.Domain)
 	}
-	return addressLines(node.AddressDHCP, "", nil, "")
+	return addressOpts(node.AddressDHCP, "", nil, "")
 }
 
-// addressLines renders an address: DHCP (keeping the lease stage 1 or iPXE
-// got: renewed, not renegotiated, client id the MAC) or a static one with
-// its gateway, DNS servers and search domain. Values that do not parse are
-// left out: a profile must not break the file.
-func addressLines(addr, gw string, dns []string, domain string) string {
-	var b strings.Builder
+// addressOpts configure an address: DHCP (keeping the lease stage 1 or
+// iPXE got: renewed, not renegotiated, client id the MAC) or a static one
+// with its gateway, DNS servers and search domain. Values that do not
+// parse are left out: a profile must not break the file.
+func addressOpts(addr, gw string, dns []string, domain string) opts {
 	if addr == node.AddressDHCP {
-		b.WriteString("DHCP=ipv4\n\n[DHCPv4]\nClientIdentifier=mac\n")
-		return b.String()
+		return opts{opt("Network", "DHCP", "ipv4"), opt("DHCPv4", "ClientIdentifier", "mac")}
 	}
+	var o opts
 	if _, err := netip.ParsePrefix(addr); err == nil {
-		fmt.Fprintf(&b, "Address=%s\n", addr)
+		o = append(o, opt("Network", "Address", addr))
 	}
 	if _, err := netip.ParseAddr(gw); err == nil {
-		fmt.Fprintf(&b, "Gateway=%s\n", gw)
+		o = append(o, opt("Network", "Gateway", gw))
 	}
 	for _, d := range dns {
 		if _, err := netip.ParseAddr(d); err == nil {
-			fmt.Fprintf(&b, "DNS=%s\n", d)
+			o = append(o, opt("Network", "DNS", d))
 		}
 	}
 	if domain != "" && isWord(domain) {
-		fmt.Fprintf(&b, "Domains=%s\n", domain)
+		o = append(o, opt("Network", "Domains", domain))
 	}
-	return b.String()
+	return o
 }
