@@ -282,15 +282,21 @@ func (s *Server) DHCPReply(req *dhcpv4.DHCPv4, mode string) (*dhcpv4.DHCPv4, err
 		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(server)),
 	}
 	if pxe {
-		class := "PXEClient"
-		if isHTTPClient(req) {
-			class = "HTTPClient"
-		}
-		mods = append(mods,
-			dhcpv4.WithOption(dhcpv4.OptClassIdentifier(class)),
-			dhcpv4.WithOption(dhcpv4.OptBootFileName(file)),
-		)
-		if class == "PXEClient" {
+		mods = append(mods, dhcpv4.WithOption(dhcpv4.OptBootFileName(file)))
+		switch {
+		case isHTTPClient(req):
+			// UEFI HTTP boot takes only an answer that says HTTPClient.
+			mods = append(mods, dhcpv4.WithOption(dhcpv4.OptClassIdentifier("HTTPClient")))
+		case mode == "proxy":
+			// A proxy's answer is told apart by PXEClient; the firmware
+			// then asks this server on port 4011 for the boot file.
+			mods = append(mods, dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient")),
+				dhcpv4.WithOption(dhcpv4.OptTFTPServerName(server.String())))
+		default:
+			// As the only DHCP server: a plain offer with a boot file and
+			// next-server. Saying PXEClient without PXE vendor options
+			// would make UEFI's PXE (EDK2) treat it as a BINL offer and
+			// ask port 4011 first.
 			mods = append(mods, dhcpv4.WithOption(dhcpv4.OptTFTPServerName(server.String())))
 		}
 	}

@@ -55,6 +55,11 @@ func TestDHCPServerLeasesAndPointsEachFirmwareAtItsBootFile(t *testing.T) {
 		if r := resp.Router(); len(r) != 1 || r[0].String() != "10.77.0.1" || resp.ServerIPAddr.String() != "10.77.0.1" {
 			t.Errorf("%s: router %v next-server %v", tc.name, r, resp.ServerIPAddr)
 		}
+		// A plain offer: PXEClient without PXE vendor options sends UEFI's
+		// PXE to port 4011 first (EDK2's BINL offer), where no one answers.
+		if c := resp.Options.Get(dhcpv4.OptionClassIdentifier); len(c) != 0 {
+			t.Errorf("%s: server-mode offer says class %q", tc.name, c)
+		}
 	}
 	// The range holds two addresses, both taken: a third machine gets no offer.
 	if _, err := s.DHCPReply(discover(t, "52:54:00:00:00:07"), "server"); err == nil {
