@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"net/netip"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -216,9 +217,11 @@ func TestUEFINetboot(t *testing.T) {
 
 // TestBondWithVLANIsReachedAtTheProfilesAddress boots a machine with two
 // NICs whose site entry puts them in an active-backup bond with VLAN 107 on
-// top at 10.107.0.21/24. The lab's server side gets VLAN 107 on its bridge;
-// the server must reach the machine at the profile's VLAN address, and still
-// at its boot address: the bond took the boot NIC's MAC and DHCP lease.
+// top at 10.107.0.21/24. From the lab's bridge, an ARP request tagged 107
+// for that address must be answered, tagged 107, from the bond (vlanARP:
+// this host's kernel cannot put an address on a VLAN), and the machine must
+// still answer at its boot address: the bond took the boot NIC's MAC and
+// DHCP lease.
 func TestBondWithVLANIsReachedAtTheProfilesAddress(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
@@ -242,15 +245,6 @@ address = "10.107.0.21/24"
 	l, server, dir := startPXE(t, ctx, art, site)
 	inLab := func(args ...string) ([]byte, error) {
 		return exec.CommandContext(ctx, l.Wrap()[0], append(l.Wrap()[1:], args...)...).CombinedOutput()
-	}
-	for _, c := range [][]string{
-		{"ip", "link", "add", "link", "br0", "name", "br0.107", "type", "vlan", "id", "107"},
-		{"ip", "addr", "add", "10.107.0.1/24", "dev", "br0.107"},
-		{"ip", "link", "set", "br0.107", "up"},
-	} {
-		if out, err := inLab(c...); err != nil {
-			t.Fatalf("%v: %v\n%s", c, err, out)
-		}
 	}
 	var nics []qemu.NIC
 	for _, mac := range []string{m.mac, second} {
@@ -277,12 +271,20 @@ address = "10.107.0.21/24"
 		return false
 	})
 	start := time.Now()
-	for _, addr := range []string{"10.107.0.21", boot} {
-		waitFor(t, ctx, "ping "+addr, func() bool {
-			_, err := inLab("ping", "-c", "1", "-W", "2", addr)
-			return err == nil
-		})
+	actx, acancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer acancel()
+	mac, err := vlanARP(actx, l, 107, netip.MustParseAddr("10.107.0.21"), netip.MustParseAddr("10.107.0.1"))
+	if err != nil {
+		t.Fatalf("no answer for 10.107.0.21 on VLAN 107: %v", err)
 	}
-	figure(t, "bond+VLAN (%s): ready %.1fs after QEMU start; 10.107.0.21 on bond0.107 and the boot address %s answered %.1fs after ready",
-		qemu.Accel(ctx), times[0].Seconds(), boot, time.Since(start).Seconds())
+	if !strings.EqualFold(mac.String(), m.mac) {
+		t.Errorf("10.107.0.21 on VLAN 107 answered from %s, want the bond's MAC (the boot NIC's, %s)", mac, m.mac)
+	}
+	tVLAN := time.Since(start)
+	waitFor(t, ctx, "ping "+boot, func() bool {
+		_, err := inLab("ping", "-c", "1", "-W", "2", boot)
+		return err == nil
+	})
+	figure(t, "bond+VLAN (%s): ready %.1fs after QEMU start; 10.107.0.21 answered on VLAN 107 from the bond %.1fs after ready, and the boot address %s still answers",
+		qemu.Accel(ctx), times[0].Seconds(), tVLAN.Seconds(), boot)
 }
