@@ -110,13 +110,16 @@ func packetSocketIn(ns, ifname string) (int, *net.Interface, error) {
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
-// arpFrame is an 802.1Q-tagged ARP request from mac/sender for target.
+// arpFrame is an ARP request from mac/sender for target, 802.1Q-tagged
+// with vid (0: untagged).
 func arpFrame(mac net.HardwareAddr, vid uint16, sender, target netip.Addr) []byte {
 	f := make([]byte, 0, 64)
 	f = append(f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff)
 	f = append(f, mac...)
-	f = binary.BigEndian.AppendUint16(f, 0x8100)
-	f = binary.BigEndian.AppendUint16(f, vid&0x0fff)
+	if vid != 0 {
+		f = binary.BigEndian.AppendUint16(f, 0x8100)
+		f = binary.BigEndian.AppendUint16(f, vid&0x0fff)
+	}
 	f = binary.BigEndian.AppendUint16(f, 0x0806)
 	f = append(f, 0, 1, 8, 0, 6, 4, 0, 1) // Ethernet, IPv4, request
 	f = append(f, mac...)
@@ -158,7 +161,11 @@ func arpReply(frame, oob []byte, vid uint16, target, sender netip.Addr) (net.Har
 			}
 		}
 	}
-	if etype != 0x0806 || tag != int(vid) || len(body) < 28 || binary.BigEndian.Uint16(body[6:8]) != 2 {
+	want := int(vid)
+	if vid == 0 {
+		want = -1 // untagged
+	}
+	if etype != 0x0806 || tag != want || len(body) < 28 || binary.BigEndian.Uint16(body[6:8]) != 2 {
 		return nil, false
 	}
 	spa, _ := netip.AddrFromSlice(body[14:18])
@@ -189,6 +196,12 @@ func TestARPFrames(t *testing.T) {
 		f = append(f, 10, 107, 0, 21)
 		f = append(f, br...)
 		return append(f, 10, 107, 0, 1)
+	}
+	if untagged := arpFrame(br, 0, sender, target); binary.BigEndian.Uint16(untagged[12:14]) != 0x0806 {
+		t.Errorf("untagged request % x", untagged)
+	}
+	if got, ok := arpReply(reply(-1), nil, 0, target, sender); !ok || got.String() != m.String() {
+		t.Errorf("untagged reply: %v %v", got, ok)
 	}
 	if len(req) != 64 || binary.BigEndian.Uint16(req[12:14]) != 0x8100 || binary.BigEndian.Uint16(req[14:16]) != 107 {
 		t.Errorf("request % x", req)
