@@ -219,18 +219,11 @@ type Driver struct {
 // error; optional ones (those the kernel may lack) go in optional and are
 // returned in missing instead.
 func (k *Kernel) Drivers(names, optional []string) (drivers []Driver, missing []string, err error) {
-	ix, err := k.index()
+	t, err := k.load()
 	if err != nil {
 		return nil, nil, err
 	}
-	builtin, err := k.readBuiltin()
-	if err != nil {
-		return nil, nil, err
-	}
-	h, err := k.hwIndex()
-	if err != nil {
-		return nil, nil, err
-	}
+	ix, builtin, h := t.ix, t.builtin, t.hw
 	var want []string
 	for _, n := range optional {
 		if c := canon(n); ix.paths[c] == "" && !builtin[c] {

@@ -22,6 +22,36 @@ type Kernel struct {
 	Tree       string // the tree's root
 	Image      string // path of the kernel image, boot/vmlinuz-<version> in Tree
 	ModulesDir string // path of lib/modules/<version> in Tree
+
+	tables *tables // read once, on first use
+}
+
+// tables are the tree's index files, read once per Kernel: a build resolves
+// every carried driver on its own, and modules.alias alone is ~26 000 lines.
+type tables struct {
+	ix      *index
+	builtin map[string]bool
+	hw      *hwIndex
+}
+
+func (k *Kernel) load() (*tables, error) {
+	if k.tables != nil {
+		return k.tables, nil
+	}
+	ix, err := k.index()
+	if err != nil {
+		return nil, err
+	}
+	builtin, err := k.readBuiltin()
+	if err != nil {
+		return nil, err
+	}
+	hw, err := k.hwIndex()
+	if err != nil {
+		return nil, err
+	}
+	k.tables = &tables{ix, builtin, hw}
+	return k.tables, nil
 }
 
 // Module is one module file to load.
@@ -125,18 +155,11 @@ func (ix *index) depsOf(n string) ([]string, error) {
 // (modules.builtin) need nothing and are left out. Without a modules.dep
 // the tree's module files are scanned and their .modinfo read.
 func (k *Kernel) Resolve(names []string) ([]Module, error) {
-	ix, err := k.index()
+	t, err := k.load()
 	if err != nil {
 		return nil, err
 	}
-	builtin, err := k.readBuiltin()
-	if err != nil {
-		return nil, err
-	}
-	hw, err := k.hwIndex()
-	if err != nil {
-		return nil, err
-	}
+	ix, builtin, hw := t.ix, t.builtin, t.hw
 	var unknown []string
 	for _, raw := range names {
 		n := canon(raw)
