@@ -59,16 +59,34 @@ func notForThisMachine(err error) bool {
 	return errors.Is(err, syscall.ENODEV) || errors.Is(err, syscall.ENXIO)
 }
 
+// driverIndex reads and parses /etc/plinth/drivers once; an initramfs
+// without one has an empty index.
+func (s *Stage1) driverIndex() (*drivers.Index, error) {
+	if s.drivers != nil {
+		return s.drivers, nil
+	}
+	b, err := s.readFile("/" + drivers.File)
+	if errors.Is(err, fs.ErrNotExist) {
+		s.drivers = &drivers.Index{}
+		return s.drivers, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	ix, err := drivers.Parse(b)
+	if err != nil {
+		return nil, err
+	}
+	s.drivers = ix
+	return ix, nil
+}
+
 // hardware loads the index's drivers for the devices this machine has.
 // loaded holds the module files already inserted.
 func (s *Stage1) hardware(ctx context.Context, loaded map[string]bool) {
-	b, err := s.readFile("/" + drivers.File)
-	if errors.Is(err, fs.ErrNotExist) {
+	ix, err := s.driverIndex()
+	if err == nil && len(ix.Drivers) == 0 {
 		return
-	}
-	var ix *drivers.Index
-	if err == nil {
-		ix, err = drivers.Parse(b)
 	}
 	if err != nil {
 		// The listed modules are loaded; a boot that needed a driver
@@ -133,11 +151,7 @@ func (s *Stage1) hardware(ctx context.Context, loaded map[string]bool) {
 // loadByName loads the index's drivers by name (a bond's bonding, a
 // VLAN's 8021q), reporting one line; a name the index lacks is named.
 func (s *Stage1) loadByName(ctx context.Context, stage string, names ...string) {
-	b, err := s.readFile("/" + drivers.File)
-	var ix *drivers.Index
-	if err == nil {
-		ix, err = drivers.Parse(b)
-	}
+	ix, err := s.driverIndex()
 	if err != nil {
 		s.Con.Fail(ctx, stage, "FAILED loading %s: %v", strings.Join(names, ", "), err)
 		return

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/plinth-dev/plinth/bootserver/api"
+	"github.com/plinth-dev/plinth/initramfs/drivers"
 	"github.com/plinth-dev/plinth/initramfs/role"
 	"github.com/plinth-dev/plinth/initramfs/stage1/events"
 	"github.com/plinth-dev/plinth/profiles/node"
@@ -94,8 +95,9 @@ type Stage1 struct {
 	Events *events.Queue // set once the boot server is known
 
 	rootfs  string
-	secure  *Fetcher // the profile's: over Params.TLS when set (secure.go)
-	medium  string   // where the boot medium is mounted (medium.go)
+	secure  *Fetcher       // the profile's: over Params.TLS when set (secure.go)
+	medium  string         // where the boot medium is mounted (medium.go)
+	drivers *drivers.Index // /etc/plinth/drivers, once read (hardware.go)
 	started time.Time
 }
 
