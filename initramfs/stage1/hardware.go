@@ -125,7 +125,7 @@ func (s *Stage1) hardware(ctx context.Context, loaded map[string]bool) {
 					continue
 				}
 				loaded[p] = true
-				if err := s.Modules.LoadModule("/" + p); err != nil && !notForThisMachine(err) {
+				if err := s.loadModule("/" + p); err != nil && !notForThisMachine(err) {
 					s.Con.Fail(ctx, api.StageModules, "FAILED %s (for %s): %v", p, d.Name, err)
 					ok = false
 				}
@@ -163,7 +163,7 @@ func (s *Stage1) loadByName(ctx context.Context, stage string, names ...string) 
 			continue
 		}
 		for _, p := range ix.Drivers[i].Load {
-			if err := s.Modules.LoadModule("/" + p); err != nil && !notForThisMachine(err) {
+			if err := s.loadModule("/" + p); err != nil && !notForThisMachine(err) {
 				s.Con.Fail(ctx, stage, "FAILED %s (for %s): %v", p, n, err)
 			}
 		}

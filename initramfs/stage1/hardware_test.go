@@ -102,8 +102,9 @@ func TestScanModaliasesOnThisHost(t *testing.T) {
 	t.Logf("%d distinct modaliases", len(as))
 }
 
-// A profile with a bond and a VLAN gets bonding and 8021q from the
-// initramfs by name; one the initramfs lacks is named on the console.
+// A profile with a bond and a VLAN gets bonding (with max_bonds=0) and
+// 8021q from the initramfs by name; one the initramfs lacks is named on
+// the console.
 func TestLoadByName(t *testing.T) {
 	dir := writeTree(t, map[string]string{
 		"etc/plinth/drivers": "driver bonding\nload lib/modules/6.1/bonding.ko\nalias rtnl-link-bond\ndriver 8021q\nload lib/modules/6.1/garp.ko\nload lib/modules/6.1/8021q.ko\n",
@@ -113,6 +114,11 @@ func TestLoadByName(t *testing.T) {
 	s.loadByName(context.Background(), "config", "bonding", "8021q", "macvlan")
 	if got := strings.Join(m.loaded, " "); got != "/lib/modules/6.1/bonding.ko /lib/modules/6.1/garp.ko /lib/modules/6.1/8021q.ko" {
 		t.Errorf("loaded %s", got)
+	}
+	// bonding without max_bonds=0 makes a round-robin bond0 of its own,
+	// which networkd then keeps as it is (seen in the lab).
+	if got := m.params["/lib/modules/6.1/bonding.ko"]; got != "max_bonds=0" {
+		t.Errorf("bonding loaded with %q, want max_bonds=0", got)
 	}
 	if !strings.Contains(out.String(), "FAILED: macvlan is not in this initramfs") {
 		t.Errorf("console:\n%s", out)

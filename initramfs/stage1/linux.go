@@ -78,15 +78,15 @@ func (Linux) Cmdline() (string, error) {
 // is a busybox symlink name.
 func (Linux) Self() ([]byte, error) { return os.ReadFile("/proc/self/exe") }
 
-// LoadModule inserts a module file with finit_module; one already loaded
-// (EEXIST) is fine.
-func (Linux) LoadModule(path string) error {
+// LoadModule inserts a module file with finit_module and its parameters
+// ("name=value ..."); one already loaded (EEXIST) is fine.
+func (Linux) LoadModule(path, params string) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	if err := unix.FinitModule(int(f.Fd()), "", 0); err != nil && !errors.Is(err, unix.EEXIST) {
+	if err := unix.FinitModule(int(f.Fd()), params, 0); err != nil && !errors.Is(err, unix.EEXIST) {
 		return fmt.Errorf("finit_module: %w", err)
 	}
 	return nil
@@ -95,9 +95,15 @@ func (Linux) LoadModule(path string) error {
 // Up picks the boot NIC and configures it with DHCPv4 (u-root's client),
 // writing /etc/resolv.conf of the initramfs for name lookups.
 func (l Linux) Up(ctx context.Context, iface string) (*NetInfo, error) {
-	link, err := l.findLink(ctx, iface)
+	link, states, err := l.findLink(ctx, iface)
 	if err != nil {
 		return nil, err
+	}
+	var nics []NIC
+	for _, st := range states {
+		if st.Physical {
+			nics = append(nics, NIC{Name: st.Name, MAC: st.MAC})
+		}
 	}
 	name := link.Attrs().Name
 	cfg := dhclient.Config{Timeout: 4 * time.Second, Retries: 3, LogLevel: dhclient.LogSummary}
@@ -114,7 +120,7 @@ func (l Linux) Up(ctx context.Context, iface string) (*NetInfo, error) {
 		if err := p.Configure(); err != nil {
 			return nil, fmt.Errorf("configure %s: %w", name, err)
 		}
-		n := &NetInfo{Iface: name, MAC: link.Attrs().HardwareAddr.String(), DHCP: true, Domain: p.P.DomainName()}
+		n := &NetInfo{Iface: name, MAC: link.Attrs().HardwareAddr.String(), DHCP: true, Domain: p.P.DomainName(), NICs: nics}
 		if ipn := p.Lease(); ipn != nil {
 			n.Address = ipn.String()
 		}
@@ -136,8 +142,8 @@ func (l Linux) Up(ctx context.Context, iface string) (*NetInfo, error) {
 }
 
 // findLink brings every NIC up (carrier shows only on an up link) and
-// waits for ChooseLink to pick one.
-func (l Linux) findLink(ctx context.Context, iface string) (netlink.Link, error) {
+// waits for ChooseLink to pick one; it returns the links it saw too.
+func (l Linux) findLink(ctx context.Context, iface string) (netlink.Link, []LinkState, error) {
 	wait := l.LinkWait
 	if wait <= 0 {
 		wait = 20 * time.Second
@@ -146,7 +152,7 @@ func (l Linux) findLink(ctx context.Context, iface string) (netlink.Link, error)
 	for {
 		links, err := netlink.LinkList()
 		if err != nil {
-			return nil, fmt.Errorf("list links: %w", err)
+			return nil, nil, fmt.Errorf("list links: %w", err)
 		}
 		var states []LinkState
 		for _, k := range links {
@@ -161,17 +167,18 @@ func (l Linux) findLink(ctx context.Context, iface string) (netlink.Link, error)
 			states = append(states, LinkState{Name: a.Name, MAC: a.HardwareAddr.String(), Physical: physical, Carrier: carrier(a.Name)})
 		}
 		if c, ok := ChooseLink(states, iface); ok {
-			return netlink.LinkByName(c.Name)
+			link, err := netlink.LinkByName(c.Name)
+			return link, states, err
 		}
 		if time.Now().After(deadline) {
 			what := "a NIC with carrier"
 			if iface != "" {
 				what = "NIC " + iface
 			}
-			return nil, fmt.Errorf("no %s after %s: %s", what, wait, describeLinks(states))
+			return nil, nil, fmt.Errorf("no %s after %s: %s", what, wait, describeLinks(states))
 		}
 		if err := sleep(ctx, 250*time.Millisecond); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 }

@@ -118,6 +118,17 @@ func NetworkdFiles(cfg *node.Config, n *NetInfo) map[string]string {
 		files[networkDir+"10-plinth-link-"+key+".network"] = ini(by+": a NIC carrying VLANs",
 			append(append(opts{match(v.Link)}, vlansOn(func(l string) bool { return l == v.Link })...), noAddress))
 	}
+	// Every NIC stage 1 brought up keeps its name: udev cannot rename a
+	// NIC that is up ("already up, cannot rename"), marks it renaming, and
+	// networkd then never configures it — no bond takes its members, the
+	// boot NIC's DHCP is never renewed (seen in the lab with systemd 252).
+	for _, nic := range n.NICs {
+		if _, err := net.ParseMAC(nic.MAC); err != nil || !isWord(nic.Name) {
+			continue
+		}
+		files[networkDir+"10-plinth-"+strings.ReplaceAll(nic.MAC, ":", "")+".link"] = ini(by+": the name the NIC had in stage 1, where it came up",
+			opts{opt("Match", "PermanentMACAddress", nic.MAC), opt("Link", "Name", nic.Name)})
+	}
 	if !bootInBond {
 		o := append(opts{opt("Match", "MACAddress", n.MAC)}, vlansOn(isBoot)...)
 		files[networkDir+"10-plinth.network"] = ini(fmt.Sprintf("%s for the boot NIC (%s at boot).", by, n.Iface), append(o, bootOpts(cfg)...))

@@ -20,9 +20,14 @@ func TestNetworkdFilesForABondWithVLANs(t *testing.T) {
 			{Name: "eno3.200", Link: "eno3", ID: 200, Address: node.AddressDHCP},
 		},
 	}}
-	n := &NetInfo{Iface: "eth0", MAC: "52:54:00:00:01:01", Address: "10.77.0.100/24", DHCP: true}
+	n := &NetInfo{Iface: "eth0", MAC: "52:54:00:00:01:01", Address: "10.77.0.100/24", DHCP: true,
+		NICs: []NIC{{"eth0", "52:54:00:00:01:01"}, {"eth1", "52:54:00:00:01:02"}}}
 	files := NetworkdFiles(cfg, n)
 	want := map[string][]string{
+		// The NICs stage 1 brought up keep their names (udev cannot
+		// rename a NIC that is up; networkd ignores one it tried to).
+		"10-plinth-525400000101.link": {"PermanentMACAddress=52:54:00:00:01:01", "Name=eth0"},
+		"10-plinth-525400000102.link": {"PermanentMACAddress=52:54:00:00:01:02", "Name=eth1"},
 		"10-plinth-bond0-m0.network":  {"PermanentMACAddress=52:54:00:00:01:01", "Bond=bond0"},
 		"10-plinth-bond0-m1.network":  {"PermanentMACAddress=52:54:00:00:01:02", "Bond=bond0"},
 		"10-plinth-bond0.netdev":      {"Kind=bond", "MACAddress=52:54:00:00:01:01", "Mode=active-backup", "MIIMonitorSec=100ms"},

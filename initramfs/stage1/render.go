@@ -26,7 +26,13 @@ type NetInfo struct {
 	DNS     []string
 	Domain  string // from DHCP, if any
 	DHCP    bool
+	// NICs are the physical NICs stage 1 brought up (looking for carrier),
+	// each with the name the kernel gave it and its MAC.
+	NICs []NIC
 }
+
+// NIC is a physical NIC as stage 1 saw it.
+type NIC struct{ Name, MAC string }
 
 // Paths of the agent inside the machine's root.
 const (

@@ -45,9 +45,26 @@ type Mounter interface {
 	SwitchRoot(newRoot, init string) error
 }
 
-// ModuleLoader inserts a kernel module file; one already loaded is fine.
+// ModuleLoader inserts a kernel module file with parameters; one already
+// loaded is fine.
 type ModuleLoader interface {
-	LoadModule(path string) error
+	LoadModule(path, params string) error
+}
+
+// moduleParams are the parameters stage 1 loads a module with, by module
+// name. bonding: with its default max_bonds=1 the kernel makes a bond0 of
+// its own (round-robin, a random MAC) the moment the module loads, and
+// networkd then uses that one "without changing its parameters" — the
+// profile's mode and MAC never apply.
+var moduleParams = map[string]string{"bonding": "max_bonds=0"}
+
+// loadModule loads a module file with its moduleParams.
+func (s *Stage1) loadModule(path string) error {
+	name := filepath.Base(path)
+	if i := strings.Index(name, ".ko"); i > 0 {
+		name = name[:i]
+	}
+	return s.Modules.LoadModule(path, moduleParams[name])
 }
 
 // Network brings up the boot NIC (by name or MAC, "" for the first with a
@@ -273,7 +290,7 @@ func (s *Stage1) modules(ctx context.Context) error {
 		loaded[strings.TrimPrefix(m, "/")] = true
 		// One bad module is worth a line, not a dead machine: the phase
 		// that needs it fails later with its own message.
-		err := s.Modules.LoadModule(m)
+		err := s.loadModule(m)
 		switch {
 		case err == nil:
 		case notForThisMachine(err):

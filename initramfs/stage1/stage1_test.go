@@ -34,6 +34,7 @@ type fakeMachine struct {
 	cancel     func()
 	onLoad     func(path string) error // a fake kernel's reaction to a module
 	reboots    int
+	params     map[string]string // module parameters, by path
 }
 
 func (f *fakeMachine) MountBasics() error          { return nil }
@@ -49,7 +50,13 @@ func (f *fakeMachine) Reboot() error {
 	}
 	return errors.New("reboot (fake)")
 }
-func (f *fakeMachine) LoadModule(p string) error {
+func (f *fakeMachine) LoadModule(p, params string) error {
+	if params != "" {
+		if f.params == nil {
+			f.params = map[string]string{}
+		}
+		f.params[p] = params
+	}
 	if f.missing[p] {
 		return fmt.Errorf("open %s: no such file or directory", p)
 	}
