@@ -31,6 +31,7 @@ func (s *Server) routes() http.Handler {
 	handle("GET "+api.PathArtifact, "artifact", s.artifact)
 	handle("HEAD "+api.PathArtifact, "artifact", s.artifact)
 	handle("GET "+api.PathProfile, "config", s.profile)
+	handle("POST "+api.PathProfile, "config", s.profile)
 	handle("POST "+api.PathEvents, "events", s.event)
 	handle("GET "+api.PathMachines, "machines", s.machines)
 	handle("GET "+api.PathAPIPool, "api-pool", func(w http.ResponseWriter, r *http.Request) {
@@ -400,8 +401,27 @@ func (s *Server) artifact(w http.ResponseWriter, r *http.Request) {
 	http.ServeContent(w, r, "", time.Time{}, f)
 }
 
+// profile answers a machine's profile request: a GET gets the profile
+// without credentials (what the machine's first-boot steps re-read), a
+// POST of api.CertRequests gets it with certificates for the keys the
+// machine made (stage 1).
 func (s *Server) profile(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
+	var keys *api.CertRequests
+	if r.Method == http.MethodPost {
+		body, err := s.readBody(w, r, api.MaxCertRequests)
+		if err != nil {
+			s.failBody(w, r, "config", api.MaxCertRequests, err)
+			return
+		}
+		keys = &api.CertRequests{}
+		dec := json.NewDecoder(bytes.NewReader(body))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(keys); err != nil {
+			s.fail(w, r, http.StatusBadRequest, "config: certificate requests: "+err.Error(), "machine", id)
+			return
+		}
+	}
 	snap := s.snap.Load()
 	m := snap.site.Machine(id)
 	if m == nil {
@@ -437,12 +457,12 @@ func (s *Server) profile(w http.ResponseWriter, r *http.Request) {
 	// or the cluster) until the operator approves it by adding it to the
 	// site as a [[machine]]; it gets them at its next boot.
 	approved := snap.site.Machine(id) != nil
-	if approved {
-		if err := s.issueTLS(c, remoteIP(r)); err != nil {
-			s.fail(w, r, http.StatusInternalServerError, "config: "+err.Error(), "machine", id)
+	if approved && keys != nil {
+		if err := s.issueTLS(c, remoteIP(r), keys); err != nil {
+			s.fail(w, r, http.StatusBadRequest, "config: "+err.Error(), "machine", id)
 			return
 		}
-	} else {
+	} else if !approved {
 		s.log.Warn("profile without credentials: booted by the site's [default], not approved; add it to the site as a [[machine]] and reboot it", "machine", id, "mac", m.MAC)
 	}
 	w.Header().Set("Content-Type", "application/json")

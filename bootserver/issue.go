@@ -4,14 +4,16 @@ import (
 	"fmt"
 	"net/netip"
 
+	"github.com/plinth-dev/plinth/bootserver/api"
 	"github.com/plinth-dev/plinth/profiles/node"
 )
 
-// issueTLS fills c.TLS for the machine c describes with new certificates
-// from the site CA, if the server has one. The SANs carry the machine's
-// static address, or else the address its profile request came from.
-// Nothing of the keys is logged or kept: they live only in this response.
-func (s *Server) issueTLS(c *node.Config, remote string) error {
+// issueTLS fills c.TLS for the machine c describes with certificates from
+// the site CA (if the server has one) for the keys the machine made (req).
+// The SANs carry the machine's static address, or else the address its
+// profile request came from. No private key of the machine's passes here;
+// the service-account key goes only sealed to the machine's own key.
+func (s *Server) issueTLS(c *node.Config, remote string, req *api.CertRequests) error {
 	if s.cfg.CA == nil {
 		return nil
 	}
@@ -23,7 +25,7 @@ func (s *Server) issueTLS(c *node.Config, remote string) error {
 		}
 		addr = p.Addr()
 	}
-	t, err := s.cfg.CA.ForMachine(c, addr)
+	t, err := s.cfg.CA.ForMachine(c, addr, req)
 	if err != nil {
 		return fmt.Errorf("machine %s: %w", c.Machine, err)
 	}

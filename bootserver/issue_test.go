@@ -7,6 +7,8 @@ import (
 	"encoding/pem"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,7 +17,9 @@ import (
 
 	"github.com/plinth-dev/plinth/bootserver/api"
 	"github.com/plinth-dev/plinth/bootserver/pki"
+	machinekeys "github.com/plinth-dev/plinth/initramfs/keys"
 	"github.com/plinth-dev/plinth/profiles/node"
+	"github.com/plinth-dev/plinth/roles"
 )
 
 // lockedBuffer collects the server's log lines.
@@ -48,18 +52,49 @@ func withCA(t *testing.T, s *Server) (*pki.CA, *lockedBuffer) {
 	return ca, logs
 }
 
+// requestProfile asks for machine's profile as stage 1 does: keys made
+// here, their certificate requests POSTed from remote.
+func requestProfile(t *testing.T, h http.Handler, remote, machine string, hdr ...string) (*httptest.ResponseRecorder, *machinekeys.Set) {
+	t.Helper()
+	k, err := machinekeys.New(roles.IdentityNames())
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := k.Requests(machine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := httptest.NewRequest(http.MethodPost, api.ProfilePath(machine), bytes.NewReader([]byte(mustJSON(t, req))))
+	r.RemoteAddr = remote + ":40000"
+	r.Host = "10.77.0.1:8080"
+	for i := 0; i+1 < len(hdr); i += 2 {
+		r.Header.Set(hdr[i], hdr[i+1])
+	}
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	return w, k
+}
+
+// profileOf is machine's profile as stage 1 ends up with it: requested
+// with its own keys, checked to carry no private key, filled with them.
 func profileOf(t *testing.T, s *Server, machine, from string) *node.Config {
 	t.Helper()
-	w := getFrom(s.Handler(), from, api.ProfilePath(machine))
+	w, k := requestProfile(t, s.Handler(), from, machine)
 	if w.Code != http.StatusOK {
 		t.Fatalf("%s: %d %s", machine, w.Code, w.Body)
 	}
 	if cc := w.Header().Get("Cache-Control"); cc != "no-store" {
 		t.Errorf("profile Cache-Control %q, want no-store", cc)
 	}
+	if strings.Contains(w.Body.String(), "PRIVATE KEY") {
+		t.Fatalf("%s: the profile response carries a private key", machine)
+	}
 	c, err := node.Decode(w.Body.Bytes())
 	if err != nil {
 		t.Fatal(err)
+	}
+	if err := k.Fill(c.TLS, machine); err != nil {
+		t.Fatalf("%s: %v", machine, err)
 	}
 	return c
 }
@@ -178,7 +213,7 @@ func TestAMachineBootedByTheDefaultGetsNoCredentialsUntilApproved(t *testing.T) 
 		t.Fatalf("the default did not boot it: %d\n%s", w.Code, w.Body)
 	}
 	name := "m-525400000077"
-	w := get(t, h, api.ProfilePath(name))
+	w, _ := requestProfile(t, h, "10.77.0.100", name)
 	if w.Code != http.StatusOK {
 		t.Fatalf("profile: %d %s", w.Code, w.Body)
 	}
@@ -206,11 +241,76 @@ func TestAMachineBootedByTheDefaultGetsNoCredentialsUntilApproved(t *testing.T) 
 		t.Fatal(err)
 	}
 	get(t, h, api.PathBootScript+"?mac="+mac)
-	c, err = node.Decode(get(t, h, api.ProfilePath(name)).Body.Bytes())
+	c = profileOf(t, s, name, "10.77.0.100")
+	if c.TLS == nil || len(c.TLS.Identities) == 0 {
+		t.Fatal("the approved machine got no certificates")
+	}
+}
+
+// issuedTo is the TLS material a machine ends up with: keys made as stage
+// 1 makes them, certified by ca, filled in.
+func issuedTo(t *testing.T, ca *pki.CA, c *node.Config, addr netip.Addr) (*node.TLS, error) {
+	t.Helper()
+	k, err := machinekeys.New(roles.IdentityNames())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.TLS == nil || len(c.TLS.Identities) == 0 {
-		t.Fatal("the approved machine got no certificates")
+	req, err := k.Requests(c.Machine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tl, err := ca.ForMachine(c, addr, req)
+	if err != nil {
+		return nil, err
+	}
+	return tl, k.Fill(tl, c.Machine)
+}
+
+// No response of the boot server carries a private key, for any machine,
+// whoever asks and however: the profile of a master (the case that once
+// held a system:masters key, the service-account key and an API server
+// certificate) fetched by an outsider with GET has no certificate at all;
+// asked as stage 1 asks, it has certificates for the asker's own keys and
+// the service-account key only sealed to the asker's HPKE key; a request
+// without keys, with someone else's key, or with a key as "request" is
+// refused, and no refusal echoes a key either.
+func TestNoResponseCarriesAPrivateKey(t *testing.T) {
+	s, _ := fixture(t, "none")
+	withCA(t, s)
+	h := s.Handler()
+	post := func(machine, body string) *httptest.ResponseRecorder {
+		r := httptest.NewRequest(http.MethodPost, api.ProfilePath(machine), strings.NewReader(body))
+		r.RemoteAddr, r.Host = "10.77.0.66:40000", "10.77.0.1:8080"
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		return w
+	}
+	k, _ := machinekeys.New(roles.IdentityNames())
+	req, _ := k.Requests("node-2")
+	forged := *req
+	forged.Node = strings.Replace(req.Node, "REQUEST-----\n", "REQUEST-----\nAAAA", 1)
+	keyAsRequest := *req
+	keyAsRequest.Node = "-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n"
+	for _, machine := range []string{"node-1", "node-2"} {
+		for name, w := range map[string]*httptest.ResponseRecorder{
+			"GET by an outsider":             getFrom(h, "10.77.0.66", api.ProfilePath(machine)),
+			"POST as stage 1":                func() *httptest.ResponseRecorder { w, _ := requestProfile(t, h, "10.77.0.66", machine); return w }(),
+			"POST without keys":              post(machine, `{}`),
+			"POST with a broken request":     post(machine, mustJSON(t, &forged)),
+			"POST with a key as its request": post(machine, mustJSON(t, &keyAsRequest)),
+			"POST of garbage":                post(machine, `{"node":`),
+		} {
+			body := w.Body.String()
+			if strings.Contains(body, "PRIVATE KEY") {
+				t.Errorf("%s, %s: %d, the response carries a private key", machine, name, w.Code)
+			}
+			wantOK := name == "GET by an outsider" || name == "POST as stage 1"
+			if wantOK != (w.Code == http.StatusOK) {
+				t.Errorf("%s, %s: %d %s", machine, name, w.Code, body)
+			}
+			if name == "GET by an outsider" && strings.Contains(body, "BEGIN CERTIFICATE-----") && strings.Contains(body, `"cert"`) {
+				t.Errorf("%s: a GET got certificates", machine)
+			}
+		}
 	}
 }

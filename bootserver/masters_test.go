@@ -77,7 +77,7 @@ func caFixture(t *testing.T, siteText string, conf func(*Config)) (*Server, *pki
 // machineCert is the certificate the site CA gives machine at boot.
 func machineCert(t *testing.T, ca *pki.CA, machine, role string, addr netip.Addr) tls.Certificate {
 	t.Helper()
-	tl, err := ca.ForMachine(&node.Config{Machine: machine, Hostname: machine, Role: role,
+	tl, err := issuedTo(t, ca, &node.Config{Machine: machine, Hostname: machine, Role: role,
 		Cluster: &node.Cluster{APIName: "api.lab.example", ServiceCIDR: "10.96.0.0/12"}}, addr)
 	if err != nil {
 		t.Fatal(err)
@@ -475,7 +475,7 @@ func TestAMastersAgentJoinsThePoolWithItsCertificateFiles(t *testing.T) {
 	s, ca := caFixture(t, twoMasters, nil)
 	s.apiPort = 1
 	_, httpAddr, httpsAddr := serveInBackground(t, t.Context(), s)
-	tl, err := ca.ForMachine(&node.Config{Machine: "node-3", Hostname: "node-3", Role: "master",
+	tl, err := issuedTo(t, ca, &node.Config{Machine: "node-3", Hostname: "node-3", Role: "master",
 		Cluster: &node.Cluster{APIName: "api.lab.example", ServiceCIDR: "10.96.0.0/12"}}, netip.MustParseAddr("127.0.0.3"))
 	if err != nil {
 		t.Fatal(err)

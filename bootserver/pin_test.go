@@ -15,8 +15,10 @@ import (
 
 	"github.com/plinth-dev/plinth/bootserver/api"
 	"github.com/plinth-dev/plinth/bootserver/pki"
+	machinekeys "github.com/plinth-dev/plinth/initramfs/keys"
 	"github.com/plinth-dev/plinth/initramfs/stage1/events"
 	"github.com/plinth-dev/plinth/profiles/node"
+	"github.com/plinth-dev/plinth/roles"
 )
 
 // Stage 1 knows the site CA only by the fingerprint on its boot command
@@ -46,7 +48,9 @@ func TestStage1TrustsTheServerByTheCAFingerprintOnItsBootCommandLine(t *testing.
 		t.Fatal(err)
 	}
 	c.Timeout = 10 * time.Second
-	resp, err := c.Get(real + api.ProfilePath("node-2"))
+	k, _ := machinekeys.New(roles.IdentityNames())
+	req, _ := k.Requests("node-2")
+	resp, err := c.Post(real+api.ProfilePath("node-2"), "application/json", strings.NewReader(mustJSON(t, req)))
 	if err != nil {
 		t.Fatalf("profile over HTTPS with the pinned CA: %v", err)
 	}

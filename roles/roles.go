@@ -364,3 +364,18 @@ func (r Role) MachineSize(memory, cpus int) (int, int) {
 	}
 	return memory, cpus
 }
+
+// IdentityNames lists, sorted, every TLS identity a role may carry: what
+// a machine that does not know its role yet makes keys for.
+func IdentityNames() []string {
+	var out []string
+	for _, name := range Names() {
+		for _, id := range Get(name).TLS.Identities {
+			if !slices.Contains(out, id.Name) {
+				out = append(out, id.Name)
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}

@@ -83,7 +83,7 @@ func CAFingerprint(der []byte) string {
 const (
 	PathBootScript  = "/boot.ipxe"               // ?mac=..&uuid=..&arch=..
 	PathArtifacts   = "/artifacts/"              // + "sha256/<hex>"
-	PathProfile     = "/v1/machines/{id}/config" // GET: node.Config as JSON
+	PathProfile     = "/v1/machines/{id}/config" // GET: node.Config as JSON, no credentials; POST CertRequests: with them
 	PathArtifact    = "/artifacts/sha256/{hex}"  // GET, HEAD: one artifact by digest
 	PathEvents      = "/v1/events"               // POST: Event
 	PathEventStream = "/v1/events/stream"        // GET: MachineStatus as server-sent events
@@ -147,6 +147,38 @@ type APIPool struct {
 	Name  string   `json:"name"`
 	Addrs []string `json:"addrs,omitempty"`
 }
+
+// CertRequests is what a machine POSTs to its PathProfile for a profile
+// with credentials. It makes its private keys itself, in memory, and
+// sends only what the boot server needs to certify them: a PKCS#10
+// request (PEM) for its own certificate and one for each Kubernetes
+// identity a role may carry (node.Identity*; the server uses those the
+// machine's role has), and an HPKE public key (SealKEM, base64) the server
+// seals the one secret it shares with masters to (node.TLS.SealedServiceAccountKey).
+// The server takes only the public key and the proof of its possession
+// from each request: names, addresses and usages are its own.
+type CertRequests struct {
+	Node       string            `json:"node"`
+	Identities map[string]string `json:"identities,omitempty"`
+	Seal       string            `json:"seal,omitempty"`
+}
+
+// The HPKE suite (RFC 9180) secrets are sealed with: hybrid ML-KEM-768 +
+// X25519 (a recording of the boot network stays closed to a future
+// quantum computer), HKDF-SHA256, AES-256-GCM. SealInfo binds a sealed
+// secret to its purpose and machine.
+const (
+	SealKEM  = 0x647a // MLKEM768-X25519
+	SealKDF  = 0x0001 // HKDF-SHA256
+	SealAEAD = 0x0002 // AES-256-GCM
+)
+
+// SealInfo is the HPKE info string of the service-account key sealed for
+// machine.
+func SealInfo(machine string) []byte { return []byte("plinth service-account key for " + machine) }
+
+// MaxCertRequests caps a CertRequests body.
+const MaxCertRequests = 64 << 10
 
 // ProfilePath is the URL path of a machine's rendered config.
 func ProfilePath(machine string) string { return strings.Replace(PathProfile, "{id}", machine, 1) }

@@ -1,9 +1,14 @@
 package pki
 
 import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/hpke"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -51,19 +56,71 @@ func (ca *CA) Issue(r Request) (node.KeyPair, error) {
 }
 
 func (ca *CA) issue(r Request) (node.KeyPair, error) {
-	if r.CommonName == "" {
-		return node.KeyPair{}, errors.New("issue: no common name")
-	}
-	if !r.Server && !r.Client {
-		return node.KeyPair{}, fmt.Errorf("issue %s: neither server nor client auth", r.CommonName)
-	}
 	key, err := newKey()
 	if err != nil {
 		return node.KeyPair{}, err
 	}
-	sn, err := serial()
+	cert, err := ca.sign(r, &key.PublicKey)
 	if err != nil {
 		return node.KeyPair{}, err
+	}
+	keyPEM, err := encodeKey(key)
+	if err != nil {
+		return node.KeyPair{}, err
+	}
+	return node.KeyPair{Cert: cert, Key: keyPEM}, nil
+}
+
+// Certify signs a certificate for the key a machine made, sent as a
+// PKCS#10 request (PEM) whose signature proves the sender holds the
+// private key. Only the public key is taken from the request: subject,
+// names, addresses and usages are r's, as Issue would give them. Keys
+// other than ECDSA P-256 are refused (stage 1 makes those; every
+// component of the stack takes them).
+func (ca *CA) Certify(r Request, csrPEM string) (string, error) {
+	for _, n := range r.DNSNames {
+		if strings.EqualFold(strings.TrimSuffix(n, "."), api.BootServerSAN) {
+			return "", fmt.Errorf("certify %s: %s names the boot server; no other certificate may carry it", r.CommonName, n)
+		}
+	}
+	csr, err := ParseRequest(csrPEM)
+	if err != nil {
+		return "", fmt.Errorf("certify %s: %w", r.CommonName, err)
+	}
+	return ca.sign(r, csr.PublicKey)
+}
+
+// ParseRequest reads a PEM certificate request and checks that it is
+// signed by its own key, an ECDSA P-256 one.
+func ParseRequest(csrPEM string) (*x509.CertificateRequest, error) {
+	b, rest := pem.Decode([]byte(csrPEM))
+	if b == nil || b.Type != "CERTIFICATE REQUEST" || len(strings.TrimSpace(string(rest))) > 0 {
+		return nil, errors.New("not one PEM CERTIFICATE REQUEST")
+	}
+	csr, err := x509.ParseCertificateRequest(b.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("certificate request: %w", err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, fmt.Errorf("certificate request not signed by its key: %w", err)
+	}
+	if k, ok := csr.PublicKey.(*ecdsa.PublicKey); !ok || k.Curve != elliptic.P256() {
+		return nil, fmt.Errorf("certificate request: a %T key; only ECDSA P-256 is accepted", csr.PublicKey)
+	}
+	return csr, nil
+}
+
+// sign certifies pub for r.
+func (ca *CA) sign(r Request, pub crypto.PublicKey) (string, error) {
+	if r.CommonName == "" {
+		return "", errors.New("issue: no common name")
+	}
+	if !r.Server && !r.Client {
+		return "", fmt.Errorf("issue %s: neither server nor client auth", r.CommonName)
+	}
+	sn, err := serial()
+	if err != nil {
+		return "", err
 	}
 	now := ca.now()
 	notAfter := now.Add(Validity)
@@ -88,15 +145,11 @@ func (ca *CA) issue(r Request) (node.KeyPair, error) {
 	if r.Client {
 		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageClientAuth)
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, pub, ca.key)
 	if err != nil {
-		return node.KeyPair{}, fmt.Errorf("issue %s: %w", r.CommonName, err)
+		return "", fmt.Errorf("issue %s: %w", r.CommonName, err)
 	}
-	keyPEM, err := encodeKey(key)
-	if err != nil {
-		return node.KeyPair{}, err
-	}
-	return node.KeyPair{Cert: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})), Key: keyPEM}, nil
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})), nil
 }
 
 // Admin issues a client certificate for the cluster's administrator
@@ -111,18 +164,22 @@ func identityRequest(id roles.Identity, host string) Request {
 	return Request{CommonName: id.Subject(host), Organization: id.Organization, Client: true}
 }
 
-// ForMachine issues the TLS material of the machine c describes, as
-// node.TLS documents it: its own server+client certificate, the
-// Kubernetes identities of its role, and on masters the service account
-// key. addr is the machine's address (its static one, else the one it
-// asked from); invalid when unknown. Machines without a role get nil.
-func (ca *CA) ForMachine(c *node.Config, addr netip.Addr) (*node.TLS, error) {
+// ForMachine certifies the keys a machine made (req) as the TLS material
+// node.TLS documents: its own server+client certificate, the Kubernetes
+// identities of its role, and on masters the service account key sealed
+// to the machine's HPKE key. No private key of the machine's is ever here.
+// addr is the machine's address (its static one, else the one it asked
+// from); invalid when unknown. Machines without a role get nil.
+func (ca *CA) ForMachine(c *node.Config, addr netip.Addr, req *api.CertRequests) (*node.TLS, error) {
 	d, err := roles.Lookup(c.Role)
 	if err != nil {
 		return nil, fmt.Errorf("tls %s: %w", c.Machine, err)
 	}
 	if !d.TLS.Node {
 		return nil, nil
+	}
+	if req == nil {
+		req = &api.CertRequests{}
 	}
 	host := c.Hostname
 	dns := []string{host}
@@ -152,32 +209,70 @@ func (ca *CA) ForMachine(c *node.Config, addr netip.Addr) (*node.TLS, error) {
 			ips = append(ips, p.Masked().Addr().Next())
 		}
 	}
-	t := &node.TLS{CA: ca.certPEM}
-	kp, err := ca.Issue(Request{CommonName: host, DNSNames: dedup(dns), IPs: dedupAddrs(ips), URIs: []*url.URL{MachineURI(c.Machine)}, Server: true, Client: true})
-	if err != nil {
-		return nil, err
+	if req.Node == "" {
+		return nil, fmt.Errorf("tls %s: no certificate request for the machine's own key", c.Machine)
 	}
-	t.Cert, t.Key = kp.Cert, kp.Key
-	add := func(name string, r Request) error {
-		kp, err := ca.Issue(r)
+	t := &node.TLS{CA: ca.certPEM}
+	t.Cert, err = ca.Certify(Request{CommonName: host, DNSNames: dedup(dns), IPs: dedupAddrs(ips), URIs: []*url.URL{MachineURI(c.Machine)}, Server: true, Client: true}, req.Node)
+	if err != nil {
+		return nil, fmt.Errorf("tls %s: its own key: %w", c.Machine, err)
+	}
+	for _, id := range d.TLS.Identities {
+		csr, ok := req.Identities[id.Name]
+		if !ok {
+			return nil, fmt.Errorf("tls %s: no certificate request for identity %q (role %s)", c.Machine, id.Name, c.Role)
+		}
+		cert, err := ca.Certify(identityRequest(id, host), csr)
 		if err != nil {
-			return err
+			return nil, fmt.Errorf("tls %s: identity %q: %w", c.Machine, id.Name, err)
 		}
 		if t.Identities == nil {
 			t.Identities = map[string]node.KeyPair{}
 		}
-		t.Identities[name] = kp
-		return nil
-	}
-	for _, id := range d.TLS.Identities {
-		if err := add(id.Name, identityRequest(id, host)); err != nil {
-			return nil, err
-		}
+		t.Identities[id.Name] = node.KeyPair{Cert: cert}
 	}
 	if d.TLS.ServiceAccountKey {
-		t.ServiceAccountKey = ca.saPEM
+		if t.SealedServiceAccountKey, err = Seal(req.Seal, c.Machine, []byte(ca.saPEM)); err != nil {
+			return nil, fmt.Errorf("tls %s: the service-account key: %w", c.Machine, err)
+		}
 	}
 	return t, nil
+}
+
+// Seal encrypts secret to a machine's HPKE public key (base64, the
+// api.SealKEM suite), bound to that machine by api.SealInfo; base64 of
+// the encapsulated key and ciphertext.
+func Seal(pubB64, machine string, secret []byte) (string, error) {
+	kem, kdf, aead, err := sealSuite()
+	if err != nil {
+		return "", err
+	}
+	raw, err := base64.StdEncoding.DecodeString(pubB64)
+	if err != nil || pubB64 == "" {
+		return "", errors.New("no HPKE public key to seal it to (seal: base64 of an ML-KEM-768+X25519 key)")
+	}
+	pk, err := kem.NewPublicKey(raw)
+	if err != nil {
+		return "", fmt.Errorf("seal: %w", err)
+	}
+	ct, err := hpke.Seal(pk, kdf, aead, api.SealInfo(machine), secret)
+	if err != nil {
+		return "", fmt.Errorf("seal: %w", err)
+	}
+	return base64.StdEncoding.EncodeToString(ct), nil
+}
+
+func sealSuite() (hpke.KEM, hpke.KDF, hpke.AEAD, error) {
+	kem, err := hpke.NewKEM(api.SealKEM)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	kdf, err := hpke.NewKDF(api.SealKDF)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	aead, err := hpke.NewAEAD(api.SealAEAD)
+	return kem, kdf, aead, err
 }
 
 // MachineURI is the URI SAN that names a machine of the site in its own

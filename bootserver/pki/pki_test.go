@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/pem"
 	"net/netip"
@@ -19,7 +22,9 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/plinth-dev/plinth/bootserver/api"
+	machinekeys "github.com/plinth-dev/plinth/initramfs/keys"
 	"github.com/plinth-dev/plinth/profiles/node"
+	"github.com/plinth-dev/plinth/roles"
 )
 
 func newCA(t *testing.T) (*CA, string) {
@@ -189,7 +194,7 @@ func verify(t *testing.T, ca *CA, kp node.KeyPair, usage x509.ExtKeyUsage) *x509
 func TestMachineCertificatesCarryTheNamesAndUsesTheirRoleNeeds(t *testing.T) {
 	ca, _ := newCA(t)
 	addr := netip.MustParseAddr("10.77.0.21")
-	m, err := ca.ForMachine(master("master-1"), addr)
+	m, err := forMachine(t, ca, master("master-1"), addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,7 +225,7 @@ func TestMachineCertificatesCarryTheNamesAndUsesTheirRoleNeeds(t *testing.T) {
 	if len(m.Identities) != 3 {
 		t.Errorf("master identities %v, want admin, controller-manager, scheduler", keys(m.Identities))
 	}
-	m2, _ := ca.ForMachine(master("master-2"), netip.MustParseAddr("10.77.0.22"))
+	m2, _ := forMachine(t, ca, master("master-2"), netip.MustParseAddr("10.77.0.22"))
 	if m.ServiceAccountKey == "" || m.ServiceAccountKey != m2.ServiceAccountKey {
 		t.Error("masters do not share one service account key")
 	}
@@ -230,7 +235,7 @@ func TestMachineCertificatesCarryTheNamesAndUsesTheirRoleNeeds(t *testing.T) {
 
 	minion := &node.Config{Machine: "minion-1", Hostname: "minion-1", Domain: "lab.example", Role: "minion",
 		Cluster: &node.Cluster{Name: "lab", APIName: "api.lab.example", ServiceCIDR: "10.96.0.0/12"}}
-	n, err := ca.ForMachine(minion, netip.MustParseAddr("10.77.0.31"))
+	n, err := forMachine(t, ca, minion, netip.MustParseAddr("10.77.0.31"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -254,7 +259,7 @@ func TestMachineCertificatesCarryTheNamesAndUsesTheirRoleNeeds(t *testing.T) {
 	}
 
 	etcd := &node.Config{Machine: "etcd-1", Hostname: "etcd-1", Domain: "lab.example", Role: "etcd"}
-	e, err := ca.ForMachine(etcd, netip.MustParseAddr("10.77.0.11"))
+	e, err := forMachine(t, ca, etcd, netip.MustParseAddr("10.77.0.11"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -266,7 +271,7 @@ func TestMachineCertificatesCarryTheNamesAndUsesTheirRoleNeeds(t *testing.T) {
 		t.Error("an etcd member got Kubernetes identities")
 	}
 
-	if none, err := ca.ForMachine(&node.Config{Machine: "x", Hostname: "x"}, addr); none != nil || err != nil {
+	if none, err := forMachine(t, ca, &node.Config{Machine: "x", Hostname: "x"}, addr); none != nil || err != nil {
 		t.Errorf("a machine without a role got TLS: %v %v", none, err)
 	}
 }
@@ -368,4 +373,113 @@ func TestIssueRefusesTheBootServerName(t *testing.T) {
 	if err != nil || c.VerifyHostname(api.BootServerSAN) != nil {
 		t.Errorf("the boot server's certificate is not for %s: %v %v", api.BootServerSAN, err, c.DNSNames)
 	}
+}
+
+// forMachine is what a machine goes through: keys made as stage 1 makes
+// them, their requests certified, the answer filled in with the keys.
+func forMachine(t *testing.T, ca *CA, c *node.Config, addr netip.Addr) (*node.TLS, error) {
+	t.Helper()
+	k, err := machinekeys.New(roles.IdentityNames())
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := k.Requests(c.Machine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tl, err := ca.ForMachine(c, addr, req)
+	if err != nil {
+		return nil, err
+	}
+	if tl != nil && tl.Key != "" {
+		t.Errorf("%s: the CA's answer carries a private key", c.Machine)
+	}
+	return tl, k.Fill(tl, c.Machine)
+}
+
+// A machine's request is worth its public key and nothing else: what it
+// asks for (a system:masters subject, the API name) is not what it gets;
+// a request not signed by its own key (someone else's public key), a key
+// of another kind or a missing request is refused, naming what is wrong;
+// the service-account key opens only with the requester's own HPKE key.
+func TestCertifyTakesOnlyTheKeyFromARequest(t *testing.T) {
+	ca, _ := newCA(t)
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	csr := func(k any, tmpl *x509.CertificateRequest) string {
+		der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
+	}
+	greedy := csr(k, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "plinth:admin", Organization: []string{"system:masters"}},
+		DNSNames: []string{"api.lab.example", api.BootServerSAN}})
+	cert, err := ca.Certify(Request{CommonName: "system:kube-proxy", Client: true}, greedy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := parseCert(t, cert)
+	if c.Subject.CommonName != "system:kube-proxy" || len(c.Subject.Organization) != 0 || len(c.DNSNames) != 0 {
+		t.Errorf("certified %s %v: the request's subject or names leaked in", c.Subject, c.DNSNames)
+	}
+	if !c.PublicKey.(*ecdsa.PublicKey).Equal(&k.PublicKey) {
+		t.Error("the certificate is not for the request's key")
+	}
+
+	// Someone else's public key in a request signed by another key.
+	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	b, _ := pem.Decode([]byte(csr(other, &x509.CertificateRequest{})))
+	forged := bytes.Replace(b.Bytes, mustMarshalPub(t, &other.PublicKey), mustMarshalPub(t, &k.PublicKey), 1)
+	rsaKey, _ := rsa.GenerateKey(rand.Reader, 2048)
+	for name, tc := range map[string]struct{ csr, want string }{
+		"forged":  {string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: forged})), "not signed by its key"},
+		"rsa":     {csr(rsaKey, &x509.CertificateRequest{}), "only ECDSA P-256"},
+		"key":     {string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: []byte("x")})), "not one PEM CERTIFICATE REQUEST"},
+		"nothing": {"", "not one PEM CERTIFICATE REQUEST"},
+	} {
+		if _, err := ca.Certify(Request{CommonName: "x", Client: true}, tc.csr); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want an error with %q", name, err, tc.want)
+		}
+	}
+
+	mk, _ := machinekeys.New(roles.IdentityNames())
+	req, _ := mk.Requests("master-1")
+	delete(req.Identities, node.IdentityScheduler)
+	if _, err := ca.ForMachine(master("master-1"), netip.Addr{}, req); err == nil || !strings.Contains(err.Error(), `identity "scheduler"`) {
+		t.Errorf("a request without the scheduler's key: %v", err)
+	}
+
+	// The sealed service-account key: another machine's keys cannot open
+	// it, nor can the same keys under another machine's name.
+	req, _ = mk.Requests("master-1")
+	tl, err := ca.ForMachine(master("master-1"), netip.Addr{}, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tl.ServiceAccountKey != "" || strings.Contains(tl.SealedServiceAccountKey, "PRIVATE") {
+		t.Fatal("the service-account key went out in the clear")
+	}
+	thief, _ := machinekeys.New(roles.IdentityNames())
+	stolen := *tl
+	if err := thief.Fill(&stolen, "master-1"); err == nil {
+		t.Error("another machine's keys filled in master-1's answer")
+	}
+	renamed := *tl
+	renamed.Identities = nil
+	renamed.Cert = ""
+	if err := mk.Fill(&renamed, "master-2"); err == nil || !strings.Contains(err.Error(), "sealed service-account key") {
+		t.Errorf("opened under another machine's name: %v", err)
+	}
+	if err := mk.Fill(tl, "master-1"); err != nil || !strings.Contains(tl.ServiceAccountKey, "PRIVATE KEY") {
+		t.Errorf("master-1 cannot open its own: %v", err)
+	}
+}
+
+func mustMarshalPub(t *testing.T, k *ecdsa.PublicKey) []byte {
+	t.Helper()
+	b, err := k.Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -179,7 +179,7 @@ const procNetTCP = `  sl  local_address rem_address   st tx_queue rx_queue tr tm
 `
 
 func machine(t *testing.T, server string) *fakeSystem {
-	cfg := `{"version":1,"machine":"etcd-1","hostname":"etcd-one","role":"etcd","cluster":{"name":"lab","boot_server":"` + server + `"}}`
+	cfg := `{"version":2,"machine":"etcd-1","hostname":"etcd-one","role":"etcd","cluster":{"name":"lab","boot_server":"` + server + `"}}`
 	return &fakeSystem{
 		host: "etcd-one",
 		files: map[string]string{role.ConfigPath: cfg, "/proc/self/mountinfo": bootedMountinfo(t), role.ServicesPath: "etcd.service\n",

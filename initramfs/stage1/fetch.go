@@ -1,6 +1,7 @@
 package stage1
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -77,10 +78,17 @@ func (f *Fetcher) wait(ctx context.Context, attempt int, err error) error {
 	return sleep(ctx, d)
 }
 
-func (f *Fetcher) request(ctx context.Context, url string) (*http.Request, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+func (f *Fetcher) request(ctx context.Context, method, url string, body []byte) (*http.Request, error) {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, url, rd)
 	if err != nil {
 		return nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	if f.Token != "" {
 		req.Header.Set(api.HeaderToken, f.Token)
@@ -91,6 +99,7 @@ func (f *Fetcher) request(ctx context.Context, url string) (*http.Request, error
 // HTTPError is a response the server meant: 4xx are not retried by the
 // fetcher (the machine is unknown, the token wrong), 5xx are.
 type HTTPError struct {
+	Method string // GET when empty
 	URL    string
 	Status string
 	Code   int
@@ -98,16 +107,30 @@ type HTTPError struct {
 }
 
 func (e *HTTPError) Error() string {
-	if e.Body == "" {
-		return "GET " + e.URL + ": " + e.Status
+	m := e.Method
+	if m == "" {
+		m = http.MethodGet
 	}
-	return "GET " + e.URL + ": " + e.Status + ": " + e.Body
+	if e.Body == "" {
+		return m + " " + e.URL + ": " + e.Status
+	}
+	return m + " " + e.URL + ": " + e.Status + ": " + e.Body
 }
 
 func (e *HTTPError) retryable() bool { return e.Code >= 500 || e.Code == http.StatusTooManyRequests }
 
 // Get returns a small document (a profile), retrying on errors and 5xx.
 func (f *Fetcher) Get(ctx context.Context, url string, limit int64) ([]byte, error) {
+	return f.do(ctx, http.MethodGet, url, nil, limit)
+}
+
+// Post sends body (JSON) and returns the small document that answers it,
+// retrying like Get.
+func (f *Fetcher) Post(ctx context.Context, url string, body []byte, limit int64) ([]byte, error) {
+	return f.do(ctx, http.MethodPost, url, body, limit)
+}
+
+func (f *Fetcher) do(ctx context.Context, method, url string, body []byte, limit int64) ([]byte, error) {
 	var last error
 	for attempt := 0; attempt < f.attempts(); attempt++ {
 		if attempt > 0 {
@@ -115,7 +138,7 @@ func (f *Fetcher) Get(ctx context.Context, url string, limit int64) ([]byte, err
 				return nil, err
 			}
 		}
-		b, err := f.get(ctx, url, limit)
+		b, err := f.once(ctx, method, url, body, limit)
 		if err == nil {
 			return b, nil
 		}
@@ -128,8 +151,8 @@ func (f *Fetcher) Get(ctx context.Context, url string, limit int64) ([]byte, err
 	return nil, fmt.Errorf("gave up after %d attempts: %w", f.attempts(), last)
 }
 
-func (f *Fetcher) get(ctx context.Context, url string, limit int64) ([]byte, error) {
-	req, err := f.request(ctx, url)
+func (f *Fetcher) once(ctx context.Context, method, url string, body []byte, limit int64) ([]byte, error) {
+	req, err := f.request(ctx, method, url, body)
 	if err != nil {
 		return nil, err
 	}
@@ -141,11 +164,11 @@ func (f *Fetcher) get(ctx context.Context, url string, limit int64) ([]byte, err
 	b, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
 	switch {
 	case resp.StatusCode != http.StatusOK:
-		return nil, &HTTPError{URL: url, Status: resp.Status, Code: resp.StatusCode, Body: firstLine(b)}
+		return nil, &HTTPError{Method: method, URL: url, Status: resp.Status, Code: resp.StatusCode, Body: firstLine(b)}
 	case err != nil:
-		return nil, fmt.Errorf("GET %s: %w", url, err)
+		return nil, fmt.Errorf("%s %s: %w", method, url, err)
 	case int64(len(b)) > limit:
-		return nil, &HTTPError{URL: url, Status: "larger than " + strconv.FormatInt(limit, 10) + " bytes", Code: http.StatusRequestEntityTooLarge}
+		return nil, &HTTPError{Method: method, URL: url, Status: "larger than " + strconv.FormatInt(limit, 10) + " bytes", Code: http.StatusRequestEntityTooLarge}
 	}
 	return b, nil
 }
@@ -218,7 +241,7 @@ func (f *Fetcher) Download(ctx context.Context, url, path, want string) (int64, 
 
 // fetch requests the rest of d and appends it.
 func (f *Fetcher) fetch(ctx context.Context, d *download) error {
-	req, err := f.request(ctx, d.url)
+	req, err := f.request(ctx, http.MethodGet, d.url, nil)
 	if err != nil {
 		return err
 	}

@@ -54,8 +54,8 @@ func TestRunFromMediumMountsTheOneWithItsDigestAndReadsItsProfile(t *testing.T) 
 	m := &mediumMachine{
 		fakeMachine: &fakeMachine{cmdline: "console=ttyS0 plinth.rootfs=" + good},
 		devices: map[string]string{
-			"/dev/vdb": medium(t, "another build", other, `{"version":1,"machine":"x","hostname":"wrong"}`),
-			"/dev/sr0": medium(t, rootfsBytes, good, `{"version":1,"machine":"cd-1","hostname":"from-cd"}`),
+			"/dev/vdb": medium(t, "another build", other, `{"version":2,"machine":"x","hostname":"wrong"}`),
+			"/dev/sr0": medium(t, rootfsBytes, good, `{"version":2,"machine":"cd-1","hostname":"from-cd"}`),
 		},
 	}
 	s, out := newStage1(t, m.fakeMachine, mediumInitramfs(t))
@@ -84,7 +84,7 @@ func TestRunFromMediumRefusesACorruptRootfs(t *testing.T) {
 	good := digestOf([]byte(rootfsBytes))
 	m := &mediumMachine{
 		fakeMachine: &fakeMachine{cmdline: "plinth.rootfs=" + good},
-		devices:     map[string]string{"/dev/sr0": medium(t, "hsqs pretend squashfX", good, `{"version":1,"machine":"cd-1","hostname":"x"}`)},
+		devices:     map[string]string{"/dev/sr0": medium(t, "hsqs pretend squashfX", good, `{"version":2,"machine":"cd-1","hostname":"x"}`)},
 	}
 	s, out := newStage1(t, m.fakeMachine, mediumInitramfs(t))
 	s.Mounter = m

@@ -2,6 +2,7 @@ package stage1
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,9 +15,11 @@ import (
 
 	"github.com/plinth-dev/plinth/bootserver/api"
 	"github.com/plinth-dev/plinth/initramfs/drivers"
+	"github.com/plinth-dev/plinth/initramfs/keys"
 	"github.com/plinth-dev/plinth/initramfs/role"
 	"github.com/plinth-dev/plinth/initramfs/stage1/events"
 	"github.com/plinth-dev/plinth/profiles/node"
+	"github.com/plinth-dev/plinth/roles"
 )
 
 // Paths stage 1 reads in the initramfs (written by builder/compose).
@@ -331,9 +334,14 @@ func (s *Stage1) profile(ctx context.Context) error {
 	var b []byte
 	var err error
 	src := EmbeddedConfig
+	var made *keys.Set
 	if s.Params.Server != "" {
 		src = s.profileBase() + api.ProfilePath(s.Params.Machine)
-		b, err = s.secure.Get(ctx, src, 4<<20)
+		var req []byte
+		if made, req, err = s.makeKeys(); err != nil {
+			return permanent{fmt.Errorf("keys: %w", err)}
+		}
+		b, err = s.secure.Post(ctx, src, req, 4<<20)
 	} else if s.onMedium() {
 		src, b, err = s.mediumConfig(ctx)
 	} else if b, err = s.readFile(EmbeddedConfig); err != nil {
@@ -352,6 +360,11 @@ func (s *Stage1) profile(ctx context.Context) error {
 	if err := s.checkProfileCA(c); err != nil {
 		return permanent{fmt.Errorf("profile %s: %w", src, err)}
 	}
+	if made != nil {
+		if err := made.Fill(c.TLS, c.Machine); err != nil {
+			return permanent{fmt.Errorf("profile %s: %w", src, err)}
+		}
+	}
 	s.Config = c
 	note := ""
 	if c.Rootfs != "" && s.Params.Rootfs != "" && c.Rootfs != s.Params.Rootfs {
@@ -359,6 +372,21 @@ func (s *Stage1) profile(ctx context.Context) error {
 	}
 	s.Con.Step(ctx, api.StageProfile, "machine %s host %s role %s%s", c.Machine, c.Hostname, roleName(c.Role), note)
 	return nil
+}
+
+// makeKeys makes this boot's private keys (initramfs/keys) and the
+// certificate requests the profile request carries.
+func (s *Stage1) makeKeys() (*keys.Set, []byte, error) {
+	k, err := keys.New(roles.IdentityNames())
+	if err != nil {
+		return nil, nil, err
+	}
+	req, err := k.Requests(s.Params.Machine)
+	if err != nil {
+		return nil, nil, err
+	}
+	b, err := json.Marshal(req)
+	return k, b, err
 }
 
 func roleName(r string) string {

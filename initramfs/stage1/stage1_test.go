@@ -137,7 +137,7 @@ func embeddedInitramfs(t *testing.T, digest string) string {
 		"etc/plinth/cmdline":     "plinth.init=/lib/systemd/systemd",
 		"plinth/rootfs.squashfs": rootfsBytes,
 		"plinth/rootfs.digest":   digest + "\n",
-		"plinth/config.json":     `{"version":1,"machine":"smoke-1","hostname":"smoke-one","domain":"smoke.example"}`,
+		"plinth/config.json":     `{"version":2,"machine":"smoke-1","hostname":"smoke-one","domain":"smoke.example"}`,
 	})
 }
 
@@ -229,7 +229,7 @@ type bootServer struct {
 func newBootServer(t *testing.T, profile string, rootfs []byte) *bootServer {
 	b := &bootServer{}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET "+api.ProfilePath("m1"), func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("POST "+api.ProfilePath("m1"), func(w http.ResponseWriter, r *http.Request) {
 		b.mu.Lock()
 		b.tokens = append(b.tokens, r.Header.Get(api.HeaderToken))
 		if r.TLS != nil {
@@ -280,7 +280,7 @@ func (b *bootServer) stages() string {
 
 func TestRunNetbootFetchesRetriesAndReportsEveryStep(t *testing.T) {
 	rootfs := []byte(strings.Repeat("squash", 1000))
-	srv := newBootServer(t, `{"version":1,"machine":"m1","hostname":"node-one","cluster":{"name":"lab"}}`, rootfs)
+	srv := newBootServer(t, `{"version":2,"machine":"m1","hostname":"node-one","cluster":{"name":"lab"}}`, rootfs)
 	srv.corrupt = 1
 	m := &fakeMachine{netFails: 2, cmdline: fmt.Sprintf("plinth.server=%s plinth.machine=m1 plinth.rootfs=%s plinth.token=tok", srv.URL, digestOf(rootfs))}
 	s, out := newStage1(t, m, t.TempDir())
@@ -318,7 +318,7 @@ func TestRunNetbootFetchesRetriesAndReportsEveryStep(t *testing.T) {
 
 func TestRunEmbeddedStopsOnAProfileErrorButRescueRetries(t *testing.T) {
 	dir := embeddedInitramfs(t, digestOf([]byte(rootfsBytes)))
-	os.WriteFile(filepath.Join(dir, "plinth/config.json"), []byte(`{"version":1,"hostname":"Bad_Name"}`), 0o644)
+	os.WriteFile(filepath.Join(dir, "plinth/config.json"), []byte(`{"version":2,"hostname":"Bad_Name"}`), 0o644)
 	m := &fakeMachine{}
 	s, _ := newStage1(t, m, dir)
 	if err := s.Run(context.Background()); !IsPermanent(err) || !strings.Contains(err.Error(), "[profile]") {
@@ -350,7 +350,7 @@ func TestRunNetbootRetriesAnUnknownMachineUntilTheServerKnowsIt(t *testing.T) {
 			known = true // the operator adds it
 			http.Error(w, "no machine m1", http.StatusNotFound)
 		case r.URL.Path == api.ProfilePath("m1"):
-			w.Write([]byte(`{"version":1,"hostname":"n1"}`))
+			w.Write([]byte(`{"version":2,"hostname":"n1"}`))
 		case strings.HasPrefix(r.URL.Path, api.PathArtifacts):
 			w.Write(rootfs)
 		}
@@ -361,7 +361,7 @@ func TestRunNetbootRetriesAnUnknownMachineUntilTheServerKnowsIt(t *testing.T) {
 	if err := s.Run(context.Background()); m.switched == "" {
 		t.Fatalf("Run = %v\n%s", err, out)
 	}
-	if !strings.Contains(out.String(), "plinth: [profile] FAILED: profile "+srv.URL+"/v1/machines/m1/config: GET") {
+	if !strings.Contains(out.String(), "plinth: [profile] FAILED: profile "+srv.URL+"/v1/machines/m1/config: POST") {
 		t.Errorf("console:\n%s", out)
 	}
 }

@@ -205,7 +205,12 @@ type Proxy struct {
 }
 
 // TLS is the machine's certificate material, issued by the boot server's
-// site CA for this machine only. All of it is PEM.
+// site CA for this machine only. All of it is PEM. The private keys are
+// the machine's own: stage 1 makes them in memory and sends only
+// certificate requests (api.CertRequests); the boot server's response
+// carries certificates, and stage 1 fills in Key, each identity's Key and
+// ServiceAccountKey before anything on the machine reads them. A profile
+// from the boot server with a private key in it is refused.
 type TLS struct {
 	// CA is the site CA's certificate: every service trusts it, for
 	// servers and for clients.
@@ -218,21 +223,27 @@ type TLS struct {
 	// address. etcd uses it for peers and clients, flanneld and
 	// kube-apiserver as etcd clients, kube-apiserver and kubelet to serve.
 	Cert string `json:"cert"`
-	Key  string `json:"key"`
+	Key  string `json:"key,omitempty"`
 	// Identities are client certificates for Kubernetes users, by
 	// purpose: on masters IdentityControllerManager, IdentityScheduler
 	// and IdentityAdmin (kube-apiserver to kubelets, the agent's probe);
 	// IdentityKubelet and IdentityKubeProxy on minions.
 	Identities map[string]KeyPair `json:"identities,omitempty"`
-	// ServiceAccountKey (masters only) is the private key every master
-	// signs and checks service account tokens with; the same for all.
-	ServiceAccountKey string `json:"service_account_key,omitempty"`
+	// SealedServiceAccountKey (masters only) is the key every master signs
+	// and checks service account tokens with — the same for all, so a
+	// token one master issues holds at the others — sealed by the boot
+	// server to the machine's HPKE key (api.CertRequests.Seal, api.Seal*):
+	// base64 of the encapsulated key and ciphertext. ServiceAccountKey is
+	// what stage 1 opens it to.
+	SealedServiceAccountKey string `json:"sealed_service_account_key,omitempty"`
+	ServiceAccountKey       string `json:"service_account_key,omitempty"`
 }
 
-// KeyPair is a certificate and its private key, PEM.
+// KeyPair is a certificate and its private key, PEM (the key filled in on
+// the machine, see TLS).
 type KeyPair struct {
 	Cert string `json:"cert"`
-	Key  string `json:"key"`
+	Key  string `json:"key,omitempty"`
 }
 
 // Kubernetes identities a machine's TLS carries (see TLS.Identities), with
@@ -256,7 +267,7 @@ const (
 // Raise it with any change an older reader would misread (a field
 // renamed, removed or given a new meaning); a new optional field does not
 // need it, but an older machine refuses the document that carries one.
-const SchemaVersion = 1
+const SchemaVersion = 2
 
 // Decode parses and validates a Config. It is strict: an unknown field, a
 // second document or another schema version is an error, so a profile a
