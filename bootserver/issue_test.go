@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -132,8 +133,13 @@ func TestProfileCarriesCertificatesForThatMachineOnly(t *testing.T) {
 			t.Errorf("master: %v", err)
 		}
 	}
-	if _, ok := m.TLS.Identities[node.IdentityAdmin]; !ok {
-		t.Error("master has no admin identity")
+	if _, ok := m.TLS.Identities[node.IdentityKubeletClient]; !ok {
+		t.Error("master has no kubelet-client identity")
+	}
+	for id, kp := range m.TLS.Identities {
+		if c := leaf(t, kp.Cert); slices.Contains(c.Subject.Organization, "system:masters") {
+			t.Errorf("a master's %s identity is in system:masters", id)
+		}
 	}
 
 	// node-1: a minion on DHCP: its certificate names the address it asked from.
@@ -154,7 +160,7 @@ func TestProfileCarriesCertificatesForThatMachineOnly(t *testing.T) {
 
 	// No key of one machine is in another's response, and none is in
 	// anything else the server shows or logs.
-	secrets := []string{m.TLS.Key, m.TLS.ServiceAccountKey, m.TLS.Identities[node.IdentityAdmin].Key}
+	secrets := []string{m.TLS.Key, m.TLS.ServiceAccountKey, m.TLS.Identities[node.IdentityKubeletClient].Key}
 	for _, kp := range n.TLS.Identities {
 		secrets = append(secrets, kp.Key)
 	}

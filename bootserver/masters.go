@@ -78,10 +78,12 @@ func (s *Server) runPoolChecks(ctx context.Context) (stop func()) {
 		t := time.NewTicker(s.cfg.APICheckEvery)
 		defer t.Stop()
 		probe := readyzProbe(conf, s.apiPort, s.cfg.APICheckTimeout)
+		bind := s.kubeletBinder(ctx)
 		for {
 			if s.pool.check(ctx, probe) {
 				s.notifyMasters()
 			}
+			bind()
 			select {
 			case <-ctx.Done():
 				return

@@ -147,8 +147,19 @@ func (i Identity) Subject(host string) string {
 }
 
 // Admin is the cluster administrator's identity: what `plinth credentials`
-// issues, and what masters use to talk to their own API server.
+// issues (and the boot server, for itself, for one call: KubeletClient's
+// binding). No role carries it.
 var Admin = Identity{Name: node.IdentityAdmin, CommonName: "plinth:admin", Organization: []string{"system:masters"}}
+
+// KubeletClient is the API server's identity towards kubelets. Kubelets
+// ask the API server whether it may (webhook authorization); Kubernetes'
+// default RBAC has the ClusterRole for it, system:kubelet-api-admin, but
+// no binding: the boot server creates KubeletClientBinding.
+var KubeletClient = Identity{Name: node.IdentityKubeletClient, CommonName: "plinth:apiserver-kubelet-client"}
+
+// KubeletClientBinding is the name of the ClusterRoleBinding that gives
+// KubeletClient system:kubelet-api-admin.
+const KubeletClientBinding = "plinth:apiserver-kubelet-client"
 
 // Lab is what a QEMU lab machine of a role gets unless told otherwise.
 type Lab struct {
@@ -190,8 +201,11 @@ func builtin() []Role {
 			Group:    GroupControl,
 			Services: []string{"flanneld.service", "kube-apiserver.service", "kube-controller-manager.service", "kube-scheduler.service"},
 			Listen:   []Port{{Proto: "tcp", API: true}, vxlan},
-			Probes:   []Probe{{Unit: "kube-apiserver.service", Scheme: "https", API: true, Path: "/readyz", Want: "ok", Client: node.IdentityAdmin}},
-			TLS: TLS{Node: true, ServiceAccountKey: true, Identities: []Identity{Admin,
+			// /readyz is open to any authenticated client in Kubernetes'
+			// default RBAC (system:public-info-viewer): the node's own
+			// certificate will do.
+			Probes: []Probe{{Unit: "kube-apiserver.service", Scheme: "https", API: true, Path: "/readyz", Want: "ok", Client: ClientNode}},
+			TLS: TLS{Node: true, ServiceAccountKey: true, Identities: []Identity{KubeletClient,
 				{Name: node.IdentityControllerManager, CommonName: "system:kube-controller-manager"},
 				{Name: node.IdentityScheduler, CommonName: "system:kube-scheduler"},
 			}},

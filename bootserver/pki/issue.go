@@ -41,6 +41,8 @@ type Request struct {
 	URIs         []*url.URL
 	Server       bool // server auth
 	Client       bool // client auth
+	// Validity, when set and shorter, replaces the default Validity.
+	Validity time.Duration
 }
 
 // Issue makes a new key and a certificate for it signed by the CA. The
@@ -124,6 +126,9 @@ func (ca *CA) sign(r Request, pub crypto.PublicKey) (string, error) {
 	}
 	now := ca.now()
 	notAfter := now.Add(Validity)
+	if r.Validity > 0 && r.Validity < Validity {
+		notAfter = now.Add(r.Validity)
+	}
 	if notAfter.After(ca.cert.NotAfter) {
 		notAfter = ca.cert.NotAfter
 	}
@@ -157,6 +162,14 @@ func (ca *CA) sign(r Request, pub crypto.PublicKey) (string, error) {
 // default RBAC).
 func (ca *CA) Admin() (node.KeyPair, error) {
 	return ca.Issue(identityRequest(roles.Admin, ""))
+}
+
+// AdminFor is Admin valid for d only: the boot server's own, made for one
+// call and never written anywhere.
+func (ca *CA) AdminFor(d time.Duration) (node.KeyPair, error) {
+	r := identityRequest(roles.Admin, "")
+	r.Validity = d
+	return ca.Issue(r)
 }
 
 // identityRequest is the request for a role's client identity on host.

@@ -38,7 +38,7 @@ func labConfig(t *testing.T, machine string) *node.Config {
 	cfg.TLS = &node.TLS{CA: pem("CA CERTIFICATE"), Cert: pem("CERTIFICATE"), Key: pem("PRIVATE KEY"), Identities: map[string]node.KeyPair{}}
 	switch cfg.Role {
 	case "master":
-		cfg.TLS.Identities[node.IdentityAdmin] = node.KeyPair{Cert: pem("ADMIN CERTIFICATE"), Key: pem("ADMIN KEY")}
+		cfg.TLS.Identities[node.IdentityKubeletClient] = node.KeyPair{Cert: pem("KUBELET CLIENT CERTIFICATE"), Key: pem("KUBELET CLIENT KEY")}
 		cfg.TLS.Identities[node.IdentityControllerManager] = node.KeyPair{Cert: pem("CM CERTIFICATE"), Key: pem("CM KEY")}
 		cfg.TLS.Identities[node.IdentityScheduler] = node.KeyPair{Cert: pem("SCHEDULER CERTIFICATE"), Key: pem("SCHEDULER KEY")}
 		cfg.TLS.ServiceAccountKey = pem("SA KEY")
@@ -110,7 +110,7 @@ func TestRolesRenderTheLabProfile(t *testing.T) {
 			dir := configureLab(t, machine)
 			testutil.Golden(t, filepath.Join("testdata", "roles", machine+".txt"), []byte(dump(t, dir)))
 			// Keys are readable by root only.
-			for _, k := range []string{NodeKey, SAKeyFile, IdentityKey(node.IdentityKubelet), IdentityKey(node.IdentityAdmin)} {
+			for _, k := range []string{NodeKey, SAKeyFile, IdentityKey(node.IdentityKubelet), IdentityKey(node.IdentityKubeletClient)} {
 				if fi, err := os.Stat(filepath.Join(dir, k)); err == nil && fi.Mode().Perm() != 0o600 {
 					t.Errorf("%s has mode %o", k, fi.Mode().Perm())
 				}
@@ -128,7 +128,7 @@ func TestRolesRefuseAProfileTheyCannotRun(t *testing.T) {
 		{"etcd-1", func(c *node.Config) { c.TLS = nil }, "no TLS material"},
 		{"etcd-1", func(c *node.Config) { c.Machine = "etcd-9" }, "machine etcd-9 is not among the site's etcd members"},
 		{"master-1", func(c *node.Config) { c.TLS.ServiceAccountKey = "" }, "no service account key"},
-		{"master-1", func(c *node.Config) { delete(c.TLS.Identities, node.IdentityAdmin) }, `no "admin" client certificate`},
+		{"master-1", func(c *node.Config) { delete(c.TLS.Identities, node.IdentityKubeletClient) }, `no "kubelet-client" client certificate`},
 		{"minion-1", func(c *node.Config) { c.Cluster.APIName = "" }, "no api_name"},
 		{"minion-1", func(c *node.Config) { c.Cluster.EtcdMembers = nil }, "no etcd members"},
 		{"minion-1", func(c *node.Config) { c.Cluster.Proxy = &node.Proxy{HTTP: "http://p:3128 --evil"} }, "cannot be written to a unit"},

@@ -30,10 +30,6 @@ func (m Master) Configure(_ context.Context, root Root, cfg *node.Config) error 
 	return p.Apply(root)
 }
 
-// AdminKubeconfig is the masters' own kubeconfig: the admin identity, the
-// local API server.
-const AdminKubeconfig = KubeDir + "/admin.kubeconfig"
-
 // IdentityKubeconfig is the kubeconfig of a component that runs as
 // identity id against its master's own API server.
 func IdentityKubeconfig(id string) string { return KubeDir + "/" + id + ".kubeconfig" }
@@ -51,7 +47,7 @@ func (Master) Plan(cfg *node.Config) (*Plan, error) {
 		return nil, errors.New("the site has no [network] flannel network")
 	}
 	p := &Plan{Services: roles.Get("master").Services}
-	if err := tlsFiles(p, cfg, node.IdentityAdmin, node.IdentityControllerManager, node.IdentityScheduler); err != nil {
+	if err := tlsFiles(p, cfg, node.IdentityKubeletClient, node.IdentityControllerManager, node.IdentityScheduler); err != nil {
 		return nil, err
 	}
 	if cfg.TLS.ServiceAccountKey == "" {
@@ -60,7 +56,6 @@ func (Master) Plan(cfg *node.Config) (*Plan, error) {
 	p.file(SAKeyFile, 0o600, cfg.TLS.ServiceAccountKey)
 	port := apiPort(cl)
 	local := "https://" + hostPort("127.0.0.1", port)
-	p.file(AdminKubeconfig, 0o600, kubeconfig(local, IdentityCert(node.IdentityAdmin), IdentityKey(node.IdentityAdmin)))
 	// The controller manager and the scheduler each run as themselves,
 	// with what Kubernetes' default RBAC grants them, not as admin.
 	cmKubeconfig, schedKubeconfig := IdentityKubeconfig(node.IdentityControllerManager), IdentityKubeconfig(node.IdentityScheduler)
@@ -81,8 +76,8 @@ func (Master) Plan(cfg *node.Config) (*Plan, error) {
 		"--secure-port=" + strconv.Itoa(port),
 		"--tls-cert-file=" + NodeCert, "--tls-private-key-file=" + NodeKey,
 		"--client-ca-file=" + CAFile,
-		"--kubelet-client-certificate=" + IdentityCert(node.IdentityAdmin),
-		"--kubelet-client-key=" + IdentityKey(node.IdentityAdmin),
+		"--kubelet-client-certificate=" + IdentityCert(node.IdentityKubeletClient),
+		"--kubelet-client-key=" + IdentityKey(node.IdentityKubeletClient),
 		"--kubelet-certificate-authority=" + CAFile,
 		"--kubelet-preferred-address-types=InternalIP,Hostname",
 		"--service-cluster-ip-range=" + cl.ServiceCIDR,

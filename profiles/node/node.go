@@ -226,8 +226,9 @@ type TLS struct {
 	Key  string `json:"key,omitempty"`
 	// Identities are client certificates for Kubernetes users, by
 	// purpose: on masters IdentityControllerManager, IdentityScheduler
-	// and IdentityAdmin (kube-apiserver to kubelets, the agent's probe);
-	// IdentityKubelet and IdentityKubeProxy on minions.
+	// and IdentityKubeletClient (kube-apiserver to kubelets);
+	// IdentityKubelet and IdentityKubeProxy on minions. No machine gets
+	// IdentityAdmin: only `plinth credentials` issues it.
 	Identities map[string]KeyPair `json:"identities,omitempty"`
 	// SealedServiceAccountKey (masters only) is the key every master signs
 	// and checks service account tokens with — the same for all, so a
@@ -249,8 +250,13 @@ type KeyPair struct {
 // Kubernetes identities a machine's TLS carries (see TLS.Identities), with
 // the subject each certificate has.
 const (
-	// IdentityAdmin: CN "plinth:admin", O "system:masters".
+	// IdentityAdmin: CN "plinth:admin", O "system:masters" — what
+	// `plinth credentials` issues; never a machine's.
 	IdentityAdmin = "admin"
+	// IdentityKubeletClient: CN "plinth:apiserver-kubelet-client", what
+	// kube-apiserver presents to kubelets (logs, exec, port-forward); the
+	// boot server binds it to Kubernetes' system:kubelet-api-admin.
+	IdentityKubeletClient = "kubelet-client"
 	// IdentityKubelet: CN "system:node:<hostname>", O "system:nodes".
 	IdentityKubelet = "kubelet"
 	// IdentityKubeProxy: CN "system:kube-proxy" (bound to
