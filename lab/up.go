@@ -222,7 +222,9 @@ func (c *Cluster) serve(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	args := []string{"serve", "--site", c.cfg.Site, "--artifacts", c.cfg.Artifacts,
+	// A lab makes its site's CA on its first start (--init-ca, logged as a
+	// new CA), in the lab's own state directory.
+	args := []string{"serve", "--init-ca", "--site", c.cfg.Site, "--artifacts", c.cfg.Artifacts,
 		"--listen", c.Lab.Server + ":8080", "--server-ip", c.Lab.Server, "--dhcp-interface", "br0", "--dns", c.Lab.Server + ":53"}
 	if c.cfg.State != "" {
 		args = append(args, "--state", c.cfg.State)

@@ -241,7 +241,7 @@ func serveBundleAndBoot(t *testing.T, ctx context.Context, far, bundle string) {
 			env = append(env, kv)
 		}
 	}
-	args := append(env, plinthBin, "serve", "--bundle", bundle, "--trust", filepath.Join(far, "signing.key.pub"), "--bundle-dir", filepath.Join(far, "state"),
+	args := append(env, plinthBin, "serve", "--init-ca", "--bundle", bundle, "--trust", filepath.Join(far, "signing.key.pub"), "--bundle-dir", filepath.Join(far, "state"),
 		"--state", filepath.Join(far, "ca"), "--listen", l.Server+":8080", "--server-ip", l.Server, "--dhcp-interface", "br0")
 	if err := l.Start(ctx, logf, args[0], args[1:]...); err != nil {
 		t.Fatal(err)

@@ -125,7 +125,7 @@ image    = "smoke"
 		t.Fatal(err)
 	}
 	defer logf.Close()
-	if err := l.Start(ctx, logf, plinthBin, "serve", "--site", filepath.Join(dir, "site"), "--artifacts", filepath.Dir(art),
+	if err := l.Start(ctx, logf, plinthBin, "serve", "--init-ca", "--site", filepath.Join(dir, "site"), "--artifacts", filepath.Dir(art),
 		"--listen", "127.0.0.1:8099", "--state", filepath.Join(dir, "state")); err != nil {
 		t.Fatal(err)
 	}

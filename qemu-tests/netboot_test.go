@@ -110,7 +110,7 @@ dns         = ["10.77.0.1"]
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { logf.Close() })
-	args := append([]string{"serve", "--site", filepath.Join(dir, "site"), "--artifacts", filepath.Dir(art),
+	args := append([]string{"serve", "--init-ca", "--site", filepath.Join(dir, "site"), "--artifacts", filepath.Dir(art),
 		"--listen", l.Server + ":8080", "--server-ip", l.Server, "--dhcp-interface", "br0", "--state", filepath.Join(dir, "state")}, extra...)
 	if err := l.Start(ctx, logf, plinthBin, args...); err != nil {
 		t.Fatal(err)

@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/plinth-dev/plinth/bootserver"
+	"github.com/plinth-dev/plinth/bootserver/api"
 	"github.com/plinth-dev/plinth/bootserver/pki"
 	"github.com/plinth-dev/plinth/bootserver/sitedns"
 	"github.com/plinth-dev/plinth/profiles"
@@ -31,7 +32,7 @@ site CA that plinth serve keeps in its state directory, and write into --out:
 ca.pem, admin.pem, admin-key.pem and kubeconfig (server https://API_NAME:6443,
 certificates embedded). Use them with kubectl --kubeconfig OUT/kubeconfig and
 etcdctl --cacert OUT/ca.pem --cert OUT/admin.pem --key OUT/admin-key.pem.
-The CA must exist: plinth serve creates it on its first start.`,
+The CA must exist (plinth ca init).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if siteDir == "" || out == "" {
@@ -73,7 +74,9 @@ The CA must exist: plinth serve creates it on its first start.`,
 }
 
 // openCA opens the site CA in stateDir (default: the site's state
-// directory), which must lie outside the site; create makes it on first use.
+// directory), which must lie outside the site; create makes it when the
+// state has none (plinth ca init, serve --init-ca), else a missing CA is
+// an error that says how to make one or where to restore it.
 func openCA(site *profiles.Site, siteDir, stateDir string, create bool, log *slog.Logger) (*pki.CA, error) {
 	byName := stateDir == ""
 	if byName {
@@ -99,9 +102,13 @@ func openCA(site *profiles.Site, siteDir, stateDir string, create bool, log *slo
 					site.Name, siteDir, stateDir, other, other, stateDir, other)
 			}
 		}
-		ca, _, err := pki.LoadOrCreate(stateDir, site.Name, log)
+		ca, created, err := pki.LoadOrCreate(stateDir, site.Name, log)
 		if err != nil {
 			return nil, err
+		}
+		if created {
+			log.Warn("NEW SITE CA: no machine that trusted another CA trusts this one; back up the state directory (all of it, kept as private as the keys)",
+				"site", site.Name, "state", stateDir, "fingerprint", api.CAFingerprint(ca.Cert().Raw))
 		}
 		if err := pki.RecordSiteDir(stateDir, siteDir); err != nil {
 			return nil, fmt.Errorf("state: %w", err)
@@ -109,7 +116,8 @@ func openCA(site *profiles.Site, siteDir, stateDir string, create bool, log *slo
 		return ca, nil
 	}
 	if _, err := os.Stat(filepath.Join(stateDir, pki.CertFile)); errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("no site CA in %s: plinth serve creates it on its first start (or give --state)", stateDir)
+		return nil, fmt.Errorf("no site CA for site %s in %s: restore your backup of that directory there (or give --state where it is); "+
+			"for a new site, create one with `plinth ca init --site %s` (or plinth serve --init-ca)", site.Name, stateDir, siteDir)
 	}
 	return pki.Load(stateDir)
 }
@@ -120,7 +128,7 @@ func openCA(site *profiles.Site, siteDir, stateDir string, create bool, log *slo
 // known and the site has an api_name or is the DHCP server), "off", or an
 // address. Names outside the site are forwarded for clients on dnsClients
 // (CIDRs), or by default on this host's own networks.
-func siteServices(c *bootserver.Config, stateDir, dnsFlag string, dnsClients []string, log *slog.Logger) (func(context.Context) error, error) {
+func siteServices(c *bootserver.Config, stateDir string, initCA bool, dnsFlag string, dnsClients []string, log *slog.Logger) (func(context.Context) error, error) {
 	// A site with problems does not keep the server from starting when
 	// its state keeps the last good one (bootserver/lastgood.go).
 	fallback := stateDir
@@ -134,11 +142,11 @@ func siteServices(c *bootserver.Config, stateDir, dnsFlag string, dnsClients []s
 	if siteErr != nil {
 		stateDir = fallback // the last good site's name may differ from the broken one's
 	}
-	if c.CA, err = openCA(site, c.SiteDir, stateDir, true, log); err != nil {
+	if c.CA, err = openCA(site, c.SiteDir, stateDir, initCA, log); err != nil {
 		return nil, err
 	}
 	if site.Enrolment != "token" {
-		log.Warn("profiles carry private keys and enrolment is none: any host that can reach this server can read any machine's; set [site] enrolment = \"token\"", "site", site.Name)
+		log.Warn("enrolment is none: any host that can reach this server can get any machine's certificates (for keys of its own) and profile; set [site] enrolment = \"token\"", "site", site.Name)
 	}
 	addr := dnsFlag
 	switch dnsFlag {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/plinth-dev/plinth/bootserver"
+	"github.com/plinth-dev/plinth/bootserver/api"
 	"github.com/plinth-dev/plinth/bootserver/pki"
 )
 
@@ -35,7 +36,7 @@ func TestCredentialsNeedTheServersCAAndWriteAKubeconfigForTheAPIName(t *testing.
 	site := labSite(t)
 	state := filepath.Join(t.TempDir(), "state")
 	out := filepath.Join(t.TempDir(), "admin")
-	if _, err := run("credentials", "--site", site, "--state", state, "--out", out); err == nil || !strings.Contains(err.Error(), "no site CA in "+state) {
+	if _, err := run("credentials", "--site", site, "--state", state, "--out", out); err == nil || !strings.Contains(err.Error(), "no site CA for site lab in "+state) {
 		t.Fatalf("before serve ever ran: %v", err)
 	}
 	if _, _, err := pki.LoadOrCreate(state, "lab", nil); err != nil {
@@ -70,7 +71,7 @@ func TestServeDNSIsOnWhereAsked(t *testing.T) {
 		on   bool
 	}{{"off", false}, {"auto", false} /* no --server-ip */, {"127.0.0.1:0", true}} {
 		c := bootserver.Config{SiteDir: site}
-		dns, err := siteServices(&c, filepath.Join(t.TempDir(), "state"), tc.flag, nil, log)
+		dns, err := siteServices(&c, filepath.Join(t.TempDir(), "state"), true, tc.flag, nil, log)
 		if err != nil {
 			t.Fatalf("--dns %s: %v", tc.flag, err)
 		}
@@ -96,7 +97,7 @@ func TestARenamedSiteGetsNoSecondCAUnnoticed(t *testing.T) {
 	t.Setenv("XDG_STATE_HOME", t.TempDir())
 	site := labSite(t)
 	c := bootserver.Config{SiteDir: site}
-	if _, err := siteServices(&c, "", "off", nil, slog.New(slog.DiscardHandler)); err != nil {
+	if _, err := siteServices(&c, "", true, "off", nil, slog.New(slog.DiscardHandler)); err != nil {
 		t.Fatal(err)
 	}
 	first := c.CA.Cert().Raw
@@ -106,7 +107,7 @@ func TestARenamedSiteGetsNoSecondCAUnnoticed(t *testing.T) {
 	b, _ := os.ReadFile(toml)
 	os.WriteFile(toml, []byte(strings.Replace(string(b), `name = "lab"`, `name = "lab2"`, 1)), 0o644)
 	c = bootserver.Config{SiteDir: site}
-	_, err := siteServices(&c, "", "off", nil, slog.New(slog.DiscardHandler))
+	_, err := siteServices(&c, "", true, "off", nil, slog.New(slog.DiscardHandler))
 	if err == nil || !strings.Contains(err.Error(), "renamed?") || !strings.Contains(err.Error(), old) {
 		t.Fatalf("renamed site: %v; want an error naming the old state %s", err, old)
 	}
@@ -116,7 +117,7 @@ func TestARenamedSiteGetsNoSecondCAUnnoticed(t *testing.T) {
 	}
 	// The remedy the message gives: the old state, named.
 	c = bootserver.Config{SiteDir: site}
-	if _, err := siteServices(&c, old, "off", nil, slog.New(slog.DiscardHandler)); err != nil {
+	if _, err := siteServices(&c, old, true, "off", nil, slog.New(slog.DiscardHandler)); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(c.CA.Cert().Raw, first) {
@@ -127,7 +128,7 @@ func TestARenamedSiteGetsNoSecondCAUnnoticed(t *testing.T) {
 	ob, _ := os.ReadFile(filepath.Join(other, "site.toml"))
 	os.WriteFile(filepath.Join(other, "site.toml"), []byte(strings.Replace(string(ob), `name = "lab"`, `name = "lab3"`, 1)), 0o644)
 	c = bootserver.Config{SiteDir: other}
-	if _, err := siteServices(&c, "", "off", nil, slog.New(slog.DiscardHandler)); err != nil {
+	if _, err := siteServices(&c, "", true, "off", nil, slog.New(slog.DiscardHandler)); err != nil {
 		t.Fatalf("a second site beside the first: %v", err)
 	}
 }
@@ -139,7 +140,7 @@ func TestServeStartsFromTheLastGoodSiteWhenTheSiteIsBroken(t *testing.T) {
 	t.Setenv("XDG_STATE_HOME", t.TempDir())
 	site := labSite(t)
 	c := bootserver.Config{SiteDir: site, ArtifactsDir: t.TempDir(), PublicURL: "http://127.0.0.1:1"}
-	if _, err := siteServices(&c, "", "off", nil, slog.New(slog.DiscardHandler)); err != nil {
+	if _, err := siteServices(&c, "", true, "off", nil, slog.New(slog.DiscardHandler)); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := bootserver.New(c); err != nil { // keeps the last good site
@@ -149,7 +150,7 @@ func TestServeStartsFromTheLastGoodSiteWhenTheSiteIsBroken(t *testing.T) {
 	os.WriteFile(filepath.Join(site, "site.toml"), []byte("[site\nname = \"lab\"\n"), 0o644)
 
 	c = bootserver.Config{SiteDir: site, ArtifactsDir: c.ArtifactsDir, PublicURL: "http://127.0.0.1:1"}
-	if _, err := siteServices(&c, "", "off", nil, slog.New(slog.DiscardHandler)); err != nil {
+	if _, err := siteServices(&c, "", true, "off", nil, slog.New(slog.DiscardHandler)); err != nil {
 		t.Fatalf("serve with a broken site and a last good one: %v", err)
 	}
 	if !bytes.Equal(c.CA.Cert().Raw, first) {
@@ -157,5 +158,45 @@ func TestServeStartsFromTheLastGoodSiteWhenTheSiteIsBroken(t *testing.T) {
 	}
 	if _, err := bootserver.New(c); err != nil {
 		t.Fatalf("the server with a broken site and a last good one: %v", err)
+	}
+}
+
+// A site CA is made only when asked: serve without --init-ca on a state
+// with no CA stops and says how (plinth ca init, or restore the backup),
+// writing nothing; plinth ca init makes it once and prints its
+// fingerprint; a second init refuses to replace it; serve then starts on
+// it.
+func TestASiteCAIsMadeOnlyWhenAsked(t *testing.T) {
+	site := labSite(t)
+	state := filepath.Join(t.TempDir(), "state")
+	c := bootserver.Config{SiteDir: site}
+	_, err := siteServices(&c, state, false, "off", nil, slog.New(slog.DiscardHandler))
+	if err == nil || !strings.Contains(err.Error(), "plinth ca init --site "+site) || !strings.Contains(err.Error(), "restore your backup") {
+		t.Fatalf("serve without a CA: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(state, pki.CertFile)); err == nil {
+		t.Fatal("serve made a CA without being asked")
+	}
+	out, err := run("ca", "init", "--site", site, "--state", state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := pki.Load(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fp := api.CAFingerprint(ca.Cert().Raw)
+	if !strings.Contains(out, fp) || !strings.Contains(out, "back it up") {
+		t.Errorf("ca init printed %q, want the fingerprint %s and the backup reminder", out, fp)
+	}
+	if _, err := run("ca", "init", "--site", site, "--state", state); err == nil || !strings.Contains(err.Error(), "already holds a site CA ("+fp+")") {
+		t.Errorf("a second init: %v", err)
+	}
+	if again, _ := pki.Load(state); !bytes.Equal(again.Cert().Raw, ca.Cert().Raw) {
+		t.Error("the CA was replaced")
+	}
+	c = bootserver.Config{SiteDir: site}
+	if _, err := siteServices(&c, state, false, "off", nil, slog.New(slog.DiscardHandler)); err != nil || !bytes.Equal(c.CA.Cert().Raw, ca.Cert().Raw) {
+		t.Fatalf("serve on the CA init made: %v", err)
 	}
 }

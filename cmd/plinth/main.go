@@ -80,6 +80,7 @@ Typical use:
 		newPackCmd(g),
 		newServeCmd(g),
 		newCredentialsCmd(g),
+		newCACmd(g),
 		newQemuCmd(g),
 		newMirrorCmd(g),
 		newBundleCmd(g),

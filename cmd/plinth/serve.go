@@ -17,6 +17,7 @@ import (
 func newServeCmd(g *globals) *cobra.Command {
 	var c bootserver.Config
 	var serverIP, stateDir, dnsFlag string
+	var initCA bool
 	var dnsClients []string
 	var bundleFile, bundleDir string
 	var bundleTrust trustFlags
@@ -90,7 +91,7 @@ serves the masters that reported ready that way and whose /readyz passes.`,
 				c.TLSListen = tlsListen
 			}
 			c.Log = g.log
-			dns, err := siteServices(&c, stateDir, dnsFlag, dnsClients, g.log)
+			dns, err := siteServices(&c, stateDir, initCA, dnsFlag, dnsClients, g.log)
 			if err != nil {
 				return err
 			}
@@ -124,6 +125,7 @@ serves the masters that reported ready that way and whose /readyz passes.`,
 	f.StringVar(&c.TFTPListen, "tftp", "", "TFTP listen address for legacy PXE, e.g. :69 (off when empty)")
 	f.StringVar(&c.IPXEDir, "ipxe-dir", "/usr/lib/ipxe", "where Debian's ipxe package keeps undionly.kpxe and ipxe.efi")
 	f.StringVar(&stateDir, "state", "", "where the site CA lives, outside the site (default $XDG_STATE_HOME/plinth/SITE-NAME)")
+	f.BoolVar(&initCA, "init-ca", false, "create the site CA in the state directory if it has none (as plinth ca init does); without it a missing CA stops the server")
 	f.StringSliceVar(&dnsClients, "dns-clients", nil, "networks (CIDR, comma-separated) whose DNS queries for names outside the site are forwarded; default: the networks of this host's interfaces (loopback always); others get REFUSED")
 	f.StringVar(&dnsFlag, "dns", "auto", "site DNS (API name, host names) on ADDR[:53]; auto: on at SERVER-IP:53 with --server-ip and an api_name or [dhcp] mode server; off")
 	f.DurationVar(&etcdPoll, "etcd-poll", 30*time.Second, "ask every etcd member for its status this often (cluster ID in profiles, snapshots, restores); 0: do not watch etcd")
