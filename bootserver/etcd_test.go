@@ -24,6 +24,7 @@ const etcdSiteTOML = `
 [site]
 name = "lab"
 domain = "lab.example"
+enrolment = "none" # these tests are about the etcd state profiles carry
 [[machine]]
 name = "etcd-1"
 mac = "52:54:00:00:01:01"

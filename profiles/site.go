@@ -44,7 +44,9 @@ type SiteInfo struct {
 	Domain     string `toml:"domain"`
 	APIName    string `toml:"api_name"`
 	Kubernetes string `toml:"kubernetes"` // version of the Kubernetes binaries, e.g. v1.35.4
-	Enrolment  string `toml:"enrolment"`  // none | token
+	// Enrolment is none or token; default token for a site with any
+	// role (its machines get certificates), none for one without.
+	Enrolment string `toml:"enrolment"`
 }
 
 // Network is the [network] table.
@@ -227,6 +229,11 @@ func LoadSite(dir string) (*Site, error) {
 func (s *Site) applyDefaults() {
 	if s.Enrolment == "" {
 		s.Enrolment = "none"
+		if s.hasRoles() {
+			// Machines with a role get certificates: only a machine that
+			// booted from its own address may ask for them.
+			s.Enrolment = "token"
+		}
 	}
 	if s.Network.Backend == "" {
 		s.Network.Backend = "vxlan"
@@ -284,4 +291,18 @@ func (s *Site) StateOf(m *Machine) *StateDisk {
 		return nil
 	}
 	return d
+}
+
+// hasRoles says whether any machine of the site, or one its [default]
+// boots, has a role.
+func (s *Site) hasRoles() bool {
+	if s.Default.Action == "boot" && s.Default.Role != "" {
+		return true
+	}
+	for _, m := range s.Machines {
+		if m.Role != "" {
+			return true
+		}
+	}
+	return false
 }

@@ -425,3 +425,23 @@ image = "witness"
 		t.Errorf("after the role is removed: %v", err)
 	}
 }
+
+// Enrolment defaults to token for a site whose machines get certificates
+// (any role, on a machine or on what [default] boots), none for one
+// without; what the site says stands.
+func TestEnrolmentIsTokenByDefaultForASiteWithRoles(t *testing.T) {
+	for _, tc := range []struct{ body, want string }{
+		{"[[machine]]\nname = \"m1\"\nmac = \"52:54:00:00:00:01\"\nimage = \"x\"\n", "none"},
+		{"[[machine]]\nname = \"m1\"\nmac = \"52:54:00:00:00:01\"\nimage = \"x\"\nrole = \"minion\"\n", "token"},
+		{"[default]\naction = \"boot\"\nimage = \"x\"\nrole = \"minion\"\n", "token"},
+	} {
+		s := mustLoad(t, writeSite(t, map[string]string{"site.toml": "[site]\nname = \"s\"\n" + tc.body}))
+		if s.Enrolment != tc.want {
+			t.Errorf("%s: enrolment %q, want %q", tc.body, s.Enrolment, tc.want)
+		}
+		s = mustLoad(t, writeSite(t, map[string]string{"site.toml": "[site]\nname = \"s\"\nenrolment = \"none\"\n" + tc.body}))
+		if s.Enrolment != "none" {
+			t.Errorf("%s with enrolment none: %q", tc.body, s.Enrolment)
+		}
+	}
+}
