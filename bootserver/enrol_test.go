@@ -1,6 +1,8 @@
 package bootserver
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -12,6 +14,7 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4"
 
 	"github.com/plinth-dev/plinth/bootserver/api"
+	"github.com/plinth-dev/plinth/profiles/node"
 )
 
 // getFrom is a GET from a given address.
@@ -214,5 +217,41 @@ func TestAMachineMatchedByUUIDEnrolsWithTheMACItFirstBootedWith(t *testing.T) {
 	addr = leaseTo(t, s2, nic)
 	if tok := tokenIn(getFrom(s2.Handler(), addr, "/boot.ipxe?mac="+nic+"&uuid="+uuid).Body.String()); tok == "" {
 		t.Fatal("the machine's own next boot got no token")
+	}
+}
+
+// In token enrolment the token opens a profile once, at boot; after that a
+// machine re-reads its profile (its first-boot steps: the etcd state) with
+// its own certificate in place of the token — a GET, without credentials.
+// Another machine's certificate, or none, is refused.
+func TestAMachinesCertificateOpensItsProfileWithoutAToken(t *testing.T) {
+	s, ca := caFixture(t, strings.Replace(siteTOML, "%s", "token", 1), nil)
+	own := certOf(t, machineCert(t, ca, "node-1", "minion", netip.Addr{}))
+	other := certOf(t, machineCert(t, ca, "node-2", "master", netip.MustParseAddr("10.77.0.12")))
+	get := func(method string, cert *x509.Certificate) *httptest.ResponseRecorder {
+		r := httptest.NewRequest(method, api.ProfilePath("node-1"), strings.NewReader("{}"))
+		r.RemoteAddr, r.Host = "10.77.0.100:40000", "10.77.0.1:8443"
+		if cert != nil {
+			r.TLS = &tls.ConnectionState{HandshakeComplete: true, PeerCertificates: []*x509.Certificate{cert}, VerifiedChains: [][]*x509.Certificate{{cert}}}
+		}
+		w := httptest.NewRecorder()
+		s.Handler().ServeHTTP(w, r)
+		return w
+	}
+	w := get(http.MethodGet, own)
+	if w.Code != http.StatusOK {
+		t.Fatalf("GET with its own certificate: %d %s", w.Code, w.Body)
+	}
+	if c, err := node.Decode(w.Body.Bytes()); err != nil || c.TLS != nil {
+		t.Errorf("the profile: %v, TLS %+v: want one without credentials", err, c.TLS)
+	}
+	for what, w := range map[string]*httptest.ResponseRecorder{
+		"another machine's certificate": get(http.MethodGet, other),
+		"no certificate":                get(http.MethodGet, nil),
+		"a POST for credentials":        get(http.MethodPost, own),
+	} {
+		if w.Code != http.StatusForbidden {
+			t.Errorf("%s: %d, want 403", what, w.Code)
+		}
 	}
 }

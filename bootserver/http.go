@@ -434,7 +434,15 @@ func (s *Server) profile(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	enrolled := snap.site.Enrolment == "token"
-	if enrolled && !s.tokens.use(r.Header.Get(api.HeaderToken), id, remoteIP(r)) {
+	// A machine's own certificate opens its profile without credentials
+	// (what its first-boot steps re-read) in place of the token, used once
+	// at boot.
+	certified := false
+	if r.Method == http.MethodGet {
+		how, err := s.authenticate(r, id)
+		certified = err == nil && how == authCert
+	}
+	if enrolled && !certified && !s.tokens.use(r.Header.Get(api.HeaderToken), id, remoteIP(r)) {
 		s.fail(w, r, http.StatusForbidden, "config: enrolment token missing, used, expired or from another address", "machine", id)
 		return
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/plinth-dev/plinth/bootserver/api"
 	"github.com/plinth-dev/plinth/initramfs/role"
+	"github.com/plinth-dev/plinth/initramfs/stage1/events"
 	"github.com/plinth-dev/plinth/profiles/node"
 )
 
@@ -76,8 +77,10 @@ func etcdJoin(ctx context.Context, log *slog.Logger, _ []string) error {
 
 // refreshCluster reads the site's etcd state (the cluster the boot server
 // has seen, a snapshot it offers) from a fresh profile, keeping the rest
-// of the one stage 1 applied. Best effort: where the profile cannot be
-// fetched again (an enrolment token is used once) the old one stands.
+// of the one stage 1 applied. It asks over HTTPS with the machine's own
+// certificate (what the server takes in place of an enrolment token for
+// a profile without credentials), else over HTTP. Best effort: where the
+// profile cannot be fetched again the old one stands.
 func refreshCluster(ctx context.Context, log *slog.Logger, cfg *node.Config) {
 	if cfg.Cluster == nil || cfg.Cluster.BootServer == "" {
 		return
@@ -85,11 +88,17 @@ func refreshCluster(ctx context.Context, log *slog.Logger, cfg *node.Config) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	url := strings.TrimRight(cfg.Cluster.BootServer, "/") + api.ProfilePath(cfg.Machine)
+	client := http.DefaultClient
+	if cfg.Cluster.ReportURL != "" {
+		if c, err := events.BootServerClient(ReportFiles); err == nil {
+			url, client = strings.TrimRight(cfg.Cluster.ReportURL, "/")+api.ProfilePath(cfg.Machine), c
+		}
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return
 	}
-	res, err := http.DefaultClient.Do(req)
+	res, err := client.Do(req)
 	if err != nil {
 		log.Info("profile not refreshed", "err", err)
 		return
