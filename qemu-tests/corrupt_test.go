@@ -2,6 +2,7 @@ package qemutests
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -9,6 +10,7 @@ import (
 	"github.com/cavaliergopher/cpio"
 
 	"github.com/plinth-dev/plinth/manifest"
+	"github.com/plinth-dev/plinth/profiles/node"
 )
 
 // corruptEmbedded writes an initramfs that is the image's stage 1 followed by
@@ -55,7 +57,7 @@ func corruptEmbedded(t *testing.T, ctx context.Context, art string) string {
 	add("plinth", cpio.TypeDir|0o755, nil)
 	add("plinth/rootfs.squashfs", cpio.TypeReg|0o644, root)
 	add("plinth/rootfs.digest", cpio.TypeReg|0o644, []byte(m.File(manifest.Rootfs).SHA256+"\n"))
-	add("plinth/config.json", cpio.TypeReg|0o600, []byte(`{"version":1,"machine":"smoke-1","hostname":"smoke-one"}`))
+	add("plinth/config.json", cpio.TypeReg|0o600, []byte(fmt.Sprintf(`{"version":%d,"machine":"smoke-1","hostname":"smoke-one"}`, node.SchemaVersion)))
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
 	}
