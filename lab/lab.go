@@ -138,7 +138,13 @@ func dialIn(ctx context.Context, ns, network, addr string) (net.Conn, error) {
 // Get fetches url from inside the lab, giving up after 10 s; a status
 // other than 200 is an error.
 func (l *Lab) Get(ctx context.Context, url string) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	return l.GetWithin(ctx, url, 10*time.Second)
+}
+
+// GetWithin is Get giving up after d: for a request the server may hold
+// (a journal asked for with ?fresh=SECONDS).
+func (l *Lab) GetWithin(ctx context.Context, url string, d time.Duration) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {

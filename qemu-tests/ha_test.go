@@ -274,8 +274,11 @@ func TestHAE2E(t *testing.T) {
 	back := time.Now()
 	if t.Failed() {
 		// What the minion's kubelet saw while the server was away: its
-		// journal, asked for now that the agent can upload it.
-		sc.freshJournal(t, ctx, "minion-1", "kubelet.service")
+		// journal, asked for now that the agent can upload it; and what
+		// the agent and networkd did meanwhile.
+		for _, u := range []string{"kubelet.service", "plinth-agent.service", "systemd-networkd.service"} {
+			sc.freshJournal(t, ctx, "minion-1", u)
+		}
 	}
 	waitFor(t, ctx, "the name holding master-1 alone", nameHolds([]string{m1}))
 	sc.nodePoolIs(t, ctx, "minion-1", []string{m1})
@@ -305,7 +308,9 @@ func (sc *scenario) stayedReady(t *testing.T, kubectl func(...string) (string, e
 // scenario's log directory.
 func (sc *scenario) freshJournal(t *testing.T, ctx context.Context, machine, unit string) {
 	t.Helper()
-	b, err := sc.c.Lab.Get(ctx, sc.c.Server+api.LogPath(machine, unit)+"?fresh=90")
+	// The server holds the request until the agent's next report brings
+	// the journal (up to the 90 s asked for).
+	b, err := sc.c.Lab.GetWithin(ctx, sc.c.Server+api.LogPath(machine, unit)+"?fresh=90", 100*time.Second)
 	if err != nil {
 		t.Logf("%s's %s journal: %v", machine, unit, err)
 		return
