@@ -17,6 +17,7 @@ import (
 	"github.com/plinth-dev/plinth/bootserver/api"
 	"github.com/plinth-dev/plinth/bootserver/siteetcd"
 	"github.com/plinth-dev/plinth/bootserver/siteetcd/etcdtest"
+	"github.com/plinth-dev/plinth/internal/etcdrpc"
 	"github.com/plinth-dev/plinth/profiles/node"
 )
 
@@ -67,7 +68,7 @@ func newEtcdFixture(t *testing.T) *etcdFixture {
 	}
 	s, err := New(Config{SiteDir: site, ArtifactsDir: filepath.Join(dir, "artifacts"), PublicURL: "http://10.77.0.1:8080",
 		Etcd: &siteetcd.Config{
-			Dir: f.store.Dir, Client: &siteetcd.Client{HTTP: &http.Client{}},
+			Dir: f.store.Dir, Client: &siteetcd.Client{RPC: etcdrpc.Plain()},
 			ClientURL: func(m node.Member) string { return f.members[m.Name].URL() },
 		}})
 	if err != nil {
@@ -200,7 +201,7 @@ func TestServeRunsTheEtcdWatcherAndStopsIt(t *testing.T) {
 	os.WriteFile(filepath.Join(site, "site.toml"), []byte(etcdSiteTOML), 0o644)
 	m := etcdtest.New(t, 0xfeed, 1)
 	s, err := New(Config{SiteDir: site, ArtifactsDir: filepath.Join(dir, "artifacts"), PublicURL: "http://10.77.0.1:8080",
-		Etcd: &siteetcd.Config{Dir: filepath.Join(dir, "state", "etcd"), Client: &siteetcd.Client{HTTP: &http.Client{}},
+		Etcd: &siteetcd.Config{Dir: filepath.Join(dir, "state", "etcd"), Client: &siteetcd.Client{RPC: etcdrpc.Plain()},
 			ClientURL: func(node.Member) string { return m.URL() }, Poll: 10 * time.Millisecond}})
 	if err != nil {
 		t.Fatal(err)

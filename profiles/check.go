@@ -196,6 +196,15 @@ func checkMachine(rep *tomlx.Report, m *Machine) {
 	if m.Hostname != "" && !hostRE.MatchString(m.Hostname) {
 		rep.Addf(file, f("hostname"), "%q: want a host name (lower-case letters, digits, '-', at most 63)", m.Hostname)
 	}
+	// A machine's certificate is named after its host name, and etcd takes
+	// a certificate named root as its root user.
+	if host := cmp.Or(m.Hostname, m.Name); host == roles.EtcdRootUser {
+		field := "hostname"
+		if m.Hostname == "" || m.Hostname == m.Name {
+			field = "name"
+		}
+		rep.Addf(file, f(field), "%q is etcd's root user (a machine's certificate carries its host name): choose another, or set hostname", host)
+	}
 	if m.MAC != "" {
 		if mac, ok := normMAC(m.MAC); ok {
 			m.MAC = mac

@@ -139,6 +139,22 @@ type Identity struct {
 	Name         string
 	CommonName   string
 	Organization []string
+	// Etcd is what the identity may do in the site's etcd, which knows a
+	// client by its certificate's common name; nil: nothing (etcd refuses
+	// every other certificate the site CA issues).
+	Etcd *EtcdAccess
+}
+
+// EtcdAccess is an etcd user's permissions: the etcd members set them up
+// (and turn etcd's authorisation on) from EtcdUsers.
+type EtcdAccess struct {
+	// Root is etcd's root role: membership changes, authorisation,
+	// snapshots, every key.
+	Root bool
+	// Prefixes are key prefixes the user may read and write.
+	Prefixes []string
+	// Keys are single keys the user may read and write.
+	Keys []string
 }
 
 // Subject is the identity's common name for a host.
@@ -148,14 +164,60 @@ func (i Identity) Subject(host string) string {
 
 // Admin is the cluster administrator's identity: what `plinth credentials`
 // issues (and the boot server, for itself, for one call: KubeletClient's
-// binding). No role carries it.
-var Admin = Identity{Name: node.IdentityAdmin, CommonName: "plinth:admin", Organization: []string{"system:masters"}}
+// binding). No role carries it. In etcd it is a root user too: the
+// operator's etcdctl.
+var Admin = Identity{Name: node.IdentityAdmin, CommonName: "plinth:admin", Organization: []string{"system:masters"}, Etcd: &EtcdAccess{Root: true}}
 
 // KubeletClient is the API server's identity towards kubelets. Kubelets
 // ask the API server whether it may (webhook authorization); Kubernetes'
 // default RBAC has the ClusterRole for it, system:kubelet-api-admin, but
 // no binding: the boot server creates KubeletClientBinding.
 var KubeletClient = Identity{Name: node.IdentityKubeletClient, CommonName: "plinth:apiserver-kubelet-client"}
+
+// FlannelPrefix is the etcd prefix flanneld keeps its state under; its
+// network config is FlannelPrefix + "/config".
+const FlannelPrefix = "/coreos.com/network"
+
+// The etcd client identities. Their common names carry a colon, which no
+// machine's host name (a node certificate's common name) can.
+var (
+	// EtcdMember is what an etcd member joins, promotes and sets up
+	// authorisation with.
+	EtcdMember = Identity{Name: node.IdentityEtcdMember, CommonName: "plinth:etcd-member", Etcd: &EtcdAccess{Root: true}}
+	// EtcdAPIServer is kube-apiserver's: Kubernetes' keys, and the one
+	// key outside them its compactor keeps its revision in.
+	EtcdAPIServer = Identity{Name: node.IdentityEtcdAPIServer, CommonName: "plinth:etcd-kube-apiserver",
+		Etcd: &EtcdAccess{Prefixes: []string{"/registry/"}, Keys: []string{"compact_rev_key"}}}
+	// EtcdFlannel is flanneld's (and the flannel-config step's): flannel's
+	// prefix only.
+	EtcdFlannel = Identity{Name: node.IdentityEtcdFlannel, CommonName: "plinth:etcd-flannel",
+		Etcd: &EtcdAccess{Prefixes: []string{FlannelPrefix + "/"}}}
+	// EtcdBootServer is the boot server's (and plinth etcd's): status and
+	// snapshots, which etcd gives the root role only. No machine carries
+	// it.
+	EtcdBootServer = Identity{Name: "boot-server", CommonName: "plinth:boot-server", Etcd: &EtcdAccess{Root: true}}
+)
+
+// EtcdRootUser is the user etcd wants to exist, with the root role, before
+// it turns authorisation on. It has no password, and the site CA issues no
+// certificate with its name as common name (a machine cannot be called
+// that: profiles refuses it).
+const EtcdRootUser = "root"
+
+// EtcdUsers are the identities etcd knows, sorted by common name: every
+// role's that has etcd access, EtcdBootServer and Admin.
+func EtcdUsers() []Identity {
+	out := []Identity{EtcdBootServer, Admin}
+	for _, name := range Names() {
+		for _, id := range Get(name).TLS.Identities {
+			if id.Etcd != nil && !slices.ContainsFunc(out, func(o Identity) bool { return o.CommonName == id.CommonName }) {
+				out = append(out, id)
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b Identity) int { return strings.Compare(a.CommonName, b.CommonName) })
+	return out
+}
 
 // KubeletClientBinding is the name of the ClusterRoleBinding that gives
 // KubeletClient system:kubelet-api-admin.
@@ -190,7 +252,7 @@ func builtin() []Role {
 			Services:   []string{"etcd.service", "plinth-etcd-promote.service"},
 			Listen:     []Port{{Proto: "tcp", Number: EtcdClientPort}, {Proto: "tcp", Number: EtcdPeerPort}},
 			Probes:     []Probe{{Unit: "etcd.service", Scheme: "https", Port: EtcdClientPort, Path: "/health", Want: `"health":"true"`, Client: ClientNode}},
-			TLS:        TLS{Node: true},
+			TLS:        TLS{Node: true, Identities: []Identity{EtcdMember}},
 			Steps:      []string{"etcd-join", "etcd-promote"},
 			State:      []string{"/var/lib/etcd"},
 			EtcdMember: true,
@@ -208,6 +270,7 @@ func builtin() []Role {
 			TLS: TLS{Node: true, ServiceAccountKey: true, Identities: []Identity{KubeletClient,
 				{Name: node.IdentityControllerManager, CommonName: "system:kube-controller-manager"},
 				{Name: node.IdentityScheduler, CommonName: "system:kube-scheduler"},
+				EtcdAPIServer, EtcdFlannel,
 			}},
 			Steps:      []string{"flannel-config"},
 			Kubernetes: true,
@@ -226,6 +289,7 @@ func builtin() []Role {
 			TLS: TLS{Node: true, Identities: []Identity{
 				{Name: node.IdentityKubelet, CommonName: "system:node:{host}", Organization: []string{"system:nodes"}},
 				{Name: node.IdentityKubeProxy, CommonName: "system:kube-proxy"},
+				EtcdFlannel,
 			}},
 			Steps:      []string{"flannel-config", "flannel-net", "import-images"},
 			State:      []string{"/var/lib/containerd", "/var/lib/docker", "/var/lib/kubelet"},

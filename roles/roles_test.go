@@ -4,6 +4,7 @@ import (
 	"go/parser"
 	"go/token"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -128,5 +129,25 @@ func TestImportsOnlyTheStandardLibraryAndNode(t *testing.T) {
 				t.Errorf("%s imports %s: roles must stay standard library (and profiles/node) only", name, p)
 			}
 		}
+	}
+}
+
+// TestEtcdUsersAreNamedAsNoMachineCanBe: etcd takes a certificate's common
+// name as its user, and a machine's certificate carries its host name; an
+// etcd user named like a host would be that machine's for the taking.
+func TestEtcdUsersAreNamedAsNoMachineCanBe(t *testing.T) {
+	var names []string
+	for _, id := range EtcdUsers() {
+		names = append(names, id.CommonName)
+		if !strings.Contains(id.CommonName, ":") || id.CommonName == EtcdRootUser {
+			t.Errorf("etcd user %q could be a machine's host name", id.CommonName)
+		}
+		if id.Etcd.Root == (len(id.Etcd.Prefixes)+len(id.Etcd.Keys) > 0) {
+			t.Errorf("etcd user %s: root %v with keys %v %v", id.CommonName, id.Etcd.Root, id.Etcd.Prefixes, id.Etcd.Keys)
+		}
+	}
+	want := []string{"plinth:admin", "plinth:boot-server", "plinth:etcd-flannel", "plinth:etcd-kube-apiserver", "plinth:etcd-member"}
+	if !slices.Equal(names, want) {
+		t.Errorf("etcd users %v, want %v", names, want)
 	}
 }

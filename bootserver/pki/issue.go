@@ -117,6 +117,10 @@ func (ca *CA) sign(r Request, pub crypto.PublicKey) (string, error) {
 	if r.CommonName == "" {
 		return "", errors.New("issue: no common name")
 	}
+	if r.CommonName == roles.EtcdRootUser && r.Client {
+		// etcd would take the certificate as its root user.
+		return "", fmt.Errorf("issue %s: a client certificate named %q is etcd's root user; none is issued", r.CommonName, roles.EtcdRootUser)
+	}
 	if !r.Server && !r.Client {
 		return "", fmt.Errorf("issue %s: neither server nor client auth", r.CommonName)
 	}

@@ -216,14 +216,15 @@ func TestMachineCertificatesCarryTheNamesAndUsesTheirRoleNeeds(t *testing.T) {
 		t.Error("a master got the admin identity")
 	}
 	for id, cn := range map[string]string{node.IdentityControllerManager: "system:kube-controller-manager", node.IdentityScheduler: "system:kube-scheduler",
-		node.IdentityKubeletClient: "plinth:apiserver-kubelet-client"} {
+		node.IdentityKubeletClient: "plinth:apiserver-kubelet-client",
+		node.IdentityEtcdAPIServer: "plinth:etcd-kube-apiserver", node.IdentityEtcdFlannel: "plinth:etcd-flannel"} {
 		c := verify(t, ca, m.Identities[id], x509.ExtKeyUsageClientAuth)
 		if c.Subject.CommonName != cn || len(c.Subject.Organization) != 0 {
 			t.Errorf("%s subject %s, want CN %s and no group (not system:masters)", id, c.Subject, cn)
 		}
 	}
-	if len(m.Identities) != 3 {
-		t.Errorf("master identities %v, want kubelet-client, controller-manager, scheduler", keys(m.Identities))
+	if len(m.Identities) != 5 {
+		t.Errorf("master identities %v, want kubelet-client, controller-manager, scheduler, etcd-apiserver, etcd-flannel", keys(m.Identities))
 	}
 	m2, _ := forMachine(t, ca, master("master-2"), netip.MustParseAddr("10.77.0.22"))
 	if m.ServiceAccountKey == "" || m.ServiceAccountKey != m2.ServiceAccountKey {
@@ -257,6 +258,12 @@ func TestMachineCertificatesCarryTheNamesAndUsesTheirRoleNeeds(t *testing.T) {
 	if _, ok := n.Identities[node.IdentityAdmin]; ok {
 		t.Error("a minion got the admin identity")
 	}
+	if fl := verify(t, ca, n.Identities[node.IdentityEtcdFlannel], x509.ExtKeyUsageClientAuth); fl.Subject.CommonName != "plinth:etcd-flannel" {
+		t.Errorf("a minion's flannel identity is %s", fl.Subject)
+	}
+	if len(n.Identities) != 3 {
+		t.Errorf("minion identities %v, want kubelet, kube-proxy, etcd-flannel", keys(n.Identities))
+	}
 
 	etcd := &node.Config{Machine: "etcd-1", Hostname: "etcd-1", Domain: "lab.example", Role: "etcd"}
 	e, err := forMachine(t, ca, etcd, netip.MustParseAddr("10.77.0.11"))
@@ -267,8 +274,11 @@ func TestMachineCertificatesCarryTheNamesAndUsesTheirRoleNeeds(t *testing.T) {
 	if ec.VerifyHostname("10.77.0.11") != nil || ec.VerifyHostname("etcd-1.lab.example") != nil {
 		t.Errorf("etcd cert names %v %v", ec.DNSNames, ec.IPAddresses)
 	}
-	if len(e.Identities) != 0 || e.ServiceAccountKey != "" {
-		t.Error("an etcd member got Kubernetes identities")
+	if len(e.Identities) != 1 || e.ServiceAccountKey != "" {
+		t.Errorf("an etcd member got identities %v", keys(e.Identities))
+	}
+	if em := verify(t, ca, e.Identities[node.IdentityEtcdMember], x509.ExtKeyUsageClientAuth); em.Subject.CommonName != "plinth:etcd-member" {
+		t.Errorf("an etcd member's etcd identity is %s", em.Subject)
 	}
 
 	if none, err := forMachine(t, ca, &node.Config{Machine: "x", Hostname: "x"}, addr); none != nil || err != nil {
@@ -482,4 +492,20 @@ func mustMarshalPub(t *testing.T, k *ecdsa.PublicKey) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// etcd takes a client certificate named root as its root user: the CA
+// never issues one, whatever asks.
+func TestNoClientCertificateIsNamedAsEtcdsRootUser(t *testing.T) {
+	ca, _, err := LoadOrCreate(t.TempDir(), "lab", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ca.Issue(Request{CommonName: roles.EtcdRootUser, Client: true}); err == nil {
+		t.Error("Issue: a client certificate named root")
+	}
+	c := &node.Config{Machine: "root", Hostname: "root", Role: "etcd"}
+	if tls, err := forMachine(t, ca, c, netip.MustParseAddr("10.77.0.11")); err == nil {
+		t.Errorf("a machine called root got a certificate: %v", tls != nil)
+	}
 }

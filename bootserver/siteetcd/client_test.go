@@ -13,6 +13,7 @@ import (
 
 	"github.com/plinth-dev/plinth/bootserver/pki"
 	"github.com/plinth-dev/plinth/bootserver/siteetcd/etcdtest"
+	"github.com/plinth-dev/plinth/internal/etcdrpc"
 )
 
 // TestTheClientPresentsAClientOnlyCertificateFromTheSiteCA: a member that,
@@ -40,6 +41,7 @@ func TestTheClientPresentsAClientOnlyCertificateFromTheSiteCA(t *testing.T) {
 		fake.ServeHTTP(w, r)
 	}))
 	srv.TLS = &tls.Config{Certificates: []tls.Certificate{serverCert}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool}
+	srv.EnableHTTP2 = true
 	srv.StartTLS()
 	defer srv.Close()
 
@@ -58,7 +60,7 @@ func TestTheClientPresentsAClientOnlyCertificateFromTheSiteCA(t *testing.T) {
 		t.Errorf("client certificate CN %q, usages %v", peer.Subject.CommonName, peer.ExtKeyUsage)
 	}
 	// Without a certificate the member refuses.
-	if _, err := (&Client{HTTP: &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}}).Status(context.Background(), srv.URL); err == nil {
+	if _, err := (&Client{RPC: etcdrpc.New(&tls.Config{RootCAs: pool})}).Status(context.Background(), srv.URL); err == nil {
 		t.Error("a client without a certificate was answered")
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,9 +13,10 @@ import (
 	"time"
 
 	"github.com/plinth-dev/plinth/bootserver/siteetcd/etcdtest"
+	"github.com/plinth-dev/plinth/internal/etcdrpc"
 )
 
-func plainClient() *Client { return &Client{HTTP: &http.Client{}} }
+func plainClient() *Client { return &Client{RPC: etcdrpc.Plain()} }
 
 // dirNames lists a directory, hidden files included.
 func dirNames(t *testing.T, dir string) []string {
@@ -205,15 +205,36 @@ func TestCheckRefusesASnapshotThatDoesNotMatchItsSumFile(t *testing.T) {
 	}
 }
 
-func FuzzCopySnapshot(f *testing.F) {
-	f.Add([]byte(`{"result":{"remaining_bytes":"3","blob":"YWJj"}}` + "\n" + `{"result":{"blob":"AAAA"}}`))
-	f.Add([]byte(`{"error":{"code":14,"message":"x"}}`))
-	f.Add([]byte(`{"result":{"remaining_bytes":"-1"}}`))
+// FuzzSnapshotStream feeds the snapshot sink chunks decoded from arbitrary
+// bytes (each chunk a one-byte length, then that many bytes of protobuf):
+// whatever it accepts ends with a sha256 of what came before.
+func FuzzSnapshotStream(f *testing.F) {
+	chunk := func(ch etcdrpc.SnapshotChunk) []byte {
+		m := etcdrpc.EncodeSnapshotChunk(ch)
+		return append([]byte{byte(len(m))}, m...)
+	}
+	data := etcdtest.DB(480)
+	sum := sha256.Sum256(data[:448])
+	f.Add(append(chunk(etcdrpc.SnapshotChunk{Remaining: 64, Blob: data[:448], Version: "3.6.0"}), chunk(etcdrpc.SnapshotChunk{Blob: sum[:]})...))
+	f.Add(chunk(etcdrpc.SnapshotChunk{Remaining: 3, Blob: []byte("abc")}))
+	f.Add([]byte{3, 0x10, 0xff, 0x01})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var out bytes.Buffer
-		n, _, err := copySnapshot(&out, bytes.NewReader(b))
-		if n != int64(out.Len()) {
-			t.Fatalf("reported %d bytes, wrote %d", n, out.Len())
+		s := newSnapshotSink(&out)
+		var err error
+		for len(b) > 0 && err == nil {
+			n := min(int(b[0]), len(b)-1)
+			var ch etcdrpc.SnapshotChunk
+			if ch, err = etcdrpc.DecodeSnapshotChunk(b[1 : 1+n]); err == nil {
+				err = s.add(ch)
+			}
+			b = b[1+n:]
+		}
+		if err == nil {
+			err = s.finish()
+		}
+		if s.tw.n != int64(out.Len()) {
+			t.Fatalf("reported %d bytes, wrote %d", s.tw.n, out.Len())
 		}
 		if err == nil {
 			data := out.Bytes()

@@ -7,33 +7,32 @@
 // as subcommands (plinth-agent etcd-join, ...), from units the role
 // configurators write.
 //
-// etcd is reached through its JSON gateway (/v3/...), with the machine's
-// certificate: no etcd client library in the initramfs.
+// etcd is reached over gRPC (internal/etcdrpc) with the machine's
+// certificate for the etcd identity the step acts as: no etcd client
+// library in the initramfs.
 package firstboot
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/plinth-dev/plinth/initramfs/role"
 	"github.com/plinth-dev/plinth/initramfs/stage1/events"
+	"github.com/plinth-dev/plinth/internal/etcdrpc"
 	"github.com/plinth-dev/plinth/profiles/node"
 )
 
-// Etcd talks to etcd members' JSON gateway.
+// Etcd talks to etcd members over gRPC, as one of the machine's etcd
+// identities (etcd knows a client by its certificate's common name).
 type Etcd struct {
-	Client *http.Client
-	// Timeout bounds one request to one member.
-	Timeout time.Duration
+	RPC *etcdrpc.Client
 }
 
 // TLSClient is an HTTP client presenting the machine's certificate and
@@ -42,54 +41,41 @@ func TLSClient(caFile, certFile, keyFile string) (*http.Client, error) {
 	return events.TLSClient(events.TLSFiles{CA: caFile, Cert: certFile, Key: keyFile})
 }
 
-// call POSTs req as JSON to one member's gateway path and decodes the
-// answer into resp.
-func (e *Etcd) call(ctx context.Context, endpoint, path string, req, resp any) error {
-	b, err := json.Marshal(req)
+// EtcdAs is an Etcd presenting the machine's certificate for an etcd
+// identity (node.IdentityEtcd*) from the files the roles write, trusting
+// only the site CA.
+func EtcdAs(id string) (*Etcd, error) {
+	cfg, err := events.TLSConfig(events.TLSFiles{CA: role.CAFile, Cert: role.IdentityCert(id), Key: role.IdentityKey(id)})
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("etcd identity %s: %w", id, err)
 	}
-	t := e.Timeout
-	if t <= 0 {
-		t = 3 * time.Second
-	}
-	ctx, cancel := context.WithTimeout(ctx, t)
-	defer cancel()
-	r, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(endpoint, "/")+path, bytes.NewReader(b))
-	if err != nil {
-		return err
-	}
-	r.Header.Set("Content-Type", "application/json")
-	res, err := e.Client.Do(r)
-	if err != nil {
-		return err
-	}
-	defer res.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(res.Body, 1<<20))
-	if err != nil {
-		return err
-	}
-	if res.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s%s: %s: %s", endpoint, path, res.Status, strings.TrimSpace(string(body)))
-	}
-	if err := json.Unmarshal(body, resp); err != nil {
-		return fmt.Errorf("%s%s: %w", endpoint, path, err)
-	}
-	return nil
+	return &Etcd{RPC: etcdrpc.New(cfg)}, nil
 }
 
-// Member is an etcd member as the gateway shows it; IDs are uint64 sent as
-// decimal strings.
+// Member is an etcd member; its ID in decimal.
 type Member struct {
-	ID         string   `json:"ID"`
-	Name       string   `json:"name"`
-	PeerURLs   []string `json:"peerURLs"`
-	ClientURLs []string `json:"clientURLs"`
-	IsLearner  bool     `json:"isLearner"`
+	ID         string
+	Name       string
+	PeerURLs   []string
+	ClientURLs []string
+	IsLearner  bool
 }
 
-type memberList struct {
-	Members []Member `json:"members"`
+func fromRPC(ms []etcdrpc.Member) []Member {
+	out := make([]Member, len(ms))
+	for i, m := range ms {
+		out[i] = Member{ID: strconv.FormatUint(m.ID, 10), Name: m.Name, PeerURLs: m.PeerURLs, ClientURLs: m.ClientURLs, IsLearner: m.IsLearner}
+	}
+	return out
+}
+
+// memberID is a Member's ID as etcd takes it.
+func memberID(id string) (uint64, error) {
+	v, err := strconv.ParseUint(id, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("member ID %q: %w", id, err)
+	}
+	return v, nil
 }
 
 // Members asks the endpoints in turn for the member list (a linearizable
@@ -101,12 +87,12 @@ func (e *Etcd) Members(ctx context.Context, endpoints []string) ([]Member, strin
 	}
 	var errs []error
 	for _, ep := range endpoints {
-		var l memberList
-		if err := e.call(ctx, ep, "/v3/cluster/member/list", map[string]any{"linearizable": true}, &l); err != nil {
+		ms, err := e.RPC.MemberList(ctx, ep)
+		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		return l.Members, ep, nil
+		return fromRPC(ms), ep, nil
 	}
 	return nil, "", errors.Join(errs...)
 }
@@ -120,7 +106,7 @@ func (e *Etcd) Alive(ctx context.Context, endpoints []string) []string {
 		r, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(ep, "/")+"/livez", nil)
 		if err == nil {
 			var res *http.Response
-			if res, err = e.Client.Do(r); err == nil {
+			if res, err = e.RPC.HTTP.Do(r); err == nil {
 				res.Body.Close()
 				out = append(out, ep)
 			}
@@ -134,9 +120,8 @@ func (e *Etcd) Alive(ctx context.Context, endpoints []string) []string {
 // members after it. A learner gets the log without a vote, so a new
 // member that is slow to start never costs the cluster its quorum.
 func (e *Etcd) AddLearner(ctx context.Context, endpoint, peerURL string) ([]Member, error) {
-	var l memberList
-	err := e.call(ctx, endpoint, "/v3/cluster/member/add", map[string]any{"peerURLs": []string{peerURL}, "isLearner": true}, &l)
-	return l.Members, err
+	ms, err := e.RPC.MemberAdd(ctx, endpoint, []string{peerURL}, true)
+	return fromRPC(ms), err
 }
 
 // addLearner is AddLearner, tried again for up to a minute while etcd
@@ -159,15 +144,21 @@ func (e *Etcd) addLearner(ctx context.Context, endpoint, peerURL string) ([]Memb
 
 // Remove removes a member by ID.
 func (e *Etcd) Remove(ctx context.Context, endpoint, id string) error {
-	var l memberList
-	return e.call(ctx, endpoint, "/v3/cluster/member/remove", map[string]any{"ID": id}, &l)
+	v, err := memberID(id)
+	if err != nil {
+		return err
+	}
+	return e.RPC.MemberRemove(ctx, endpoint, v)
 }
 
 // Promote makes a learner a voting member; etcd refuses while the learner
 // has not caught up with the leader.
 func (e *Etcd) Promote(ctx context.Context, endpoint, id string) error {
-	var l memberList
-	return e.call(ctx, endpoint, "/v3/cluster/member/promote", map[string]any{"ID": id}, &l)
+	v, err := memberID(id)
+	if err != nil {
+		return err
+	}
+	return e.RPC.MemberPromote(ctx, endpoint, v)
 }
 
 // JoinPlan is what etcd-join decided.

@@ -7,7 +7,6 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/base64"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -18,11 +17,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/plinth-dev/plinth/initramfs/role"
+	"github.com/plinth-dev/plinth/initramfs/stage1/events"
+	"github.com/plinth-dev/plinth/internal/etcdrpc"
 	"github.com/plinth-dev/plinth/profiles/node"
 )
 
@@ -99,7 +101,12 @@ func TestJoinAgainstRealEtcd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &Etcd{Client: client, Timeout: 2 * time.Second}
+	tlsCfg, err := events.TLSConfig(events.TLSFiles{CA: ca, Cert: cert, Key: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &Etcd{RPC: etcdrpc.New(tlsCfg)}
+	e.RPC.Timeout = 2 * time.Second
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 
@@ -229,38 +236,25 @@ func TestJoinAgainstRealEtcd(t *testing.T) {
 	}
 	status := func(ep string) string {
 		t.Helper()
-		var st struct {
-			Header struct {
-				ClusterID string `json:"cluster_id"`
-			} `json:"header"`
-		}
-		if err := e.call(ctx, ep, "/v3/maintenance/status", struct{}{}, &st); err != nil {
+		st, err := e.RPC.Status(ctx, ep)
+		if err != nil {
 			t.Fatal(err)
 		}
-		return st.Header.ClusterID
+		return strconv.FormatUint(st.ClusterID, 16)
 	}
 	put := func(k, v string) {
 		t.Helper()
-		var r map[string]any
-		if err := e.call(ctx, role.ClientURL("127.0.0.1"), "/v3/kv/put", map[string]string{"key": b64(k), "value": b64(v)}, &r); err != nil {
+		if err := e.RPC.Put(ctx, role.ClientURL("127.0.0.1"), k, v); err != nil {
 			t.Fatal(err)
 		}
 	}
 	get := func(ep, k string) string {
 		t.Helper()
-		var r struct {
-			KVs []struct {
-				Value string `json:"value"`
-			} `json:"kvs"`
-		}
-		if err := e.call(ctx, ep, "/v3/kv/range", map[string]string{"key": b64(k)}, &r); err != nil {
+		v, _, err := e.RPC.Get(ctx, ep, k)
+		if err != nil {
 			t.Fatal(err)
 		}
-		if len(r.KVs) == 0 {
-			return ""
-		}
-		v, _ := base64.StdEncoding.DecodeString(r.KVs[0].Value)
-		return string(v)
+		return v
 	}
 
 	// Founding: nobody has data, the boot server has seen no cluster.
@@ -370,5 +364,3 @@ func TestJoinAgainstRealEtcd(t *testing.T) {
 		t.Fatalf("second put: %q %v %v", v, set, err)
 	}
 }
-
-func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }

@@ -31,7 +31,7 @@ func etcdJoin(ctx context.Context, log *slog.Logger, _ []string) error {
 	if err != nil {
 		return err
 	}
-	e, err := nodeEtcd()
+	e, err := EtcdAs(node.IdentityEtcdMember)
 	if err != nil {
 		return err
 	}
@@ -65,7 +65,11 @@ func etcdJoin(ctx context.Context, log *slog.Logger, _ []string) error {
 		}
 	}
 	if plan.Restore {
-		if err := restoreSnapshot(ctx, log, e.Client, cfg); err != nil {
+		client, err := TLSClient(role.CAFile, role.NodeCert, role.NodeKey)
+		if err != nil {
+			return err
+		}
+		if err := restoreSnapshot(ctx, log, client, cfg); err != nil {
 			postEvent(ctx, log, cfg, api.StageError, "etcd restore: "+err.Error())
 			return err
 		}
@@ -119,13 +123,14 @@ func refreshCluster(ctx context.Context, log *slog.Logger, cfg *node.Config) {
 }
 
 // etcdPromote promotes this member once it has caught up, when it joined
-// as a learner; a voting member has nothing to do.
+// as a learner, then makes sure etcd's authorisation is set up
+// (EnsureAuth).
 func etcdPromote(ctx context.Context, log *slog.Logger, _ []string) error {
 	cfg, err := loadConfig()
 	if err != nil {
 		return err
 	}
-	e, err := nodeEtcd()
+	e, err := EtcdAs(node.IdentityEtcdMember)
 	if err != nil {
 		return err
 	}
@@ -166,6 +171,20 @@ func etcdPromote(ctx context.Context, log *slog.Logger, _ []string) error {
 	}
 	if learner {
 		msg := fmt.Sprintf("promoted from learner to voting member after %s", time.Since(start).Round(time.Second))
+		log.Info(msg)
+		postEvent(ctx, log, cfg, api.StageEtcd, msg)
+	}
+	// A voting member sets up who may do what in etcd (EnsureAuth).
+	var did []string
+	if err := retry(ctx, log, "etcd-auth", 5*time.Second, func() error {
+		var err error
+		did, err = e.EnsureAuth(ctx, eps)
+		return err
+	}); err != nil {
+		return err
+	}
+	if len(did) > 0 {
+		msg := "etcd authorisation set up: " + strings.Join(did, "; ")
 		log.Info(msg)
 		postEvent(ctx, log, cfg, api.StageEtcd, msg)
 	}

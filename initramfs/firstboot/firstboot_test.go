@@ -6,13 +6,17 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/plinth-dev/plinth/internal/etcdrpc"
+	"github.com/plinth-dev/plinth/internal/etcdrpc/etcdrpctest"
 	"github.com/plinth-dev/plinth/profiles/node"
 	"github.com/plinth-dev/plinth/roles"
+	"google.golang.org/protobuf/encoding/protowire"
 )
 
 func TestSplitSubnetGivesDockerTheLowerHalfAndPodsTheUpper(t *testing.T) {
@@ -49,7 +53,7 @@ func TestParseSubnetEnvRefusesWhatItCannotSplit(t *testing.T) {
 	}
 }
 
-// fakeEtcd is the JSON gateway of a running cluster, enough for Join.
+// fakeEtcd is a running cluster's gRPC Cluster service, enough for Join.
 type fakeEtcd struct {
 	mu      sync.Mutex
 	members []Member
@@ -59,42 +63,65 @@ type fakeEtcd struct {
 	noQuorum bool
 }
 
-func (f *fakeEtcd) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.calls = append(f.calls, r.URL.Path)
-	var req map[string]any
-	json.NewDecoder(r.Body).Decode(&req)
-	switch {
-	case r.URL.Path == "/livez":
-		w.Write([]byte("ok"))
-		return
-	case f.noQuorum:
-		http.Error(w, `{"error":"etcdserver: request timed out"}`, http.StatusServiceUnavailable)
-		return
-	}
-	switch r.URL.Path {
-	case "/v3/cluster/member/list":
-	case "/v3/cluster/member/add":
-		f.next++
-		urls := []string{}
-		for _, u := range req["peerURLs"].([]any) {
-			urls = append(urls, u.(string))
+func (f *fakeEtcd) handler() http.Handler {
+	list := func(field protowire.Number) [][]byte {
+		var m etcdrpc.Message
+		for _, x := range f.members {
+			id, _ := strconv.ParseUint(x.ID, 10, 64)
+			m = m.Bytes(field, etcdrpc.EncodeMember(etcdrpc.Member{ID: id, Name: x.Name, PeerURLs: x.PeerURLs, ClientURLs: x.ClientURLs, IsLearner: x.IsLearner}))
 		}
-		learner, _ := req["isLearner"].(bool)
-		f.members = append(f.members, Member{ID: "9" + string(rune('0'+f.next)), PeerURLs: urls, IsLearner: learner})
-	case "/v3/cluster/member/remove":
-		for i, m := range f.members {
-			if m.ID == req["ID"] {
-				f.members = append(f.members[:i], f.members[i+1:]...)
-				break
+		return [][]byte{m}
+	}
+	method := func(name string, f2 func(req []byte) [][]byte) etcdrpctest.Method {
+		return func(req []byte) ([][]byte, error) {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			f.calls = append(f.calls, name)
+			if f.noQuorum {
+				return nil, &etcdrpctest.Status{Code: etcdrpc.CodeUnavailable, Message: "etcdserver: request timed out"}
 			}
+			return f2(req), nil
 		}
-	default:
-		http.NotFound(w, r)
-		return
 	}
-	json.NewEncoder(w).Encode(memberList{Members: f.members})
+	return &etcdrpctest.Handler{
+		Methods: map[string]etcdrpctest.Method{
+			etcdrpc.MethodMemberList: method("list", func([]byte) [][]byte { return list(2) }),
+			etcdrpc.MethodMemberAdd: method("add", func(req []byte) [][]byte {
+				f.next++
+				var urls []string
+				learner := false
+				etcdrpc.Fields(req, func(fd etcdrpc.Field) error {
+					switch fd.Num {
+					case 1:
+						urls = append(urls, string(fd.Data))
+					case 2:
+						learner = fd.Varint != 0
+					}
+					return nil
+				})
+				f.members = append(f.members, Member{ID: "9" + strconv.Itoa(f.next), PeerURLs: urls, IsLearner: learner})
+				return list(3)
+			}),
+			etcdrpc.MethodMemberRemove: method("remove", func(req []byte) [][]byte {
+				var id uint64
+				etcdrpc.Fields(req, func(fd etcdrpc.Field) error { id = fd.Varint; return nil })
+				for i, m := range f.members {
+					if m.ID == strconv.FormatUint(id, 10) {
+						f.members = append(f.members[:i], f.members[i+1:]...)
+						break
+					}
+				}
+				return [][]byte{nil}
+			}),
+		},
+		Other: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/livez" {
+				w.Write([]byte("ok"))
+				return
+			}
+			http.NotFound(w, r)
+		}),
+	}
 }
 
 func joinConfig(self string, peers map[string]string) *node.Config {
@@ -108,7 +135,7 @@ func joinConfig(self string, peers map[string]string) *node.Config {
 }
 
 func TestJoinFoundsTheClusterWhenNoMemberAnswers(t *testing.T) {
-	e := &Etcd{Client: http.DefaultClient}
+	e := &Etcd{RPC: etcdrpc.Plain()}
 	cfg := joinConfig("etcd-1", map[string]string{"etcd-1": "10.0.0.1", "etcd-2": "127.0.0.1:1", "etcd-3": "127.0.0.1:2"})
 	// Addresses with a port are not etcd members' addresses; ClientURL
 	// adds :2379, so nothing answers there.
@@ -135,11 +162,13 @@ func TestJoinFoundsASingleMemberCluster(t *testing.T) {
 // member URLs are https://ADDR:2379, so every request goes to the test
 // server instead.
 func gateway(t *testing.T, f *fakeEtcd) *Etcd {
-	srv := httptest.NewTLSServer(f)
+	srv := httptest.NewUnstartedServer(f.handler())
+	srv.EnableHTTP2 = true
+	srv.StartTLS()
 	t.Cleanup(srv.Close)
 	c := srv.Client()
 	c.Transport = rewrite{addr: strings.TrimPrefix(srv.URL, "https://"), rt: c.Transport}
-	return &Etcd{Client: c}
+	return &Etcd{RPC: &etcdrpc.Client{HTTP: c}}
 }
 
 // rewrite sends every request to the test server.
@@ -170,7 +199,7 @@ func TestJoinAddsAMemberNewToTheProfile(t *testing.T) {
 	if p.State != "existing" || p.Initial != want || !strings.Contains(p.Why, "added as a learner") {
 		t.Errorf("plan %+v", p)
 	}
-	if len(f.members) != 4 || !f.members[3].IsLearner || strings.Join(f.calls, " ") != "/v3/cluster/member/list /v3/cluster/member/add" {
+	if len(f.members) != 4 || !f.members[3].IsLearner || strings.Join(f.calls, " ") != "list add" {
 		t.Errorf("members %v calls %v", f.members, f.calls)
 	}
 }
@@ -198,7 +227,7 @@ func TestJoinReplacesARebootedMember(t *testing.T) {
 	if err != nil || p.State != "existing" || p.Initial != "etcd-1=https://10.0.0.1:2380,etcd-2=https://10.0.0.2:2380" {
 		t.Errorf("plan %+v %v", p, err)
 	}
-	if strings.Join(f.calls, " ") != "/v3/cluster/member/list /v3/cluster/member/remove /v3/cluster/member/add" {
+	if strings.Join(f.calls, " ") != "list remove add" {
 		t.Errorf("calls %v", f.calls)
 	}
 	for _, m := range f.members {
@@ -242,7 +271,8 @@ func TestJoinWaitsWhenMembersAnswerWithoutQuorum(t *testing.T) {
 // or no other member keeps data on disk; restores when a snapshot is
 // offered; otherwise it waits for the members that may hold the data.
 func TestJoinFoundsOnlyWhenNoMemberCanHoldData(t *testing.T) {
-	e := &Etcd{Client: http.DefaultClient, Timeout: time.Second}
+	e := &Etcd{RPC: etcdrpc.Plain()}
+	e.RPC.Timeout = time.Second
 	for _, tc := range []struct {
 		name     string
 		durable  bool

@@ -3,7 +3,6 @@ package firstboot
 import (
 	"bufio"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -30,43 +29,20 @@ func FlannelNetConfig(cl *node.Cluster) (string, error) {
 
 // PutIfAbsent writes key=value unless the key exists, in one transaction,
 // so that nodes racing to set the flannel config leave the first one's. It
-// returns the value the key holds afterwards and whether this call set it.
+// asks the endpoints in turn and returns the value the key holds
+// afterwards and whether this call set it.
 func (e *Etcd) PutIfAbsent(ctx context.Context, endpoints []string, key, value string) (string, bool, error) {
-	k := base64.StdEncoding.EncodeToString([]byte(key))
-	req := map[string]any{
-		"compare": []map[string]any{{"key": k, "target": "CREATE", "result": "EQUAL", "create_revision": "0"}},
-		"success": []map[string]any{{"request_put": map[string]any{"key": k, "value": base64.StdEncoding.EncodeToString([]byte(value))}}},
-		"failure": []map[string]any{{"request_range": map[string]any{"key": k}}},
-	}
-	var resp struct {
-		Succeeded bool `json:"succeeded"`
-		Responses []struct {
-			Range *struct {
-				KVs []struct {
-					Value string `json:"value"`
-				} `json:"kvs"`
-			} `json:"response_range"`
-		} `json:"responses"`
-	}
 	var errs []error
 	for _, ep := range endpoints {
-		if err := e.call(ctx, ep, "/v3/kv/txn", req, &resp); err != nil {
+		have, set, err := e.RPC.PutIfAbsent(ctx, ep, key, value)
+		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		if resp.Succeeded {
-			return value, true, nil
-		}
-		for _, r := range resp.Responses {
-			if r.Range != nil && len(r.Range.KVs) > 0 {
-				v, err := base64.StdEncoding.DecodeString(r.Range.KVs[0].Value)
-				if err != nil {
-					return "", false, fmt.Errorf("%s: value of %s: %w", ep, key, err)
-				}
-				return string(v), false, nil
-			}
-		}
-		return "", false, fmt.Errorf("%s: %s exists but the transaction returned no value", ep, key)
+		return have, set, nil
+	}
+	if len(errs) == 0 {
+		return "", false, errors.New("no etcd endpoint to ask")
 	}
 	return "", false, errors.Join(errs...)
 }

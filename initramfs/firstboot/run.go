@@ -88,14 +88,6 @@ func loadConfig() (*node.Config, error) {
 	return node.Decode(b)
 }
 
-func nodeEtcd() (*Etcd, error) {
-	c, err := TLSClient(role.CAFile, role.NodeCert, role.NodeKey)
-	if err != nil {
-		return nil, err
-	}
-	return &Etcd{Client: c}, nil
-}
-
 // writeAtomic writes a file by rename, so a reader never sees half of it.
 func writeAtomic(path, data string, mode os.FileMode) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
@@ -113,7 +105,7 @@ func flannelConfig(ctx context.Context, log *slog.Logger, _ []string) error {
 	if err != nil {
 		return err
 	}
-	e, err := nodeEtcd()
+	e, err := EtcdAs(node.IdentityEtcdFlannel)
 	if err != nil {
 		return err
 	}

@@ -31,7 +31,7 @@ const (
 	AgentPath = "/usr/local/sbin/plinth-agent"
 	// FlannelPrefix is the etcd prefix flanneld keeps its state under; the
 	// network config is FlannelPrefix + "/config".
-	FlannelPrefix = "/coreos.com/network"
+	FlannelPrefix = roles.FlannelPrefix
 	// FlannelSubnetFile is where flanneld writes the node's subnet.
 	FlannelSubnetFile = "/run/flannel/subnet.env"
 	// EtcdEnvFile is written by `plinth-agent etcd-join` before etcd

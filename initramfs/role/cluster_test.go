@@ -36,15 +36,13 @@ func labConfig(t *testing.T, machine string) *node.Config {
 		return "-----BEGIN " + what + "-----\n" + machine + "\n-----END " + what + "-----\n"
 	}
 	cfg.TLS = &node.TLS{CA: pem("CA CERTIFICATE"), Cert: pem("CERTIFICATE"), Key: pem("PRIVATE KEY"), Identities: map[string]node.KeyPair{}}
-	switch cfg.Role {
-	case "master":
-		cfg.TLS.Identities[node.IdentityKubeletClient] = node.KeyPair{Cert: pem("KUBELET CLIENT CERTIFICATE"), Key: pem("KUBELET CLIENT KEY")}
-		cfg.TLS.Identities[node.IdentityControllerManager] = node.KeyPair{Cert: pem("CM CERTIFICATE"), Key: pem("CM KEY")}
-		cfg.TLS.Identities[node.IdentityScheduler] = node.KeyPair{Cert: pem("SCHEDULER CERTIFICATE"), Key: pem("SCHEDULER KEY")}
+	// What the boot server issues: a certificate per identity of the role.
+	for _, id := range roles.Get(cfg.Role).TLS.Identities {
+		name := strings.ToUpper(id.Name)
+		cfg.TLS.Identities[id.Name] = node.KeyPair{Cert: pem(name + " CERTIFICATE"), Key: pem(name + " KEY")}
+	}
+	if cfg.Role == "master" {
 		cfg.TLS.ServiceAccountKey = pem("SA KEY")
-	case "minion":
-		cfg.TLS.Identities[node.IdentityKubelet] = node.KeyPair{Cert: pem("KUBELET CERTIFICATE"), Key: pem("KUBELET KEY")}
-		cfg.TLS.Identities[node.IdentityKubeProxy] = node.KeyPair{Cert: pem("PROXY CERTIFICATE"), Key: pem("PROXY KEY")}
 	}
 	return cfg
 }

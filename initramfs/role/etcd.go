@@ -59,15 +59,15 @@ func (Etcd) Plan(cfg *node.Config) (*Plan, error) {
 		return nil, fmt.Errorf("machine %s is not among the site's etcd members", cfg.Machine)
 	}
 	p := &Plan{Services: roles.Get("etcd").Services}
-	if err := tlsFiles(p, cfg); err != nil {
+	if err := tlsFiles(p, cfg, node.IdentityEtcdMember); err != nil {
 		return nil, err
 	}
 	p.file("/etc/plinth/etcdctl.env", 0o644, strings.Join([]string{
-		"# plinth: source this to use etcdctl on this member",
+		"# plinth: source this to use etcdctl on this member (as etcd's root role)",
 		"ETCDCTL_ENDPOINTS=" + ClientURL("127.0.0.1"),
 		"ETCDCTL_CACERT=" + CAFile,
-		"ETCDCTL_CERT=" + NodeCert,
-		"ETCDCTL_KEY=" + NodeKey,
+		"ETCDCTL_CERT=" + IdentityCert(node.IdentityEtcdMember),
+		"ETCDCTL_KEY=" + IdentityKey(node.IdentityEtcdMember),
 	}, "\n")+"\n")
 	if err := stateMounts(p, cfg, roles.Get("etcd").State); err != nil {
 		return nil, err

@@ -33,7 +33,8 @@ func flannel(p *Plan, cfg *node.Config) error {
 	args := []string{"/usr/bin/flanneld",
 		"--etcd-endpoints=" + eps,
 		"--etcd-prefix=" + FlannelPrefix,
-		"--etcd-cafile=" + CAFile, "--etcd-certfile=" + NodeCert, "--etcd-keyfile=" + NodeKey,
+		"--etcd-cafile=" + CAFile,
+		"--etcd-certfile=" + IdentityCert(node.IdentityEtcdFlannel), "--etcd-keyfile=" + IdentityKey(node.IdentityEtcdFlannel),
 		"--ip-masq",
 	}
 	if ip := nodeIP(cfg); ip != "" {

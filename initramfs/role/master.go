@@ -47,7 +47,8 @@ func (Master) Plan(cfg *node.Config) (*Plan, error) {
 		return nil, errors.New("the site has no [network] flannel network")
 	}
 	p := &Plan{Services: roles.Get("master").Services}
-	if err := tlsFiles(p, cfg, node.IdentityKubeletClient, node.IdentityControllerManager, node.IdentityScheduler); err != nil {
+	if err := tlsFiles(p, cfg, node.IdentityKubeletClient, node.IdentityControllerManager, node.IdentityScheduler,
+		node.IdentityEtcdAPIServer, node.IdentityEtcdFlannel); err != nil {
 		return nil, err
 	}
 	if cfg.TLS.ServiceAccountKey == "" {
@@ -71,7 +72,8 @@ func (Master) Plan(cfg *node.Config) (*Plan, error) {
 	}
 	api := []string{"/usr/bin/kube-apiserver",
 		"--etcd-servers=" + eps,
-		"--etcd-cafile=" + CAFile, "--etcd-certfile=" + NodeCert, "--etcd-keyfile=" + NodeKey,
+		"--etcd-cafile=" + CAFile,
+		"--etcd-certfile=" + IdentityCert(node.IdentityEtcdAPIServer), "--etcd-keyfile=" + IdentityKey(node.IdentityEtcdAPIServer),
 		"--bind-address=0.0.0.0",
 		"--secure-port=" + strconv.Itoa(port),
 		"--tls-cert-file=" + NodeCert, "--tls-private-key-file=" + NodeKey,

@@ -57,7 +57,7 @@ func (Minion) Plan(cfg *node.Config) (*Plan, error) {
 		return nil, err
 	}
 	p := &Plan{Services: roles.Get("minion").Services}
-	if err := tlsFiles(p, cfg, node.IdentityKubelet, node.IdentityKubeProxy); err != nil {
+	if err := tlsFiles(p, cfg, node.IdentityKubelet, node.IdentityKubeProxy, node.IdentityEtcdFlannel); err != nil {
 		return nil, err
 	}
 	kernelSetup(p)

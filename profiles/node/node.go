@@ -224,11 +224,13 @@ type TLS struct {
 	// kube-apiserver as etcd clients, kube-apiserver and kubelet to serve.
 	Cert string `json:"cert"`
 	Key  string `json:"key,omitempty"`
-	// Identities are client certificates for Kubernetes users, by
-	// purpose: on masters IdentityControllerManager, IdentityScheduler
-	// and IdentityKubeletClient (kube-apiserver to kubelets);
-	// IdentityKubelet and IdentityKubeProxy on minions. No machine gets
-	// IdentityAdmin: only `plinth credentials` issues it.
+	// Identities are client certificates for Kubernetes and etcd users,
+	// by purpose: on masters IdentityControllerManager, IdentityScheduler
+	// and IdentityKubeletClient (kube-apiserver to kubelets),
+	// IdentityEtcdAPIServer and IdentityEtcdFlannel; IdentityKubelet,
+	// IdentityKubeProxy and IdentityEtcdFlannel on minions;
+	// IdentityEtcdMember on etcd members. No machine gets IdentityAdmin:
+	// only `plinth credentials` issues it.
 	Identities map[string]KeyPair `json:"identities,omitempty"`
 	// SealedServiceAccountKey (masters only) is the key every master signs
 	// and checks service account tokens with — the same for all, so a
@@ -267,6 +269,17 @@ const (
 	// Kubernetes' default RBAC to what that component needs, nothing more.
 	IdentityControllerManager = "controller-manager"
 	IdentityScheduler         = "scheduler"
+	// etcd knows a client by its certificate's common name (its etcd
+	// user); roles.EtcdUsers says what each may do.
+	// IdentityEtcdMember: CN "plinth:etcd-member", etcd's root role —
+	// membership changes and setting up authorisation.
+	IdentityEtcdMember = "etcd-member"
+	// IdentityEtcdAPIServer: CN "plinth:etcd-kube-apiserver", read-write
+	// on Kubernetes' keys.
+	IdentityEtcdAPIServer = "etcd-apiserver"
+	// IdentityEtcdFlannel: CN "plinth:etcd-flannel", read-write on
+	// flannel's keys only.
+	IdentityEtcdFlannel = "etcd-flannel"
 )
 
 // SchemaVersion is the version of Config this tree writes and reads.

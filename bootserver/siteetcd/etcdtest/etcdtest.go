@@ -1,18 +1,17 @@
-// Package etcdtest fakes the two calls of etcd 3.6's JSON gateway that the
-// boot server makes (maintenance status and snapshot), in the shape etcd
-// sends them, for unit tests. The real etcd is exercised end to end.
+// Package etcdtest fakes the two etcd gRPC calls the boot server makes
+// (maintenance status and snapshot), framed as etcd sends them, for unit
+// tests. The real etcd is exercised end to end.
 package etcdtest
 
 import (
 	"crypto/sha256"
-	"encoding/base64"
-	"encoding/json"
-	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"strconv"
 	"sync"
 	"testing"
+
+	"github.com/plinth-dev/plinth/internal/etcdrpc"
+	"github.com/plinth-dev/plinth/internal/etcdrpc/etcdrpctest"
 )
 
 // Member is one fake etcd member.
@@ -37,16 +36,15 @@ type State struct {
 	Down bool
 	// CorruptChecksum flips a byte of the trailing sha256.
 	CorruptChecksum bool
-	// StreamError ends the snapshot stream with an error object after the
-	// first chunk, as the gateway does when the server fails mid-stream.
+	// StreamError ends the snapshot stream with an error status after the
+	// first chunk, as etcd does when the server fails mid-stream.
 	StreamError bool
 }
 
-// New starts a healthy member over plain HTTP, closed with the test.
+// New starts a healthy member over h2c, closed with the test.
 func New(t testing.TB, clusterID, memberID uint64) *Member {
 	m := &Member{state: State{ClusterID: clusterID, MemberID: memberID, Leader: memberID, Revision: 1}}
-	m.Server = httptest.NewServer(m)
-	t.Cleanup(m.Server.Close)
+	m.Server = etcdrpctest.Plain(t, m)
 	return m
 }
 
@@ -60,7 +58,7 @@ func (m *Member) Set(f func(*State)) {
 // URL is the member's client URL.
 func (m *Member) URL() string { return m.Server.URL }
 
-// ServeHTTP answers /v3/maintenance/status and /v3/maintenance/snapshot.
+// ServeHTTP answers Maintenance/Status and Maintenance/Snapshot.
 func (m *Member) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	m.mu.Lock()
 	c := m.state // a copy to serve from
@@ -68,56 +66,32 @@ func (m *Member) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if c.Down {
 		panic(http.ErrAbortHandler) // the connection drops
 	}
-	if r.Method != http.MethodPost {
-		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
-		return
-	}
-	u := func(v uint64) string { return strconv.FormatUint(v, 10) }
-	switch r.URL.Path {
-	case "/v3/maintenance/status":
-		st := map[string]any{
-			"header":  map[string]string{"cluster_id": u(c.ClusterID), "member_id": u(c.MemberID), "revision": strconv.FormatInt(c.Revision, 10), "raft_term": "2"},
-			"version": "3.6.16", "dbSize": strconv.Itoa(len(c.Data)), "raftIndex": "9", "raftTerm": "2",
-			"raftAppliedIndex": "9", "dbSizeInUse": "20480", "storageVersion": "3.6.0", "dbSizeQuota": "2147483648",
-		}
-		if c.Leader != 0 { // protojson leaves zero values out
-			st["leader"] = u(c.Leader)
-		}
-		if len(c.Alarms) > 0 {
-			st["errors"] = c.Alarms
-		}
-		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(st)
-	case "/v3/maintenance/snapshot":
-		c.stream(w)
-	default:
-		http.NotFound(w, r)
-	}
+	h := &etcdrpctest.Handler{Methods: map[string]etcdrpctest.Method{
+		etcdrpc.MethodStatus: func([]byte) ([][]byte, error) {
+			return [][]byte{etcdrpc.EncodeStatus(etcdrpc.Status{ClusterID: c.ClusterID, MemberID: c.MemberID, Revision: c.Revision,
+				Version: "3.6.16", DBSize: int64(len(c.Data)), Leader: c.Leader, Errors: c.Alarms})}, nil
+		},
+		etcdrpc.MethodSnapshot: func([]byte) ([][]byte, error) { return c.stream() },
+	}}
+	h.ServeHTTP(w, r)
 }
 
-// stream writes the snapshot as the gateway does: one {"result": ...}
-// object per SnapshotResponse, newline-delimited; the database in
-// chunks, then one message holding its sha256.
-func (c *State) stream(w http.ResponseWriter) {
-	w.Header().Set("Content-Type", "application/json")
+// stream is the snapshot as etcd sends it: the database in chunks, then
+// one message holding its sha256.
+func (c *State) stream() ([][]byte, error) {
 	chunk := c.Chunk
 	if chunk <= 0 {
 		chunk = 32 << 10
 	}
+	var out [][]byte
 	send := func(blob []byte, remaining int) {
-		res := map[string]any{"blob": base64.StdEncoding.EncodeToString(blob), "version": "3.6.0"}
-		if remaining > 0 {
-			res["remaining_bytes"] = strconv.Itoa(remaining)
-		}
-		b, _ := json.Marshal(map[string]any{"result": res})
-		fmt.Fprintf(w, "%s\n", b)
+		out = append(out, etcdrpc.EncodeSnapshotChunk(etcdrpc.SnapshotChunk{Remaining: uint64(remaining), Blob: blob, Version: "3.6.0"}))
 	}
 	for off := 0; off < len(c.Data); off += chunk {
 		end := min(off+chunk, len(c.Data))
 		send(c.Data[off:end], len(c.Data)-end)
 		if c.StreamError {
-			fmt.Fprintln(w, `{"error":{"code":14,"message":"etcdserver: server stopped","details":[]}}`)
-			return
+			return out, &etcdrpctest.Status{Code: etcdrpc.CodeUnavailable, Message: "etcdserver: server stopped"}
 		}
 	}
 	sum := sha256.Sum256(c.Data)
@@ -125,6 +99,7 @@ func (c *State) stream(w http.ResponseWriter) {
 		sum[0] ^= 0xff
 	}
 	send(sum[:], 0)
+	return out, nil
 }
 
 // DB is a fake database of n bytes (a multiple of 4096 for etcd's page

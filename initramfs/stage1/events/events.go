@@ -251,6 +251,15 @@ func (p Poster) ForMachine(cfg *node.Config, files TLSFiles, token string) (Post
 // TLSClient trusts the site CA only and presents the machine's certificate
 // (none when f.Cert is empty).
 func TLSClient(f TLSFiles) (*http.Client, error) {
+	cfg, err := TLSConfig(f)
+	if err != nil {
+		return nil, err
+	}
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: cfg, DisableKeepAlives: true}}, nil
+}
+
+// TLSConfig is the client TLS configuration of TLSClient.
+func TLSConfig(f TLSFiles) (*tls.Config, error) {
 	ca, err := os.ReadFile(f.CA)
 	if err != nil {
 		return nil, err
@@ -272,7 +281,7 @@ func TLSClient(f TLSFiles) (*http.Client, error) {
 		}
 		cfg.Certificates = []tls.Certificate{kp}
 	}
-	return &http.Client{Transport: &http.Transport{TLSClientConfig: cfg, DisableKeepAlives: true}}, nil
+	return cfg, nil
 }
 
 // BootServerClient is TLSClient for the boot server: it checks the

@@ -1,0 +1,195 @@
+package firstboot
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/plinth-dev/plinth/bootserver/pki"
+	"github.com/plinth-dev/plinth/initramfs/role"
+	"github.com/plinth-dev/plinth/internal/etcdrpc"
+	"github.com/plinth-dev/plinth/roles"
+)
+
+// TestEtcdTakesEachIdentityOnlyForItsKeys starts a real etcd member as the
+// etcd role does (client-certificate auth, the site CA), lets EnsureAuth
+// set it up, and then tries, as each certificate the site CA gives out,
+// what that certificate must not do: a minion's node certificate reads
+// and writes nothing, flannel's identity touches nothing outside flannel's
+// prefix, the API server's nothing outside Kubernetes' keys, none of them
+// changes the membership or the users; the JSON gateway is no way around
+// it, and a certificate from another CA is not even let in.
+func TestEtcdTakesEachIdentityOnlyForItsKeys(t *testing.T) {
+	bin := etcdBinary(t)
+	dir := t.TempDir()
+	ca, _, err := pki.LoadOrCreate(filepath.Join(dir, "state"), "lab", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const addr = "127.0.0.5"
+	ep := role.ClientURL(addr)
+	write := func(name, data string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	// The member's node certificate, as the boot server issues it.
+	member, err := ca.Issue(pki.Request{CommonName: "etcd-1", IPs: []netip.Addr{netip.MustParseAddr(addr)}, Server: true, Client: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile, certFile, keyFile := write("ca.pem", ca.CertPEM()), write("node.pem", member.Cert), write("node-key.pem", member.Key)
+	cmd := exec.Command(bin, "--name=etcd-1", "--data-dir="+filepath.Join(dir, "data"),
+		"--listen-peer-urls="+role.PeerURL(addr), "--listen-client-urls="+ep,
+		"--advertise-client-urls="+ep, "--initial-advertise-peer-urls="+role.PeerURL(addr),
+		"--initial-cluster=etcd-1="+role.PeerURL(addr), "--initial-cluster-state=new", "--listen-metrics-urls=",
+		"--cert-file="+certFile, "--key-file="+keyFile, "--trusted-ca-file="+caFile, "--client-cert-auth",
+		"--peer-cert-file="+certFile, "--peer-key-file="+keyFile, "--peer-trusted-ca-file="+caFile, "--peer-client-cert-auth")
+	var log bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert())
+	as := func(cn string) *etcdrpc.Client {
+		t.Helper()
+		kp, err := ca.Issue(pki.Request{CommonName: cn, Client: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := tls.X509KeyPair([]byte(kp.Cert), []byte(kp.Key))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc := etcdrpc.New(&tls.Config{RootCAs: pool, Certificates: []tls.Certificate{c}})
+		rc.Timeout = 5 * time.Second
+		return rc
+	}
+	root := &Etcd{RPC: as(roles.EtcdMember.CommonName)}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for {
+		if _, err := root.RPC.Status(ctx, ep); err == nil {
+			break
+		} else if ctx.Err() != nil {
+			t.Fatalf("etcd never answered: %v\n%s", err, log.String())
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+
+	// Before authorisation, any certificate of the site does anything:
+	// this is what EnsureAuth closes.
+	minion := as("minion-1") // a minion's node certificate's subject
+	if err := minion.Put(ctx, ep, "/registry/before", "x"); err != nil {
+		t.Fatalf("before auth: %v", err)
+	}
+	did, err := root.EnsureAuth(ctx, []string{ep})
+	if err != nil {
+		t.Fatalf("EnsureAuth: %v\n%s", err, log.String())
+	}
+	if len(did) == 0 || did[len(did)-1] != "authorisation enabled" {
+		t.Errorf("EnsureAuth did %q", did)
+	}
+	if did, err := root.EnsureAuth(ctx, []string{ep}); err != nil || len(did) != 0 {
+		t.Errorf("EnsureAuth on a cluster set up: did %q, %v", did, err)
+	}
+
+	api, flannel, boot := as(roles.EtcdAPIServer.CommonName), as(roles.EtcdFlannel.CommonName), as(roles.EtcdBootServer.CommonName)
+	// etcd refuses a user without the permission, and a certificate
+	// whose common name is no user at all.
+	denied := func(what string, err error) {
+		t.Helper()
+		if !etcdrpc.IsCode(err, etcdrpc.CodePermissionDenied) &&
+			!(etcdrpc.IsCode(err, etcdrpc.CodeFailedPrecondition) && strings.Contains(err.Error(), "user name not found")) {
+			t.Errorf("%s: %v, want permission denied", what, err)
+		}
+	}
+	allowed := func(what string, err error) {
+		t.Helper()
+		if err != nil {
+			t.Errorf("%s: %v", what, err)
+		}
+	}
+	// What each identity is for.
+	allowed("apiserver writes /registry/", api.Put(ctx, ep, "/registry/pods/default/p", "pod"))
+	allowed("apiserver writes its compaction key", api.Put(ctx, ep, "compact_rev_key", "1"))
+	_, _, err = flannel.PutIfAbsent(ctx, ep, roles.FlannelPrefix+"/config", `{"Network":"10.244.0.0/16"}`)
+	allowed("flannel writes its config", err)
+	allowed("flannel leases a subnet", flannel.Put(ctx, ep, roles.FlannelPrefix+"/subnets/10.244.1.0-24", "{}"))
+	_, err = boot.Status(ctx, ep)
+	allowed("the boot server asks for status", err)
+	allowed("the boot server takes a snapshot", boot.Snapshot(ctx, ep, func(etcdrpc.SnapshotChunk) error { return nil }))
+
+	// What none may do.
+	_, _, err = minion.Get(ctx, ep, "/registry/pods/default/p")
+	denied("a minion's node certificate reads /registry/", err)
+	denied("a minion's node certificate writes /registry/", minion.Put(ctx, ep, "/registry/clusterrolebindings/evil", "x"))
+	denied("a minion's node certificate writes flannel's config", minion.Put(ctx, ep, roles.FlannelPrefix+"/config", "{}"))
+	denied("a minion's node certificate makes itself a user", minion.UserAdd(ctx, ep, "minion-1"))
+	denied("a minion's node certificate takes a snapshot", minion.Snapshot(ctx, ep, func(etcdrpc.SnapshotChunk) error { return nil }))
+	_, err = minion.MemberAdd(ctx, ep, []string{"https://127.0.0.9:2380"}, false)
+	denied("a minion's node certificate adds an etcd member", err)
+	_, _, err = flannel.Get(ctx, ep, "/registry/pods/default/p")
+	denied("flannel reads /registry/", err)
+	denied("flannel writes /registry/", flannel.Put(ctx, ep, "/registry/secrets/kube-system/x", "x"))
+	denied("flannel writes beside its prefix", flannel.Put(ctx, ep, "/coreos.com/networkx", "x"))
+	denied("flannel grants itself more", flannel.RoleGrant(ctx, ep, roles.EtcdFlannel.CommonName, etcdrpc.PermReadWrite, "/", "\x00"))
+	denied("the API server writes flannel's keys", api.Put(ctx, ep, roles.FlannelPrefix+"/config", "{}"))
+	_, err = api.MemberAdd(ctx, ep, []string{"https://127.0.0.9:2380"}, false)
+	denied("the API server adds an etcd member", err)
+	denied("the API server takes a snapshot", api.Snapshot(ctx, ep, func(etcdrpc.SnapshotChunk) error { return nil }))
+
+	// Nothing refused was written.
+	for _, k := range []string{"/registry/clusterrolebindings/evil", "/registry/secrets/kube-system/x", "/coreos.com/networkx"} {
+		if _, found, err := root.RPC.Get(ctx, ep, k); err != nil || found {
+			t.Errorf("%s: found %v, %v", k, found, err)
+		}
+	}
+	if v, _, err := root.RPC.Get(ctx, ep, roles.FlannelPrefix+"/config"); err != nil || v != `{"Network":"10.244.0.0/16"}` {
+		t.Errorf("flannel's config is %q (%v)", v, err)
+	}
+
+	// The JSON gateway takes no identity from a certificate: etcd refuses
+	// such requests once authorisation is on.
+	kp, _ := ca.Issue(pki.Request{CommonName: roles.EtcdAPIServer.CommonName, Client: true})
+	c, _ := tls.X509KeyPair([]byte(kp.Cert), []byte(kp.Key))
+	gw := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{c}}}}
+	res, err := gw.Post(ep+"/v3/kv/range", "application/json", strings.NewReader(`{"key":"L3JlZ2lzdHJ5Lw=="}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode == http.StatusOK {
+		t.Errorf("the JSON gateway answered a certificate-named client: %s", res.Status)
+	}
+
+	// A certificate from another CA gets no further than TLS.
+	other, _, err := pki.LoadOrCreate(filepath.Join(dir, "other"), "other", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	okp, _ := other.Issue(pki.Request{CommonName: roles.EtcdMember.CommonName, Client: true})
+	oc, _ := tls.X509KeyPair([]byte(okp.Cert), []byte(okp.Key))
+	stranger := etcdrpc.New(&tls.Config{RootCAs: pool, Certificates: []tls.Certificate{oc}})
+	if _, err := stranger.MemberList(ctx, ep); err == nil || etcdrpc.IsCode(err, etcdrpc.CodePermissionDenied) {
+		t.Errorf("a certificate of another CA, named as the members' identity: %v, want a TLS refusal", err)
+	}
+	// The member's own identity still does what members do.
+	if _, err := root.RPC.MemberList(ctx, ep); err != nil {
+		t.Errorf("member list as the member: %v", err)
+	}
+}
