@@ -82,19 +82,28 @@ func memberID(id string) (uint64, error) {
 // read: only a cluster with quorum answers); it returns the first answer
 // and the endpoint that gave it.
 func (e *Etcd) Members(ctx context.Context, endpoints []string) ([]Member, string, error) {
+	return inTurn(endpoints, func(ep string) ([]Member, error) {
+		ms, err := e.RPC.MemberList(ctx, ep)
+		return fromRPC(ms), err
+	})
+}
+
+// inTurn asks the endpoints in turn and returns the first answer, with the
+// endpoint that gave it, or every endpoint's error.
+func inTurn[T any](endpoints []string, f func(ep string) (T, error)) (T, string, error) {
+	var zero T
 	if len(endpoints) == 0 {
-		return nil, "", errors.New("no etcd endpoint to ask")
+		return zero, "", errors.New("no etcd endpoint to ask")
 	}
 	var errs []error
 	for _, ep := range endpoints {
-		ms, err := e.RPC.MemberList(ctx, ep)
-		if err != nil {
-			errs = append(errs, err)
-			continue
+		v, err := f(ep)
+		if err == nil {
+			return v, ep, nil
 		}
-		return fromRPC(ms), ep, nil
+		errs = append(errs, err)
 	}
-	return nil, "", errors.Join(errs...)
+	return zero, "", errors.Join(errs...)
 }
 
 // Alive lists the endpoints whose etcd answers at all (/livez), quorum or

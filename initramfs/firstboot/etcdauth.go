@@ -2,7 +2,6 @@ package firstboot
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 
@@ -18,18 +17,8 @@ import (
 // written again: each write to etcd's auth store makes requests in flight
 // fail with "revision of auth store is old". It reports what it changed.
 func (e *Etcd) EnsureAuth(ctx context.Context, endpoints []string) ([]string, error) {
-	var errs []error
-	for _, ep := range endpoints {
-		did, err := e.ensureAuth(ctx, ep)
-		if err == nil {
-			return did, nil
-		}
-		errs = append(errs, err)
-	}
-	if len(errs) == 0 {
-		return nil, errors.New("no etcd endpoint to ask")
-	}
-	return nil, errors.Join(errs...)
+	did, _, err := inTurn(endpoints, func(ep string) ([]string, error) { return e.ensureAuth(ctx, ep) })
+	return did, err
 }
 
 func (e *Etcd) ensureAuth(ctx context.Context, ep string) ([]string, error) {

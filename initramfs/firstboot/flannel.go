@@ -32,19 +32,15 @@ func FlannelNetConfig(cl *node.Cluster) (string, error) {
 // asks the endpoints in turn and returns the value the key holds
 // afterwards and whether this call set it.
 func (e *Etcd) PutIfAbsent(ctx context.Context, endpoints []string, key, value string) (string, bool, error) {
-	var errs []error
-	for _, ep := range endpoints {
+	type answer struct {
+		have string
+		set  bool
+	}
+	a, _, err := inTurn(endpoints, func(ep string) (answer, error) {
 		have, set, err := e.RPC.PutIfAbsent(ctx, ep, key, value)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		return have, set, nil
-	}
-	if len(errs) == 0 {
-		return "", false, errors.New("no etcd endpoint to ask")
-	}
-	return "", false, errors.Join(errs...)
+		return answer{have, set}, err
+	})
+	return a.have, a.set, err
 }
 
 // EtcdEndpoints are the client URLs of the profile's etcd members.
