@@ -29,12 +29,14 @@ deps:
 plinth:
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(PLINTH) ./cmd/plinth
 
-## fixtures: Debian kernel + modules and a Debian base with systemd, as local OCI layouts
+## fixtures: Debian kernel + modules and a Debian base with systemd, as local OCI layouts;
+## the reference OCI registry (distribution) built from its Go module
 fixtures: deps plinth
 	@mkdir -p build $(PLINTH_FIXTURES)
 	@ln -sfn $(PLINTH_FIXTURES) $(FIX)
 	qemu-tests/fixtures/kernel.sh $(PLINTH_FIXTURES)
 	qemu-tests/fixtures/debian-base.sh $(PLINTH_FIXTURES)
+	qemu-tests/fixtures/registry.sh $(PLINTH_FIXTURES)
 	$(PLINTH) pack --to oci:$(FIX)/oci:debian-base tar:$(FIX)/debian-base.tar
 
 ## stack-fixtures: etcd, flanneld and Kubernetes built from their Go modules, Debian's

@@ -50,6 +50,72 @@ func withCompanions(k *kernel.Kernel, ds []kernel.Driver) {
 	}
 }
 
+// kernelSelection is what an image takes from its kernel tree: the
+// modules stage 1 loads in order (the spec's and its own), the drivers it
+// loads by hardware, the common drivers the kernel lacks, and every module
+// carried.
+type kernelSelection struct {
+	mods    []kernel.Module
+	drivers []kernel.Driver
+	missing []string
+	carried []kernel.Module
+}
+
+func selectKernel(k *kernel.Kernel, ks *images.Kernel) (*kernelSelection, error) {
+	if _, err := k.Resolve(stage1Needs); err != nil {
+		return nil, fmt.Errorf("kernel.source %s: stage 1 needs %s (as modules or built in): %w", ks.Source, strings.Join(stage1Needs, ", "), err)
+	}
+	mods, err := k.Resolve(append(slices.Clone(ks.Modules), stage1Needs...))
+	if err != nil {
+		return nil, fmt.Errorf("kernel.modules: %w", err)
+	}
+	named, optional := expandDrivers(ks.Drivers)
+	optional = append(optional, linkDrivers...)
+	drv, missing, err := k.Drivers(named, optional)
+	if err != nil {
+		return nil, fmt.Errorf("kernel.drivers: %w", err)
+	}
+	withCompanions(k, drv)
+	carried := slices.Clone(mods)
+	for _, d := range drv {
+		carried = append(carried, d.Load...)
+	}
+	return &kernelSelection{mods: mods, drivers: drv, missing: missing, carried: carried}, nil
+}
+
+// KernelFiles lists, relative to the kernel tree k.Tree, the files a build
+// of an image with kernel table ks reads from it besides the kernel image
+// and lib/modules' index files: every module it carries and the firmware
+// files of the tree those modules ask for. A mirror keeps these and the
+// far side's build gives the same bytes.
+func KernelFiles(k *kernel.Kernel, ks *images.Kernel) ([]string, error) {
+	sel, err := selectKernel(k, ks)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, m := range sel.carried {
+		if !slices.Contains(out, m.Path) {
+			out = append(out, m.Path)
+		}
+	}
+	names, _ := k.Firmware(sel.carried)
+	for _, n := range names {
+		f, ok, err := findFirmware([]string{k.Tree}, n)
+		if err != nil || !ok {
+			continue // the build reports it missing, here and there alike
+		}
+		rel, err := filepath.Rel(k.Tree, f.Src)
+		if err != nil || !filepath.IsLocal(rel) {
+			continue
+		}
+		if rel = filepath.ToSlash(rel); !slices.Contains(out, rel) {
+			out = append(out, rel)
+		}
+	}
+	return out, nil
+}
+
 // expandDrivers splits a spec's kernel.drivers into the drivers named
 // (the kernel must have them) and those of images.CommonDrivers (it may
 // lack some).

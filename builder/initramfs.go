@@ -69,24 +69,11 @@ func (b *build) planInitramfs(ctx context.Context) (*initramfsPlan, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: kernel.source %s: %w", b.spec.File, ks.Source, err)
 	}
-	if _, err := k.Resolve(stage1Needs); err != nil {
-		return nil, fmt.Errorf("%s: kernel.source %s: stage 1 needs %s (as modules or built in): %w", b.spec.File, ks.Source, strings.Join(stage1Needs, ", "), err)
-	}
-	mods, err := k.Resolve(append(slices.Clone(ks.Modules), stage1Needs...))
+	sel, err := selectKernel(k, ks)
 	if err != nil {
-		return nil, fmt.Errorf("%s: kernel.modules: %w", b.spec.File, err)
+		return nil, fmt.Errorf("%s: %w", b.spec.File, err)
 	}
-	named, optional := expandDrivers(ks.Drivers)
-	optional = append(optional, linkDrivers...)
-	drv, missing, err := k.Drivers(named, optional)
-	if err != nil {
-		return nil, fmt.Errorf("%s: kernel.drivers: %w", b.spec.File, err)
-	}
-	withCompanions(k, drv)
-	carried := slices.Clone(mods)
-	for _, d := range drv {
-		carried = append(carried, d.Load...)
-	}
+	mods, drv, missing, carried := sel.mods, sel.drivers, sel.missing, sel.carried
 	if digest == "" {
 		// A dir: tree is not content-addressed: hash what the image takes
 		// from it, the kernel and the chosen modules.

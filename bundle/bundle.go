@@ -142,8 +142,11 @@ func artifactMembers(dir string) ([]string, []member, error) {
 	var errs []error
 	for _, e := range ents {
 		sub := filepath.Join(dir, e.Name())
-		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
+		if strings.HasPrefix(e.Name(), ".") {
 			continue // publish's staging directories start with a dot
+		}
+		if st, err := os.Stat(sub); err != nil || !st.IsDir() {
+			continue // a directory or a link to one (images pulled from a registry)
 		}
 		if _, err := os.Stat(filepath.Join(sub, manifest.FileName)); err != nil {
 			continue

@@ -22,11 +22,12 @@ import (
 var initramfsPackages = builder.InitramfsPackages()
 
 // collectModules writes, in GOPROXY layout under out, every module the
-// initramfs packages of srcDir need: `go list -deps` runs against a fresh,
+// initramfs packages of srcDir (or, when srcDir is "", of plinth's own
+// module at version, whose hash must be sum) need: `go list -deps` runs against a fresh,
 // private module cache (fed from the user's own cache first, then the
 // user's GOPROXY), so what that cache downloads is exactly the set. The
 // user's module cache and go.mod are never written.
-func collectModules(ctx context.Context, srcDir, out, tmp string) (string, []string, error) {
+func collectModules(ctx context.Context, srcDir, version, sum, out, tmp string) (string, []string, error) {
 	goenv := func(k string) (string, error) {
 		o, err := exec.CommandContext(ctx, "go", "env", k).Output()
 		if err != nil {
@@ -62,6 +63,13 @@ func collectModules(ctx context.Context, srcDir, out, tmp string) (string, []str
 		clean.Env = env
 		_ = clean.Run()
 	}()
+	if srcDir == "" {
+		// A released plinth: its own module goes into the mirror too, and
+		// the packages are listed in it.
+		if srcDir, err = builder.ReleasedSource(ctx, version, sum, []string{"GOMODCACHE=" + cache, "GOPROXY=" + proxy}); err != nil {
+			return "", nil, err
+		}
+	}
 	cmd := exec.CommandContext(ctx, "go", append([]string{"list", "-deps"}, initramfsPackages...)...)
 	cmd.Dir, cmd.Env = srcDir, env
 	var stderr bytes.Buffer

@@ -5,27 +5,42 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
+	"sort"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/plinth-dev/plinth/builder"
 	"github.com/plinth-dev/plinth/builder/kernel"
 	"github.com/plinth-dev/plinth/builder/ocitar"
+	"github.com/plinth-dev/plinth/images"
 )
 
-// kernelImage makes a one-layer image of what a build takes from the kernel
-// tree at dir: boot/vmlinuz-V, the index files of lib/modules/V and the
-// named modules with everything they depend on. A Debian kernel tree is
-// ~400 MB; this is ~10.
-func kernelImage(dir string, modules []string, tmp string, epoch time.Time) (v1.Image, error) {
+// kernelImage makes a one-layer image of what the builds of the given
+// kernel tables take from the kernel tree at dir: boot/vmlinuz-V, the index
+// files of lib/modules/V, and every module and firmware file each carries
+// (builder.KernelFiles: the spec's modules and stage 1's with their
+// dependencies, the drivers stage 1 loads by hardware). A Debian kernel
+// tree is ~400 MB; this is a few tens.
+func kernelImage(dir string, kernels []*images.Kernel, tmp string, epoch time.Time) (v1.Image, error) {
 	k, err := kernel.Find(dir)
 	if err != nil {
 		return nil, err
 	}
-	mods, err := k.Resolve(modules)
-	if err != nil {
-		return nil, err
+	var carried []string
+	for _, ks := range kernels {
+		fs, err := builder.KernelFiles(k, ks)
+		if err != nil {
+			return nil, err
+		}
+		for _, f := range fs {
+			if !slices.Contains(carried, f) {
+				carried = append(carried, f)
+			}
+		}
 	}
+	sort.Strings(carried)
 	tree, err := os.MkdirTemp(tmp, "kernel-")
 	if err != nil {
 		return nil, err
@@ -42,8 +57,8 @@ func kernelImage(dir string, modules []string, tmp string, epoch time.Time) (v1.
 			files = append(files, filepath.Join(modRel, e.Name())) // modules.dep, modules.builtin, …
 		}
 	}
-	for _, m := range mods {
-		files = append(files, filepath.FromSlash(m.Path))
+	for _, f := range carried {
+		files = append(files, filepath.FromSlash(f))
 	}
 	for _, f := range files {
 		if err := copyFile(filepath.Join(dir, f), filepath.Join(tree, f)); err != nil {

@@ -84,7 +84,7 @@ type Entry struct {
 	Tag     string   `json:"tag"`    // its org.opencontainers.image.ref.name in the layout
 	Digest  string   `json:"digest"` // the image's manifest digest
 	Specs   []string `json:"specs"`
-	Modules []string `json:"modules,omitempty"` // a dir: kernel: the modules kept (with their dependencies)
+	Modules []string `json:"modules,omitempty"` // a dir: kernel: the modules the specs name (kept with stage 1's own, the drivers' and their dependencies)
 }
 
 // Options configure Write.
@@ -96,6 +96,10 @@ type Options struct {
 	// kernel, the Go modules its initramfs programs compile from are
 	// written to goproxy/.
 	SrcDir string
+	// Version and Sum name a released plinth's own module (its build
+	// info) when there is no SrcDir: that module is mirrored too, and the
+	// modules its initramfs programs compile from.
+	Version, Sum string
 	// Remote options for registry sources (tests point them at a local registry).
 	Remote []remote.Option
 }
@@ -111,7 +115,8 @@ type want struct {
 	use     string
 	src     images.Source
 	specs   []string
-	modules []string // dir: kernels
+	modules []string         // dir: kernels: the modules the specs name
+	kernels []*images.Kernel // dir: kernels: the specs' kernel tables
 }
 
 // Write resolves every source of specs and writes the mirror to dir: built
@@ -165,7 +170,7 @@ func Write(ctx context.Context, specs []*images.Spec, dir string, o Options) (*I
 		start := time.Now()
 		var img v1.Image
 		if w.use == UseKernel && w.src.Kind == images.KindDir {
-			img, err = kernelImage(w.src.Path, w.modules, tmp, o.Epoch)
+			img, err = kernelImage(w.src.Path, w.kernels, tmp, o.Epoch)
 		} else {
 			img, err = r.Image(ctx, w.src)
 		}
@@ -188,9 +193,9 @@ func Write(ctx context.Context, specs []*images.Spec, dir string, o Options) (*I
 		idx.Sources = append(idx.Sources, Entry{Source: w.src.Raw, Use: w.use, Tag: tag, Digest: d.String(), Specs: w.specs, Modules: w.modules})
 		log.Info("mirrored", "source", w.src.Raw, "use", w.use, "digest", d.String(), "elapsed", time.Since(start).Round(time.Millisecond))
 	}
-	if o.SrcDir != "" && slices.ContainsFunc(specs, func(s *images.Spec) bool { return s.Kernel != nil }) {
+	if (o.SrcDir != "" || o.Version != "") && slices.ContainsFunc(specs, func(s *images.Spec) bool { return s.Kernel != nil }) {
 		start := time.Now()
-		ver, mods, err := collectModules(ctx, o.SrcDir, filepath.Join(stage, GoProxyDir), tmp)
+		ver, mods, err := collectModules(ctx, o.SrcDir, o.Version, o.Sum, filepath.Join(stage, GoProxyDir), tmp)
 		if err != nil {
 			return nil, fmt.Errorf("mirror: Go modules for the initramfs: %w", err)
 		}
@@ -227,7 +232,7 @@ func Write(ctx context.Context, specs []*images.Spec, dir string, o Options) (*I
 func gather(specs []*images.Spec) ([]*want, error) {
 	byKey := map[[2]string]*want{}
 	var errs []error
-	add := func(s *images.Spec, use string, src images.Source, modules []string) {
+	add := func(s *images.Spec, use string, src images.Source, ks *images.Kernel) {
 		k := [2]string{use, src.Raw}
 		w := byKey[k]
 		if w == nil {
@@ -241,19 +246,22 @@ func gather(specs []*images.Spec) ([]*want, error) {
 		if !slices.Contains(w.specs, s.Name) {
 			w.specs = append(w.specs, s.Name)
 		}
-		for _, m := range modules {
-			if !slices.Contains(w.modules, m) {
-				w.modules = append(w.modules, m)
+		if ks != nil {
+			w.kernels = append(w.kernels, ks)
+			for _, m := range ks.Modules {
+				if !slices.Contains(w.modules, m) {
+					w.modules = append(w.modules, m)
+				}
 			}
 		}
 	}
 	for _, s := range specs {
 		if s.Kernel != nil {
-			var mods []string
+			var ks *images.Kernel
 			if s.Kernel.Src.Kind == images.KindDir {
-				mods = s.Kernel.Modules
+				ks = s.Kernel
 			}
-			add(s, UseKernel, s.Kernel.Src, mods)
+			add(s, UseKernel, s.Kernel.Src, ks)
 		}
 		for _, l := range s.Layers {
 			add(s, UseLayer, l.Src, nil)

@@ -47,7 +47,7 @@ func project(t *testing.T, root string) (kernelSpec, rootfsSpec string) {
 	write(t, filepath.Join(k, "boot", "vmlinuz-6.1.0-test"), "kernel image")
 	md := filepath.Join(k, "lib", "modules", "6.1.0-test")
 	write(t, filepath.Join(md, "modules.dep"), fakeDep)
-	write(t, filepath.Join(md, "modules.builtin"), "kernel/drivers/block/loop.ko\n")
+	write(t, filepath.Join(md, "modules.builtin"), "kernel/drivers/block/loop.ko\nkernel/fs/overlayfs/overlay.ko\nkernel/net/packet/af_packet.ko\n")
 	for _, m := range []string{"fs/squashfs/squashfs", "drivers/net/virtio_net", "drivers/net/net_failover", "net/core/failover", "net/llc/llc"} {
 		write(t, filepath.Join(md, "kernel", m+".ko"), "module "+m)
 	}
@@ -218,6 +218,10 @@ func TestKernelMirrorKeepsWhatTheBuildTakes(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(k.ModulesDir, "kernel", "net", "llc", "llc.ko")); err == nil {
 		t.Error("a module no spec loads was mirrored")
+	}
+	// What stage 1 loads for itself, unnamed by the spec, is there too.
+	if _, err := os.Stat(filepath.Join(k.ModulesDir, "kernel", "fs", "squashfs", "squashfs.ko")); err != nil {
+		t.Errorf("stage 1's own squashfs module was not mirrored: %v", err)
 	}
 }
 

@@ -2,10 +2,13 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -45,7 +48,6 @@ previous output untouched.`,
 			if err != nil {
 				return err
 			}
-			src, _ := findSrcDir(f.src)
 			var prog builder.Progress
 			if term.IsTerminal(int(os.Stdout.Fd())) {
 				prog = newTermProgress(os.Stdout)
@@ -70,10 +72,17 @@ previous output untouched.`,
 					return err
 				}
 			}
-			for _, s := range specs {
-				if s.Kernel != nil && src == "" {
-					return fmt.Errorf("%s: building an initramfs compiles plinth's /init from source: run from the plinth tree or set PLINTH_SRC (or --src)", s.File)
+			var src string
+			if slices.ContainsFunc(specs, func(s *images.Spec) bool { return s.Kernel != nil }) {
+				env := goEnv
+				if f.offline && f.mirror == "" {
+					env = []string{"GOPROXY=off"}
 				}
+				if src, err = stage1Source(ctx, f.src, env, g); err != nil {
+					return err
+				}
+			}
+			for _, s := range specs {
 				res, err := builder.Build(ctx, s, builder.Options{
 					Out: f.out, CacheDir: cache, Epoch: epoch, Offline: f.offline,
 					Log: g.log, Progress: prog, SrcDir: src, Rescue: f.rescue, GoEnv: goEnv,
@@ -92,7 +101,7 @@ previous output untouched.`,
 	}
 	c.Flags().StringVar(&f.out, "out", "artifacts", "artifacts directory")
 	c.Flags().StringVar(&f.cache, "cache", "", "cache directory (default $PLINTH_CACHE or ~/.cache/plinth)")
-	c.Flags().StringVar(&f.src, "src", "", "plinth source tree for the initramfs programs (default $PLINTH_SRC or found from the working directory)")
+	c.Flags().StringVar(&f.src, "src", "", "plinth source tree for the initramfs programs (default $PLINTH_SRC, found from the working directory, or, for a released plinth, its own version's module through GOPROXY)")
 	c.Flags().BoolVar(&f.offline, "offline", false, "never touch the network: every source must be local or cached")
 	c.Flags().StringVar(&f.mirror, "mirror", "", "build offline from this mirror (plinth mirror): sources and the initramfs's Go modules come from it alone")
 	c.Flags().BoolVar(&f.rescue, "rescue", true, "include a rescue shell in the initramfs (enabled at boot only by plinth.rescue=1)")
@@ -126,7 +135,47 @@ func cacheDir(flag string) (string, error) {
 	return filepath.Join(d, "plinth"), nil
 }
 
-const modulePath = "github.com/plinth-dev/plinth"
+const modulePath = builder.ModulePath
+
+// stage1Source returns the directory plinth's stage 1 is compiled from: the
+// tree findSrcDir finds, or else, for a released plinth (installed with
+// `go install …@vX`), its own version's module source, fetched through the
+// Go module proxy (env: a mirror's, or GOPROXY=off) and checked against the
+// hash this binary was built from.
+func stage1Source(ctx context.Context, flag string, env []string, g *globals) (string, error) {
+	dir, err := findSrcDir(flag)
+	if err == nil {
+		return dir, nil
+	}
+	if flag != "" || os.Getenv("PLINTH_SRC") != "" {
+		return "", err
+	}
+	version, sum, ok := releasedVersion()
+	if !ok {
+		return "", fmt.Errorf("building an initramfs compiles plinth's stage 1 from source, and this plinth (version %s) was built from a working tree: "+
+			"run it from that tree or set PLINTH_SRC (or --src); a released plinth (go install %s/cmd/plinth@VERSION) fetches its own source", version, modulePath)
+	}
+	g.log.Info("stage 1 from plinth's module source", "version", version)
+	return builder.ReleasedSource(ctx, version, sum, env)
+}
+
+// releasedVersion is the module version this binary was built as, when it
+// names source the Go module proxy can serve: not a working tree's
+// "(devel)" nor a version go stamped from a modified checkout.
+func releasedVersion() (version, sum string, ok bool) {
+	bi, found := debug.ReadBuildInfo()
+	if !found || bi.Main.Path != modulePath {
+		return "(unknown)", "", false
+	}
+	v := bi.Main.Version
+	if v == "" || v == "(devel)" || strings.HasSuffix(v, "+dirty") {
+		if v == "" {
+			v = "(devel)"
+		}
+		return v, "", false
+	}
+	return v, bi.Main.Sum, true
+}
 
 // findSrcDir locates the plinth source tree: the flag, $PLINTH_SRC, or the
 // first parent of the working directory (then of the executable) whose go.mod

@@ -12,14 +12,16 @@ import (
 
 	"github.com/plinth-dev/plinth/bootserver"
 	"github.com/plinth-dev/plinth/bundle"
+	"github.com/plinth-dev/plinth/ociart"
 	"github.com/plinth-dev/plinth/profiles"
 )
 
 func newBundleCmd(g *globals) *cobra.Command {
 	var out, sign string
+	var images []string
 	var o bundle.Options
 	c := &cobra.Command{
-		Use:   "bundle --out FILE.tar [--artifacts DIR] [--mirror DIR] [--site DIR]",
+		Use:   "bundle --out FILE.tar [--artifacts DIR | --image REF...] [--mirror DIR] [--site DIR]",
 		Short: "Pack artifacts, a mirror and a site into one verifiable tar for an air-gapped site",
 		Long: `Pack built images (every DIR/<name>/ of --artifacts, each checked against its
 manifest first), a mirror written by plinth mirror and a site's profiles into
@@ -52,6 +54,18 @@ On the far side, which was given KEY.pub beforehand:
 					return err
 				}
 			}
+			if len(images) > 0 {
+				if o.Artifacts != "" {
+					return errors.New("--image takes the artifacts from a registry: drop --artifacts")
+				}
+				cache, err := cacheDir("")
+				if err != nil {
+					return err
+				}
+				if o.Artifacts, err = ociart.PullAll(cmd.Context(), images, filepath.Join(cache, "registry"), ociart.Options{Log: g.log}); err != nil {
+					return err
+				}
+			}
 			o.Epoch, o.Log = epoch, g.log
 			m, digest, err := bundle.Write(cmd.Context(), out, o)
 			if err != nil {
@@ -74,6 +88,7 @@ On the far side, which was given KEY.pub beforehand:
 	}
 	c.Flags().StringVar(&out, "out", "", "bundle file to write (required); FILE.sha256 is written beside it")
 	c.Flags().StringVar(&o.Artifacts, "artifacts", "", "artifacts directory (the builder's --out)")
+	c.Flags().StringArrayVar(&images, "image", nil, "pack an image pulled from an OCI registry instead of --artifacts: REPO@sha256:… as plinth push printed it (repeat for each image)")
 	c.Flags().StringVar(&o.Mirror, "mirror", "", "mirror directory (plinth mirror --to)")
 	c.Flags().StringVar(&o.Site, "site", "", "site profile directory")
 	c.Flags().StringVar(&sign, "sign", "", "sign the bundle with this key (plinth keygen; encrypted keys take $PLINTH_SIGN_PASSWORD): FILE.minisig")

@@ -78,6 +78,7 @@ Typical use:
 		newInspectCmd(g),
 		newLogsCmd(g),
 		newPackCmd(g),
+		newPushCmd(g),
 		newServeCmd(g),
 		newCredentialsCmd(g),
 		newCACmd(g),

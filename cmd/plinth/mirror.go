@@ -3,7 +3,9 @@ package main
 import (
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/spf13/cobra"
 
@@ -28,8 +30,10 @@ themselves, and mirror.json. DIR is replaced whole and atomically; the same
 specs and sources give the same bytes.
 
 On the far side:  plinth build --mirror DIR DIR/specs/NAME.toml
-(the plinth source tree and the same Go version are still needed there to
-compile the initramfs; --mirror makes go use only the mirror's modules).`,
+(the same Go version is still needed there to compile the initramfs, and the
+plinth source tree unless this plinth is a released one: a released plinth's own
+module is mirrored with the others; --mirror makes go use only the mirror's
+modules).`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if to == "" {
@@ -47,13 +51,19 @@ compile the initramfs; --mirror makes go use only the mirror's modules).`,
 			if err != nil {
 				return err
 			}
-			srcDir, _ := findSrcDir(src)
-			for _, s := range specs {
-				if s.Kernel != nil && srcDir == "" {
-					return fmt.Errorf("%s: mirroring the Go modules of the initramfs needs the plinth source tree: run from it or set PLINTH_SRC (or --src)", s.File)
+			o := mirror.Options{CacheDir: cacheD, Epoch: epoch, Log: g.log}
+			if slices.ContainsFunc(specs, func(s *images.Spec) bool { return s.Kernel != nil }) {
+				if o.SrcDir, err = findSrcDir(src); err != nil {
+					if src != "" || os.Getenv("PLINTH_SRC") != "" {
+						return err
+					}
+					var ok bool
+					if o.Version, o.Sum, ok = releasedVersion(); !ok {
+						return fmt.Errorf("mirroring the Go modules of the initramfs needs plinth's source, and this plinth (version %s) was built from a working tree: run it from that tree or set PLINTH_SRC (or --src)", o.Version)
+					}
 				}
 			}
-			idx, err := mirror.Write(cmd.Context(), specs, to, mirror.Options{CacheDir: cacheD, Epoch: epoch, Log: g.log, SrcDir: srcDir})
+			idx, err := mirror.Write(cmd.Context(), specs, to, o)
 			if err != nil {
 				return err
 			}

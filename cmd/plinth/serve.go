@@ -12,6 +12,7 @@ import (
 
 	"github.com/plinth-dev/plinth/bootserver"
 	"github.com/plinth-dev/plinth/bootserver/siteetcd"
+	"github.com/plinth-dev/plinth/ociart"
 )
 
 func newServeCmd(g *globals) *cobra.Command {
@@ -24,8 +25,9 @@ func newServeCmd(g *globals) *cobra.Command {
 	var etcdPoll, etcdEvery time.Duration
 	var etcdKeep int
 	var etcdutlFlag, tlsListen string
+	var images []string
 	cmd := &cobra.Command{
-		Use:   "serve --site DIR --artifacts DIR | --bundle FILE [--listen ADDR]",
+		Use:   "serve --site DIR --artifacts DIR | --site DIR --image REF... | --bundle FILE [--listen ADDR]",
 		Short: "Netboot machines: DHCP/TFTP for PXE, iPXE scripts, artifacts and profiles over HTTP",
 		Long: `Serve a site's machines from built artifacts. Each machine PXE-boots into iPXE,
 gets a boot script pinned by digest, its kernel, initramfs and root file system,
@@ -49,6 +51,19 @@ serves the masters that reported ready that way and whose /readyz passes.`,
 				if err := serveBundle(cmd, &c, bundleFile, bundleDir, trust, g.log); err != nil {
 					return err
 				}
+			}
+			if len(images) > 0 {
+				if bundleFile != "" || cmd.Flags().Changed("artifacts") {
+					return fmt.Errorf("--image takes the artifacts from a registry: drop --artifacts and --bundle")
+				}
+				cache, err := cacheDir("")
+				if err != nil {
+					return err
+				}
+				if c.ArtifactsDir, err = ociart.PullAll(cmd.Context(), images, filepath.Join(cache, "registry"), ociart.Options{Log: g.log}); err != nil {
+					return err
+				}
+				g.log.Info("serving images pulled from a registry", "images", len(images), "artifacts", c.ArtifactsDir)
 			}
 			if c.SiteDir == "" || c.ArtifactsDir == "" {
 				return fmt.Errorf("--site and --artifacts are required")
@@ -118,6 +133,7 @@ serves the masters that reported ready that way and whose /readyz passes.`,
 	f.StringVar(&bundleDir, "bundle-dir", "", "where a --bundle is unpacked, swapped in atomically (default $PLINTH_CACHE/bundles)")
 	bundleTrust.add(cmd)
 	f.StringVar(&c.ArtifactsDir, "artifacts", "artifacts", "artifacts directory (the builder's --out)")
+	f.StringArrayVar(&images, "image", nil, "serve an image from an OCI registry instead of --artifacts: REPO@sha256:… as plinth push printed it (repeat for each image); pulled once into $PLINTH_CACHE/registry, every file checked, with your Docker credentials")
 	f.StringVar(&c.Listen, "listen", ":8080", "HTTP listen address")
 	f.StringVar(&c.PublicURL, "public-url", "", "URL machines reach this server at (default http://LISTEN-ADDRESS:PORT, or SERVER-IP when listening on every address; refused if the server does not listen there). Boot scripts and command lines follow the address each machine reached the server at; this URL is for DHCP boot file names")
 	f.StringVar(&c.DHCPInterface, "dhcp-interface", "", "interface to answer DHCP on (site [dhcp] mode proxy or server)")

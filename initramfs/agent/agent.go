@@ -52,7 +52,7 @@ type System interface {
 	PinAPI(pool api.APIPool, machine string) error
 	// PreferLiveAPI puts the pinned API servers that accept connections
 	// on port first (pin.go).
-	PreferLiveAPI(ctx context.Context, port int) error
+	PreferLiveAPI(ctx context.Context, port int) (string, error)
 }
 
 // UnitState is one unit as systemd sees it.
@@ -408,8 +408,10 @@ func Watch(ctx context.Context, sys System, out io.Writer, client events.Poster,
 			}
 		}
 		if port := apiPort(cfg); port != 0 {
-			if err := sys.PreferLiveAPI(ctx, port); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			if did, err := sys.PreferLiveAPI(ctx, port); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				fmt.Fprintf(out, "plinth-agent: API pool: %v\n", err)
+			} else if did != "" {
+				fmt.Fprintf(out, "plinth-agent: API pool: %s\n", did)
 			}
 		}
 		select {

@@ -134,7 +134,7 @@ func (f *fakeSystem) PinAPI(pool api.APIPool, _ string) error {
 	f.pinned = append(f.pinned, pool)
 	return nil
 }
-func (f *fakeSystem) PreferLiveAPI(context.Context, int) error { return nil }
+func (f *fakeSystem) PreferLiveAPI(context.Context, int) (string, error) { return "", nil }
 func (f *fakeSystem) ProbeWrite(string) error {
 	if f.readOnly {
 		return &fs.PathError{Op: "create", Path: "/.probe", Err: fs.ErrPermission}

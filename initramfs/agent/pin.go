@@ -159,19 +159,20 @@ const probeTimeout = 2 * time.Second
 
 // PreferLiveAPI reorders the pinned API pool (PreferLive) by whether each
 // address accepts a TCP connection on port, and writes the hosts file,
-// atomically, when that changes it.
-func (OS) PreferLiveAPI(ctx context.Context, port int) error {
+// atomically, when that changes it. It then returns what it did, for the
+// node's log: the new order and the addresses that did not answer.
+func (OS) PreferLiveAPI(ctx context.Context, port int) (string, error) {
 	return preferLiveAPI(ctx, HostsFile, port)
 }
 
-func preferLiveAPI(ctx context.Context, hostsFile string, port int) error {
+func preferLiveAPI(ctx context.Context, hostsFile string, port int) (string, error) {
 	old, err := os.ReadFile(hostsFile)
 	if err != nil {
-		return err
+		return "", err
 	}
 	addrs := PinnedAddrs(old)
 	if len(addrs) < 2 {
-		return nil
+		return "", nil
 	}
 	var mu sync.Mutex
 	up := map[string]bool{}
@@ -191,9 +192,18 @@ func preferLiveAPI(ctx context.Context, hostsFile string, port int) error {
 	wg.Wait()
 	b := PreferLive(old, func(a string) bool { return up[a] })
 	if bytes.Equal(b, old) {
-		return nil
+		return "", nil
 	}
-	return fsutil.WriteFileAtomic(hostsFile, b, 0o644)
+	if err := fsutil.WriteFileAtomic(hostsFile, b, 0o644); err != nil {
+		return "", err
+	}
+	var down []string
+	for _, a := range addrs {
+		if !up[a] {
+			down = append(down, a)
+		}
+	}
+	return fmt.Sprintf("pinned order now %s (no answer on port %d from %s)", strings.Join(PinnedAddrs(b), " "), port, strings.Join(down, " ")), nil
 }
 
 // PinAPI pins pool in the hosts file, atomically, when it changes it.

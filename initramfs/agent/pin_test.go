@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -105,9 +106,11 @@ func TestAPIServersThatDoNotAnswerGoLast(t *testing.T) {
 	if err := os.WriteFile(hosts, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	var did string
 	check := func(want ...string) {
 		t.Helper()
-		if err := preferLiveAPI(t.Context(), hosts, port); err != nil {
+		var err error
+		if did, err = preferLiveAPI(t.Context(), hosts, port); err != nil {
 			t.Fatal(err)
 		}
 		got, _ := os.ReadFile(hosts)
@@ -119,6 +122,9 @@ func TestAPIServersThatDoNotAnswerGoLast(t *testing.T) {
 		}
 	}
 	check("127.0.0.1", "127.0.0.2")
+	if want := fmt.Sprintf("pinned order now 127.0.0.1 127.0.0.2 (no answer on port %d from 127.0.0.2)", port); did != want {
+		t.Errorf("the agent would log %q, want %q", did, want)
+	}
 
 	// Both up: the order the boot server's pin gave is kept.
 	ln2, err := net.Listen("tcp", net.JoinHostPort("127.0.0.2", strconv.Itoa(port)))
