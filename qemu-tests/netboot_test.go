@@ -36,6 +36,21 @@ func newLab(t *testing.T) *lab.Lab {
 	return l
 }
 
+// pxeSite is a site on the lab's 10.77.0.0/24 network with plinth serve as
+// its DHCP server; tests append their [[machine]] tables.
+const pxeSite = `
+[site]
+name   = "pxe"
+domain = "pxe.example"
+[dhcp]
+mode        = "server"
+range_start = "10.77.0.100"
+range_end   = "10.77.0.150"
+netmask     = "255.255.255.0"
+router      = "10.77.0.1"
+dns         = ["10.77.0.1"]
+`
+
 type pxeMachine struct{ name, mac, host, role string }
 
 // pxeBoot is one machine to netboot: what it reports when ready, its NICs
@@ -89,18 +104,7 @@ func bootAllReady(t *testing.T, ctx context.Context, l *lab.Lab, dir string, boo
 func startPXE(t *testing.T, ctx context.Context, art, machines string, extra ...string) (*lab.Lab, string, string) {
 	t.Helper()
 	dir := t.TempDir()
-	site := `
-[site]
-name   = "pxe"
-domain = "pxe.example"
-[dhcp]
-mode        = "server"
-range_start = "10.77.0.100"
-range_end   = "10.77.0.150"
-netmask     = "255.255.255.0"
-router      = "10.77.0.1"
-dns         = ["10.77.0.1"]
-` + machines
+	site := pxeSite + machines
 	writeFile(t, filepath.Join(dir, "site", "site.toml"), site)
 	l := newLab(t)
 	server := "http://" + l.Server + ":8080"

@@ -227,18 +227,7 @@ func TestRegistryPushServeNetboot(t *testing.T) {
 
 	// Serve from the registry and netboot.
 	site := filepath.Join(dir, "site")
-	writeFile(t, filepath.Join(site, "site.toml"), `
-[site]
-name   = "pxe"
-domain = "pxe.example"
-[dhcp]
-mode        = "server"
-range_start = "10.77.0.100"
-range_end   = "10.77.0.150"
-netmask     = "255.255.255.0"
-router      = "10.77.0.1"
-dns         = ["10.77.0.1"]
-
+	writeFile(t, filepath.Join(site, "site.toml"), pxeSite+`
 [[machine]]
 name     = "reg-1"
 mac      = "52:54:00:77:00:31"

@@ -12,7 +12,6 @@ import (
 
 	"github.com/plinth-dev/plinth/bootserver"
 	"github.com/plinth-dev/plinth/bundle"
-	"github.com/plinth-dev/plinth/ociart"
 	"github.com/plinth-dev/plinth/profiles"
 )
 
@@ -58,11 +57,7 @@ On the far side, which was given KEY.pub beforehand:
 				if o.Artifacts != "" {
 					return errors.New("--image takes the artifacts from a registry: drop --artifacts")
 				}
-				cache, err := cacheDir("")
-				if err != nil {
-					return err
-				}
-				if o.Artifacts, err = ociart.PullAll(cmd.Context(), images, filepath.Join(cache, "registry"), ociart.Options{Log: g.log}); err != nil {
+				if o.Artifacts, err = pullImages(cmd, images, g); err != nil {
 					return err
 				}
 			}

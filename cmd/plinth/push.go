@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"path/filepath"
 
 	"github.com/spf13/cobra"
 
@@ -35,4 +36,15 @@ It prints REF by digest, which is what plinth serve --image takes:
 			return nil
 		},
 	}
+}
+
+// pullImages pulls registry references (REPO@sha256:…, as push printed
+// them) into $PLINTH_CACHE/registry and returns an artifacts directory
+// holding them, for serve --image and bundle --image.
+func pullImages(cmd *cobra.Command, refs []string, g *globals) (string, error) {
+	cache, err := cacheDir("")
+	if err != nil {
+		return "", err
+	}
+	return ociart.PullAll(cmd.Context(), refs, filepath.Join(cache, "registry"), ociart.Options{Log: g.log})
 }

@@ -12,7 +12,6 @@ import (
 
 	"github.com/plinth-dev/plinth/bootserver"
 	"github.com/plinth-dev/plinth/bootserver/siteetcd"
-	"github.com/plinth-dev/plinth/ociart"
 )
 
 func newServeCmd(g *globals) *cobra.Command {
@@ -56,11 +55,8 @@ serves the masters that reported ready that way and whose /readyz passes.`,
 				if bundleFile != "" || cmd.Flags().Changed("artifacts") {
 					return fmt.Errorf("--image takes the artifacts from a registry: drop --artifacts and --bundle")
 				}
-				cache, err := cacheDir("")
-				if err != nil {
-					return err
-				}
-				if c.ArtifactsDir, err = ociart.PullAll(cmd.Context(), images, filepath.Join(cache, "registry"), ociart.Options{Log: g.log}); err != nil {
+				var err error
+				if c.ArtifactsDir, err = pullImages(cmd, images, g); err != nil {
 					return err
 				}
 				g.log.Info("serving images pulled from a registry", "images", len(images), "artifacts", c.ArtifactsDir)
