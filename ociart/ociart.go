@@ -29,6 +29,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -214,19 +215,21 @@ func (b fileBlob) Compressed() (io.ReadCloser, error) {
 	return os.Open(b.path)
 }
 
-// Pull makes the artifact at ref — which must name a manifest by digest —
-// an artifact directory under cacheDir/pulled/, and returns it. A digest
-// pulled before is taken from there. Every blob is checked against the
-// registry manifest's digest while it is written and every file against
-// the image's manifest.json before the directory appears, whole, by one
-// rename; a blob that does not match is refused and nothing is kept.
+// Pull makes the artifact at ref — a registry reference REPO@sha256:…, or
+// oci:DIR@sha256:… for an OCI image layout such as a mirror's — an
+// artifact directory under cacheDir/pulled/, and returns it. A digest
+// pulled before is taken from there. The manifest must hash to the digest,
+// every blob is checked against the manifest's digest while it is written
+// and every file against the image's manifest.json before the directory
+// appears, whole, by one rename; a blob that does not match is refused and
+// nothing is kept.
 func Pull(ctx context.Context, ref, cacheDir string, o Options) (string, error) {
-	d, err := name.NewDigest(ref)
+	st, err := open(ctx, ref, o)
 	if err != nil {
-		return "", fmt.Errorf("%s: a registry reference pinned by digest (REPO@sha256:…) is needed: %w", ref, err)
+		return "", err
 	}
 	base := filepath.Join(cacheDir, "pulled")
-	dir := filepath.Join(base, strings.TrimPrefix(d.DigestStr(), "sha256:"))
+	dir := filepath.Join(base, st.digest.Hex)
 	if m, err := manifest.Read(dir); err == nil {
 		if err := manifest.Verify(dir, m); err == nil {
 			o.log().Info("artifact from cache", "ref", ref, "image", m.Name)
@@ -234,15 +237,17 @@ func Pull(ctx context.Context, ref, cacheDir string, o Options) (string, error) 
 		}
 		o.log().Warn("cached artifact no longer matches its manifest; pulling again", "ref", ref, "dir", dir)
 	}
-	ropts := o.remote(ctx)
-	desc, err := remote.Get(d, ropts...) // checks the manifest against the digest
+	raw, mt, err := st.manifest()
 	if err != nil {
-		return "", fmt.Errorf("pull %s: %w", ref, describe(d.RegistryStr(), err))
+		return "", fmt.Errorf("pull %s: %w", ref, err)
 	}
-	if desc.MediaType != types.OCIManifestSchema1 {
-		return "", fmt.Errorf("pull %s: a %s, not a plinth image (an OCI image manifest with artifactType %s)", ref, desc.MediaType, ArtifactType)
+	if h, _, err := v1.SHA256(bytes.NewReader(raw)); err != nil || h != st.digest {
+		return "", fmt.Errorf("pull %s: refused: the manifest hashes to %s", ref, h)
 	}
-	mf, err := v1.ParseManifest(bytes.NewReader(desc.Manifest))
+	if mt != types.OCIManifestSchema1 {
+		return "", fmt.Errorf("pull %s: a %s, not a plinth image (an OCI image manifest with artifactType %s)", ref, mt, ArtifactType)
+	}
+	mf, err := v1.ParseManifest(bytes.NewReader(raw))
 	if err != nil {
 		return "", fmt.Errorf("pull %s: %w", ref, err)
 	}
@@ -265,9 +270,9 @@ func Pull(ctx context.Context, ref, cacheDir string, o Options) (string, error) 
 		}
 		names = append(names, n)
 		o.log().Info("pulling", "file", n, "digest", l.Digest.String(), "size", l.Size)
-		layer, err := remote.Layer(d.Context().Digest(l.Digest.String()), ropts...)
+		layer, err := st.layer(l.Digest)
 		if err != nil {
-			return "", fmt.Errorf("pull %s: %s: %w", ref, n, describe(d.RegistryStr(), err))
+			return "", fmt.Errorf("pull %s: %s: %w", ref, n, err)
 		}
 		if err := fetchBlob(layer, l, filepath.Join(tmp, n)); err != nil {
 			return "", fmt.Errorf("pull %s: %s (%s): %w", ref, n, l.Digest, err)
@@ -300,6 +305,112 @@ func Pull(ctx context.Context, ref, cacheDir string, o Options) (string, error) 
 	}
 	o.log().Info("pulled", "ref", ref, "image", m.Name, "dir", dir)
 	return dir, nil
+}
+
+// Image is the plinth image artifact at a registry reference pinned by
+// digest, as a v1.Image whose layers are its files: what a mirror copies
+// into its OCI layout (then Pull reads it as oci:DIR@sha256:…).
+func Image(ctx context.Context, ref string, o Options) (v1.Image, error) {
+	d, err := name.NewDigest(ref)
+	if err != nil {
+		return nil, fmt.Errorf("%s: a registry reference pinned by digest (REPO@sha256:…) is needed: %w", ref, err)
+	}
+	img, err := remote.Image(d, o.remote(ctx)...)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", ref, describe(d.RegistryStr(), err))
+	}
+	raw, err := img.RawManifest() // go-containerregistry checks it against the digest
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", ref, describe(d.RegistryStr(), err))
+	}
+	mf, err := v1.ParseManifest(bytes.NewReader(raw))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", ref, err)
+	}
+	if mf.ArtifactType != ArtifactType {
+		return nil, fmt.Errorf("%s: artifactType %q, not a plinth image (%s)", ref, mf.ArtifactType, ArtifactType)
+	}
+	return img, nil
+}
+
+// store is where an artifact is read from: a registry or an OCI layout.
+type store struct {
+	digest   v1.Hash
+	manifest func() ([]byte, types.MediaType, error)
+	layer    func(v1.Hash) (v1.Layer, error)
+}
+
+// LayoutPrefix marks a reference into an OCI image layout on disk.
+const LayoutPrefix = "oci:"
+
+func open(ctx context.Context, ref string, o Options) (*store, error) {
+	if dir, ok := strings.CutPrefix(ref, LayoutPrefix); ok {
+		at := strings.LastIndex(dir, "@")
+		if at < 0 {
+			return nil, fmt.Errorf("%s: an OCI layout reference pinned by digest (oci:DIR@sha256:…) is needed", ref)
+		}
+		h, err := v1.NewHash(dir[at+1:])
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", ref, err)
+		}
+		p, err := layout.FromPath(dir[:at])
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", ref, err)
+		}
+		return &store{
+			digest: h,
+			manifest: func() ([]byte, types.MediaType, error) {
+				img, err := p.Image(h)
+				if err != nil {
+					return nil, "", err
+				}
+				raw, err := img.RawManifest()
+				if err != nil {
+					return nil, "", err
+				}
+				var head struct {
+					MediaType types.MediaType `json:"mediaType"`
+				}
+				if err := json.Unmarshal(raw, &head); err != nil {
+					return nil, "", err
+				}
+				return raw, head.MediaType, nil
+			},
+			layer: func(l v1.Hash) (v1.Layer, error) {
+				img, err := p.Image(h)
+				if err != nil {
+					return nil, err
+				}
+				return img.LayerByDigest(l)
+			},
+		}, nil
+	}
+	d, err := name.NewDigest(ref)
+	if err != nil {
+		return nil, fmt.Errorf("%s: a registry reference pinned by digest (REPO@sha256:…) is needed: %w", ref, err)
+	}
+	h, err := v1.NewHash(d.DigestStr())
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", ref, err)
+	}
+	ropts := o.remote(ctx)
+	return &store{
+		digest: h,
+		manifest: func() ([]byte, types.MediaType, error) {
+			desc, err := remote.Get(d, ropts...)
+			if err != nil {
+				return nil, "", describe(d.RegistryStr(), err)
+			}
+			return desc.Manifest, desc.MediaType, nil
+		},
+		layer: func(l v1.Hash) (v1.Layer, error) {
+			layer, err := remote.Layer(d.Context().Digest(l.String()), ropts...)
+			if err != nil {
+				return nil, describe(d.RegistryStr(), err)
+			}
+			return layer, nil
+		},
+	}, nil
 }
 
 // fetchBlob writes one blob to p, checking its size and digest as it

@@ -40,6 +40,7 @@ import (
 	"github.com/plinth-dev/plinth/builder/ocitar"
 	"github.com/plinth-dev/plinth/builder/source"
 	"github.com/plinth-dev/plinth/images"
+	"github.com/plinth-dev/plinth/ociart"
 )
 
 // Annotations on each image of a mirror's index.
@@ -63,6 +64,9 @@ const Schema = 1
 const (
 	UseLayer  = "layer"
 	UseKernel = "kernel"
+	// UseImage is a built plinth image (plinth push's artifact), kept for
+	// plinth serve --image oci:MIRROR@sha256:… on the far side.
+	UseImage = "image"
 )
 
 // Index is mirror.json.
@@ -100,6 +104,9 @@ type Options struct {
 	// info) when there is no SrcDir: that module is mirrored too, and the
 	// modules its initramfs programs compile from.
 	Version, Sum string
+	// Images are built plinth images in a registry (REPO@sha256:…, as
+	// plinth push prints them), copied into the layout as they are.
+	Images []string
 	// Remote options for registry sources (tests point them at a local registry).
 	Remote []remote.Option
 }
@@ -127,8 +134,8 @@ func Write(ctx context.Context, specs []*images.Spec, dir string, o Options) (*I
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if len(specs) == 0 {
-		return nil, errors.New("mirror: no specs")
+	if len(specs) == 0 && len(o.Images) == 0 {
+		return nil, errors.New("mirror: no specs and no images")
 	}
 	if o.CacheDir == "" {
 		return nil, errors.New("mirror: a cache directory is needed")
@@ -192,6 +199,25 @@ func Write(ctx context.Context, specs []*images.Spec, dir string, o Options) (*I
 		}
 		idx.Sources = append(idx.Sources, Entry{Source: w.src.Raw, Use: w.use, Tag: tag, Digest: d.String(), Specs: w.specs, Modules: w.modules})
 		log.Info("mirrored", "source", w.src.Raw, "use", w.use, "digest", d.String(), "elapsed", time.Since(start).Round(time.Millisecond))
+	}
+	for _, ref := range o.Images {
+		img, err := ociart.Image(ctx, ref, ociart.Options{Remote: o.Remote, Log: log})
+		if err != nil {
+			return nil, fmt.Errorf("mirror: image %w", err)
+		}
+		if err := p.AppendImage(img, layout.WithAnnotations(map[string]string{
+			ocitar.RefName: Tag(UseImage, ref),
+			AnnotSource:    ref,
+			AnnotUse:       UseImage,
+		})); err != nil {
+			return nil, fmt.Errorf("mirror: image %s: %w", ref, err)
+		}
+		d, err := img.Digest()
+		if err != nil {
+			return nil, err
+		}
+		idx.Sources = append(idx.Sources, Entry{Source: ref, Use: UseImage, Tag: Tag(UseImage, ref), Digest: d.String()})
+		log.Info("mirrored image", "ref", ref, "serve_as", "oci:"+dir+"@"+d.String())
 	}
 	if (o.SrcDir != "" || o.Version != "") && slices.ContainsFunc(specs, func(s *images.Spec) bool { return s.Kernel != nil }) {
 		start := time.Now()

@@ -16,8 +16,9 @@ import (
 
 func newMirrorCmd(g *globals) *cobra.Command {
 	var to, cache, src string
+	var imgs []string
 	c := &cobra.Command{
-		Use:   "mirror SPEC... --to DIR",
+		Use:   "mirror [SPEC...] [--image REF...] --to DIR",
 		Short: "Copy every source of image specs into one OCI layout, for building where there is no network",
 		Long: `Resolve every source of the given image specs (registry references, oci:,
 docker-archive:, dir:, tar:, go: programs and the kernel) and write them into DIR,
@@ -29,13 +30,19 @@ modules plinth's initramfs compiles from (a file:// GOPROXY), specs/, the specs
 themselves, and mirror.json. DIR is replaced whole and atomically; the same
 specs and sources give the same bytes.
 
+With --image REPO@sha256:… (repeatable) it also keeps built images pushed with
+plinth push, as they are; the far side serves one with
+plinth serve --image oci:DIR@sha256:… (the same digest).
+
 On the far side:  plinth build --mirror DIR DIR/specs/NAME.toml
 (the same Go version is still needed there to compile the initramfs, and the
 plinth source tree unless this plinth is a released one: a released plinth's own
 module is mirrored with the others; --mirror makes go use only the mirror's
 modules).`,
-		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 && len(imgs) == 0 {
+				return errors.New("name at least one spec or --image")
+			}
 			if to == "" {
 				return errors.New("--to DIR is required")
 			}
@@ -51,7 +58,7 @@ modules).`,
 			if err != nil {
 				return err
 			}
-			o := mirror.Options{CacheDir: cacheD, Epoch: epoch, Log: g.log}
+			o := mirror.Options{CacheDir: cacheD, Epoch: epoch, Log: g.log, Images: imgs}
 			if slices.ContainsFunc(specs, func(s *images.Spec) bool { return s.Kernel != nil }) {
 				if o.SrcDir, err = findSrcDir(src); err != nil {
 					if src != "" || os.Getenv("PLINTH_SRC") != "" {
@@ -78,6 +85,7 @@ modules).`,
 		},
 	}
 	c.Flags().StringVar(&to, "to", "", "mirror directory (required)")
+	c.Flags().StringArrayVar(&imgs, "image", nil, "also keep a built image from a registry (REPO@sha256:… as plinth push printed it), served on the far side with plinth serve --image oci:DIR@sha256:…")
 	c.Flags().StringVar(&cache, "cache", "", "cache directory (default $PLINTH_CACHE or ~/.cache/plinth)")
 	c.Flags().StringVar(&src, "src", "", "plinth source tree (default $PLINTH_SRC or found from the working directory)")
 	return c

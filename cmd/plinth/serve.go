@@ -129,7 +129,7 @@ serves the masters that reported ready that way and whose /readyz passes.`,
 	f.StringVar(&bundleDir, "bundle-dir", "", "where a --bundle is unpacked, swapped in atomically (default $PLINTH_CACHE/bundles)")
 	bundleTrust.add(cmd)
 	f.StringVar(&c.ArtifactsDir, "artifacts", "artifacts", "artifacts directory (the builder's --out)")
-	f.StringArrayVar(&images, "image", nil, "serve an image from an OCI registry instead of --artifacts: REPO@sha256:… as plinth push printed it (repeat for each image); pulled once into $PLINTH_CACHE/registry, every file checked, with your Docker credentials")
+	f.StringArrayVar(&images, "image", nil, "serve an image from an OCI registry instead of --artifacts: REPO@sha256:… as plinth push printed it, or oci:DIR@sha256:… from a mirror (repeat for each image); pulled once into $PLINTH_CACHE/registry, every file checked, with your Docker credentials")
 	f.StringVar(&c.Listen, "listen", ":8080", "HTTP listen address")
 	f.StringVar(&c.PublicURL, "public-url", "", "URL machines reach this server at (default http://LISTEN-ADDRESS:PORT, or SERVER-IP when listening on every address; refused if the server does not listen there). Boot scripts and command lines follow the address each machine reached the server at; this URL is for DHCP boot file names")
 	f.StringVar(&c.DHCPInterface, "dhcp-interface", "", "interface to answer DHCP on (site [dhcp] mode proxy or server)")
