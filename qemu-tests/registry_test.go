@@ -275,6 +275,18 @@ image    = "smoke"
 		t.Errorf("bundle --image: %v\n%s", err, out)
 	}
 
+	// plinth mirror keeps it as it is; the mirror's layout serves the same
+	// digest with no registry.
+	mirrorDir := filepath.Join(dir, "mirror")
+	if out, err = reg.plinthIn(ctx, l, reg.docker, cache, "mirror", "--to", mirrorDir, "--image", ref); err != nil {
+		t.Fatalf("mirror --image: %v\n%s", err, out)
+	}
+	local := "oci:" + mirrorDir + ref[strings.Index(ref, "@"):]
+	out, err = reg.plinthIn(ctx, l, reg.wrong, filepath.Join(dir, "cache-mirror"), "bundle", "--out", filepath.Join(dir, "from-mirror.tar"), "--image", local)
+	if err != nil || !strings.Contains(out, "1 images") {
+		t.Errorf("bundle --image %s: %v\n%s", local, err, out)
+	}
+
 	// A layer corrupted in the registry: a fresh pull refuses it and keeps
 	// nothing.
 	blob := reg.blobFile(rootfs)
