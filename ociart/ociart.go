@@ -97,6 +97,9 @@ func (o Options) log() *slog.Logger {
 // the registry has already are not sent again.
 func Push(ctx context.Context, dir, ref string, o Options) (name.Digest, error) {
 	m, err := manifest.Read(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return name.Digest{}, fmt.Errorf("%s: not a built image (no %s): push DIR/NAME as plinth build --out DIR wrote it", dir, manifest.FileName)
+	}
 	if err != nil {
 		return name.Digest{}, err
 	}

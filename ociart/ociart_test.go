@@ -170,6 +170,10 @@ func TestPushRefusesFilesThatDoNotMatchTheManifest(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "not pushed") {
 		t.Errorf("push of a changed file: %v, want 'not pushed'", err)
 	}
+	_, err = Push(context.Background(), filepath.Dir(dir), "127.0.0.1:1/plinth/demo:v1", Options{})
+	if err == nil || !strings.Contains(err.Error(), "not a built image") {
+		t.Errorf("push of the artifacts root: %v, want 'not a built image'", err)
+	}
 }
 
 func mustEmpty(t *testing.T) v1.Descriptor {
