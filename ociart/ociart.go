@@ -254,8 +254,8 @@ func Pull(ctx context.Context, ref, cacheDir string, o Options) (string, error) 
 	if err != nil {
 		return "", fmt.Errorf("pull %s: %w", ref, err)
 	}
-	if mf.ArtifactType != ArtifactType {
-		return "", fmt.Errorf("pull %s: artifactType %q, not a plinth image (%s)", ref, mf.ArtifactType, ArtifactType)
+	if err := isPlinth(mf); err != nil {
+		return "", fmt.Errorf("pull %s: %w", ref, err)
 	}
 	if err := os.MkdirAll(base, 0o755); err != nil {
 		return "", err
@@ -287,11 +287,6 @@ func Pull(ctx context.Context, ref, cacheDir string, o Options) (string, error) 
 	}
 	if err := manifest.Verify(tmp, m); err != nil {
 		return "", fmt.Errorf("pull %s: the files do not match the image's manifest.json: %w", ref, err)
-	}
-	for _, f := range m.Files {
-		if !slices.Contains(names, f.Name) {
-			return "", fmt.Errorf("pull %s: manifest.json lists %s, which the artifact lacks", ref, f.Name)
-		}
 	}
 	if err := os.Chmod(tmp, 0o755); err != nil {
 		return "", err
@@ -330,10 +325,17 @@ func Image(ctx context.Context, ref string, o Options) (v1.Image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", ref, err)
 	}
-	if mf.ArtifactType != ArtifactType {
-		return nil, fmt.Errorf("%s: artifactType %q, not a plinth image (%s)", ref, mf.ArtifactType, ArtifactType)
+	if err := isPlinth(mf); err != nil {
+		return nil, fmt.Errorf("%s: %w", ref, err)
 	}
 	return img, nil
+}
+
+func isPlinth(mf *v1.Manifest) error {
+	if mf.ArtifactType != ArtifactType {
+		return fmt.Errorf("artifactType %q, not a plinth image (%s)", mf.ArtifactType, ArtifactType)
+	}
+	return nil
 }
 
 // store is where an artifact is read from: a registry or an OCI layout.
@@ -360,13 +362,13 @@ func open(ctx context.Context, ref string, o Options) (*store, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", ref, err)
 		}
+		img, err := p.Image(h)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", ref, err)
+		}
 		return &store{
 			digest: h,
 			manifest: func() ([]byte, types.MediaType, error) {
-				img, err := p.Image(h)
-				if err != nil {
-					return nil, "", err
-				}
 				raw, err := img.RawManifest()
 				if err != nil {
 					return nil, "", err
@@ -379,13 +381,7 @@ func open(ctx context.Context, ref string, o Options) (*store, error) {
 				}
 				return raw, head.MediaType, nil
 			},
-			layer: func(l v1.Hash) (v1.Layer, error) {
-				img, err := p.Image(h)
-				if err != nil {
-					return nil, err
-				}
-				return img.LayerByDigest(l)
-			},
+			layer: img.LayerByDigest,
 		}, nil
 	}
 	d, err := name.NewDigest(ref)
