@@ -138,25 +138,34 @@ func cacheDir(flag string) (string, error) {
 const modulePath = builder.ModulePath
 
 // stage1Source returns the directory plinth's stage 1 is compiled from: the
-// tree findSrcDir finds, or else, for a released plinth (installed with
-// `go install …@vX`), its own version's module source, fetched through the
-// Go module proxy (env: a mirror's, or GOPROXY=off) and checked against the
-// hash this binary was built from.
+// tree, or else, for a released plinth, its own version's module source,
+// fetched through the Go module proxy (env: a mirror's, or GOPROXY=off) and
+// checked against the hash this binary was built from.
 func stage1Source(ctx context.Context, flag string, env []string, g *globals) (string, error) {
-	dir, err := findSrcDir(flag)
-	if err == nil {
-		return dir, nil
-	}
-	if flag != "" || os.Getenv("PLINTH_SRC") != "" {
-		return "", err
-	}
-	version, sum, ok := releasedVersion()
-	if !ok {
-		return "", fmt.Errorf("building an initramfs compiles plinth's stage 1 from source, and this plinth (version %s) was built from a working tree: "+
-			"run it from that tree or set PLINTH_SRC (or --src); a released plinth (go install %s/cmd/plinth@VERSION) fetches its own source", version, modulePath)
+	dir, version, sum, err := stage1Origin(flag)
+	if err != nil || dir != "" {
+		return dir, err
 	}
 	g.log.Info("stage 1 from plinth's module source", "version", version)
 	return builder.ReleasedSource(ctx, version, sum, env)
+}
+
+// stage1Origin says where stage 1 comes from: the tree findSrcDir finds, or
+// else the version (and module hash) of a released plinth (installed with
+// `go install …@vX`).
+func stage1Origin(flag string) (dir, version, sum string, err error) {
+	if dir, err = findSrcDir(flag); err == nil {
+		return dir, "", "", nil
+	}
+	if flag != "" || os.Getenv("PLINTH_SRC") != "" {
+		return "", "", "", err
+	}
+	version, sum, ok := releasedVersion()
+	if !ok {
+		return "", "", "", fmt.Errorf("plinth's stage 1 is compiled from source, and this plinth (version %s) was built from a working tree: "+
+			"run it from that tree or set PLINTH_SRC (or --src); a released plinth (go install %s/cmd/plinth@VERSION) fetches its own source", version, modulePath)
+	}
+	return "", version, sum, nil
 }
 
 // releasedVersion is the module version this binary was built as, when it

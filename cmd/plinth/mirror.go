@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"slices"
 
@@ -60,14 +59,8 @@ modules).`,
 			}
 			o := mirror.Options{CacheDir: cacheD, Epoch: epoch, Log: g.log, Images: imgs}
 			if slices.ContainsFunc(specs, func(s *images.Spec) bool { return s.Kernel != nil }) {
-				if o.SrcDir, err = findSrcDir(src); err != nil {
-					if src != "" || os.Getenv("PLINTH_SRC") != "" {
-						return err
-					}
-					var ok bool
-					if o.Version, o.Sum, ok = releasedVersion(); !ok {
-						return fmt.Errorf("mirroring the Go modules of the initramfs needs plinth's source, and this plinth (version %s) was built from a working tree: run it from that tree or set PLINTH_SRC (or --src)", o.Version)
-					}
+				if o.SrcDir, o.Version, o.Sum, err = stage1Origin(src); err != nil {
+					return err
 				}
 			}
 			idx, err := mirror.Write(cmd.Context(), specs, to, o)
