@@ -78,7 +78,7 @@ func (s *Server) runPoolChecks(ctx context.Context) (stop func()) {
 		t := time.NewTicker(s.cfg.APICheckEvery)
 		defer t.Stop()
 		probe := readyzProbe(conf, s.apiPort, s.cfg.APICheckTimeout)
-		bind := s.kubeletBinder(ctx)
+		bind := s.addonApplier(ctx)
 		for {
 			if s.pool.check(ctx, probe) {
 				s.notifyMasters()

@@ -78,6 +78,8 @@ func (s *Site) checkNetwork(rep *tomlx.Report, f, fp string) {
 		rep.Addf(f, "network.services", "%q: want an IPv4 network prefix such as 10.96.0.0/12", n.Services)
 	} else if fl, err := netip.ParsePrefix(n.Flannel); err == nil && fl.Masked() == fl && fl.Overlaps(p) {
 		rep.Addf(f, "network.services", "%s overlaps the flannel network %s", n.Services, n.Flannel)
+	} else if p.Bits() > 28 {
+		rep.Addf(f, "network.services", "%s is too small: the API takes its first address and cluster DNS its tenth (want /28 or larger)", n.Services)
 	}
 	if n.Backend != "vxlan" && n.Backend != "host-gw" {
 		rep.Addf(f, "network.backend", "%q: want vxlan or host-gw", n.Backend)

@@ -410,6 +410,10 @@ func TestClusterE2E(t *testing.T) {
 	// No sshd and no port beyond the role's on any machine.
 	noStrayListeners(t, ctx, sc.c, sc.site.Machines...)
 
+	sc.clusterDNSAndServices(t, ctx, kubectl, func(obj string) (string, error) {
+		return kubectlStdin(ctx, l, kubectlBin, cred, apiServer, obj, "apply", "-f", "-")
+	}, []string{"probe-1", "probe-2"})
+
 	sc.survivesPowerCutAndRestore(t, ctx, etcdctl, kubectl)
 
 	if out, err := kubectl("get", "pods"); err != nil {

@@ -12,6 +12,7 @@ package roles
 
 import (
 	"fmt"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -222,6 +223,32 @@ func EtcdUsers() []Identity {
 // KubeletClientBinding is the name of the ClusterRoleBinding that gives
 // KubeletClient system:kubelet-api-admin.
 const KubeletClientBinding = "plinth:apiserver-kubelet-client"
+
+// Cluster DNS: CoreDNS, built from its Go module by the stack fixtures and
+// baked into the minion image under this name (never pulled), deployed by
+// the boot server through the API, answering at ClusterDNSIP of the
+// service network for names under ClusterDomain.
+const (
+	CoreDNSImage  = "registry.k8s.io/coredns/coredns:v1.13.1"
+	ClusterDomain = "cluster.local"
+)
+
+// ClusterDNSIP is the cluster DNS Service's address: the tenth of the
+// service network (as kubeadm chooses; the first is the API's).
+func ClusterDNSIP(serviceCIDR string) (netip.Addr, error) {
+	p, err := netip.ParsePrefix(serviceCIDR)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("service network: %w", err)
+	}
+	a := p.Masked().Addr()
+	for range 10 {
+		a = a.Next()
+	}
+	if !p.Contains(a) {
+		return netip.Addr{}, fmt.Errorf("service network %s is too small for the cluster DNS address", serviceCIDR)
+	}
+	return a, nil
+}
 
 // Lab is what a QEMU lab machine of a role gets unless told otherwise.
 type Lab struct {

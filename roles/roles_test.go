@@ -3,7 +3,9 @@ package roles
 import (
 	"go/parser"
 	"go/token"
+	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -149,5 +151,33 @@ func TestEtcdUsersAreNamedAsNoMachineCanBe(t *testing.T) {
 	want := []string{"plinth:admin", "plinth:boot-server", "plinth:etcd-flannel", "plinth:etcd-kube-apiserver", "plinth:etcd-member"}
 	if !slices.Equal(names, want) {
 		t.Errorf("etcd users %v, want %v", names, want)
+	}
+}
+
+// The stack fixtures build and bake the CoreDNS that the addons name.
+func TestCoreDNSImageIsTheOneTheStackBuilds(t *testing.T) {
+	b, err := os.ReadFile("../qemu-tests/fixtures/stack.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^COREDNS_VERSION=\$\{COREDNS_VERSION:-(v[0-9.]+)\}$`).FindSubmatch(b)
+	if m == nil {
+		t.Fatal("stack.sh sets no COREDNS_VERSION")
+	}
+	if want := "registry.k8s.io/coredns/coredns:" + string(m[1]); CoreDNSImage != want {
+		t.Errorf("CoreDNSImage is %s; stack.sh bakes %s", CoreDNSImage, want)
+	}
+}
+
+func TestClusterDNSIP(t *testing.T) {
+	for cidr, want := range map[string]string{"10.96.0.0/12": "10.96.0.10", "10.32.5.0/24": "10.32.5.10", "10.0.0.0/28": "10.0.0.10"} {
+		if got, err := ClusterDNSIP(cidr); err != nil || got.String() != want {
+			t.Errorf("ClusterDNSIP(%s) = %v, %v; want %s", cidr, got, err, want)
+		}
+	}
+	for _, bad := range []string{"10.0.0.0/29", "nonsense", ""} {
+		if got, err := ClusterDNSIP(bad); err == nil {
+			t.Errorf("ClusterDNSIP(%q) = %v, want an error", bad, got)
+		}
 	}
 }

@@ -129,7 +129,11 @@ func (Minion) Plan(cfg *node.Config) (*Plan, error) {
 
 	// kubelet.
 	p.file(KubeletKubeconfig, 0o600, kubeconfig(server, IdentityCert(node.IdentityKubelet), IdentityKey(node.IdentityKubelet)))
-	p.file(KubeletConfig, 0o644, kubeletConfig())
+	dns, err := roles.ClusterDNSIP(cl.ServiceCIDR)
+	if err != nil {
+		return nil, fmt.Errorf("cluster DNS: %w", err)
+	}
+	p.file(KubeletConfig, 0o644, kubeletConfig(dns.String()))
 	kubelet := []string{"/usr/bin/kubelet", "--config=" + KubeletConfig, "--kubeconfig=" + KubeletKubeconfig}
 	if ip := nodeIP(cfg); ip != "" {
 		kubelet = append(kubelet, "--node-ip="+ip)
@@ -173,7 +177,9 @@ func containerdConfig() string {
 	}, "\n")
 }
 
-func kubeletConfig() string {
+// kubeletConfig is kubelet's configuration; pods resolve names through
+// the cluster DNS Service at dnsIP.
+func kubeletConfig(dnsIP string) string {
 	return fmt.Sprintf(`# Written by plinth at first boot.
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -190,13 +196,15 @@ tlsCertFile: %s
 tlsPrivateKeyFile: %s
 cgroupDriver: cgroupfs
 containerRuntimeEndpoint: unix:///run/containerd/containerd.sock
-clusterDomain: cluster.local
+clusterDomain: %s
+clusterDNS:
+- %s
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
 healthzPort: 10248
 failSwapOn: false
 resolvConf: /etc/resolv.conf
-`, CAFile, NodeCert, NodeKey)
+`, CAFile, NodeCert, NodeKey, roles.ClusterDomain, dnsIP)
 }
 
 func proxyConfig(clusterCIDR string) string {
