@@ -54,10 +54,25 @@ type scenario struct {
 // only the named machines, as `plinth qemu up` would, in boot groups.
 func upScenario(t *testing.T, ctx context.Context, name string, machines ...string) *scenario {
 	t.Helper()
+	return upScenarioWith(t, ctx, scenarioOpts{}, name, machines...)
+}
+
+// scenarioOpts changes what upScenarioWith boots.
+type scenarioOpts struct {
+	specs  []string            // image specs to build (nil: the stock etcd, master and minion)
+	site   func(string) string // edits the scenario's site.toml
+	memory int                 // MiB for every machine (0: each role's)
+}
+
+func upScenarioWith(t *testing.T, ctx context.Context, o scenarioOpts, name string, machines ...string) *scenario {
+	t.Helper()
 	dir := t.TempDir()
 	art := filepath.Join(dir, "artifacts")
-	plinth(t, ctx, "build", "--out", art,
-		filepath.Join(srcDir, "images", "etcd.toml"), filepath.Join(srcDir, "images", "master.toml"), filepath.Join(srcDir, "images", "minion.toml"))
+	specs := o.specs
+	if specs == nil {
+		specs = []string{filepath.Join(srcDir, "images", "etcd.toml"), filepath.Join(srcDir, "images", "master.toml"), filepath.Join(srcDir, "images", "minion.toml")}
+	}
+	plinth(t, ctx, append([]string{"build", "--out", art}, specs...)...)
 	b, err := os.ReadFile(filepath.Join(srcDir, "profiles", "examples", "qemu-lab", "site.toml"))
 	if err != nil {
 		t.Fatal(err)
@@ -72,6 +87,9 @@ func upScenario(t *testing.T, ctx context.Context, name string, machines ...stri
 			}
 		}
 	}
+	if o.site != nil {
+		site = o.site(site)
+	}
 	writeFile(t, filepath.Join(sc.siteDir, "site.toml"), site)
 	if sc.site, err = profiles.LoadSite(sc.siteDir); err != nil {
 		t.Fatal(err)
@@ -85,7 +103,7 @@ func upScenario(t *testing.T, ctx context.Context, name string, machines ...stri
 	sc.state, sc.logDir, sc.disks = state, logDir, filepath.Join(dir, "disks")
 	// Blank state disks for this run, kept across the power cuts in it.
 	c, err := lab.Up(ctx, lab.Config{Site: sc.siteDir, Artifacts: art, State: state, LogDir: logDir, Plinth: plinthBin,
-		Disks: sc.disks, Name: name, Stall: 10 * time.Minute, Out: logWriter{t}})
+		Disks: sc.disks, Name: name, Stall: 10 * time.Minute, Memory: o.memory, Out: logWriter{t}})
 	if c != nil {
 		t.Cleanup(func() { c.Close() })
 	}
@@ -100,7 +118,7 @@ func upScenario(t *testing.T, ctx context.Context, name string, machines ...stri
 	sc.c = c
 	for _, m := range sc.site.Machines {
 		ready, _ := c.ReadyAfter(m.Name)
-		mem, _ := roles.Get(m.Role).MachineSize(0, 0)
+		mem, _ := roles.Get(m.Role).MachineSize(o.memory, 0)
 		figure(t, "%s (%s): %s (%s) ready %.0fs after QEMU start, QEMU RSS %d MiB of %d MiB",
 			name, qemu.Accel(ctx), m.Name, m.Role, ready.Seconds(), rssMiB(c.VM(m.Name).Pid()), mem)
 	}
