@@ -34,7 +34,7 @@ func (sc *scenario) clusterDNSAndServices(t *testing.T, ctx context.Context, kub
 		return err == nil && out == "2"
 	})
 	out, _ := kubectl("-n", "kube-system", "get", "pods,services", "-o", "wide")
-	t.Logf("figure: CoreDNS ready %.0f s after the minions were; kube-system:\n%s", time.Since(start).Seconds(), out)
+	t.Logf("figure: CoreDNS's two replicas ready (waited %.0f s once the pod checks were done); kube-system:\n%s", time.Since(start).Seconds(), out)
 	if out, err := kubectl("-n", "kube-system", "get", "service", "kube-dns", "-o", "jsonpath={.spec.clusterIP}"); err != nil || out != dnsIP.String() {
 		t.Errorf("kube-dns's cluster IP is %q (%v), want %s, the address kubelets give pods", out, err, dnsIP)
 	}

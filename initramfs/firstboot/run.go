@@ -148,7 +148,11 @@ func flannelNet(ctx context.Context, log *slog.Logger, _ []string) error {
 		return err
 	}
 	log.Info("node subnet split", "flannel", sn.Subnet, "docker", s.Docker, "pods", s.Pods, "mtu", s.MTU)
-	return nil
+	cfg, err := loadConfig()
+	if err != nil {
+		return err
+	}
+	return serviceRoute(log, cfg)
 }
 
 func importImages(ctx context.Context, log *slog.Logger, args []string) error {
