@@ -89,6 +89,10 @@ func (Master) Plan(cfg *node.Config) (*Plan, error) {
 		"--authorization-mode=Node,RBAC",
 		"--enable-admission-plugins=NodeRestriction",
 		"--allow-privileged=true",
+		// Masters run no kube-proxy, so a Service's cluster IP leads nowhere
+		// from here: admission and conversion webhooks and aggregated APIs
+		// are reached at their endpoints' addresses instead.
+		"--enable-aggregator-routing=true",
 		"--profiling=false",
 	}
 	if ip := nodeIP(cfg); ip != "" {
