@@ -60,7 +60,7 @@ func TestConformance(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	spec := strings.ReplaceAll(string(b), `"../build/`, `"`+filepath.Join(srcDir, "build")+`/`) +
+	spec := strings.ReplaceAll(string(b), "../build/", filepath.Join(srcDir, "build")+"/") +
 		"\n[[layer]]\nsource = \"oci:" + layer + ":conformance-images\"\n"
 	specFile := filepath.Join(t.TempDir(), "minion.toml")
 	writeFile(t, specFile, spec)
