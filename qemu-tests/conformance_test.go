@@ -78,7 +78,8 @@ func TestConformance(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kubeconfig := filepath.Join(out, "kubeconfig")
+	// Admin credentials: kept out of build/, which outlives the test.
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
 	writeFile(t, kubeconfig, regexp.MustCompile(`(?m)^(\s*server:).*$`).ReplaceAllString(string(kb), "${1} https://"+ip(master)+":6443"))
 	kubectl := func(args ...string) (string, error) {
 		return inLab(ctx, l, kubectlBin, append([]string{"--kubeconfig", kubeconfig}, args...)...)
