@@ -139,7 +139,10 @@ func TestConformance(t *testing.T) {
 }
 
 // skip is one pattern of qemu-tests/conformance/skip.txt.
-type skip struct{ reason, re string }
+type skip struct {
+	reason, re string
+	m          *regexp.Regexp // re, compiled
+}
 
 func readSkips(path string) ([]skip, error) {
 	f, err := os.Open(path)
@@ -163,10 +166,11 @@ func readSkips(path string) ([]skip, error) {
 		case reason == "":
 			return nil, fmt.Errorf("%s:%d: a pattern before any \"## reason\" line", path, n)
 		default:
-			if _, err := regexp.Compile(line); err != nil {
+			m, err := regexp.Compile(line)
+			if err != nil {
 				return nil, fmt.Errorf("%s:%d: %v", path, n, err)
 			}
-			out = append(out, skip{reason, line})
+			out = append(out, skip{reason, line, m})
 		}
 	}
 	return out, sc.Err()
@@ -254,7 +258,7 @@ func summarize(rep *junitReport, names []string, focus *regexp.Regexp, skips []s
 			continue
 		}
 		s.inFocus++
-		if i := slices.IndexFunc(skips, func(sk skip) bool { return regexp.MustCompile(sk.re).MatchString(n) }); i >= 0 {
+		if i := slices.IndexFunc(skips, func(sk skip) bool { return sk.m.MatchString(n) }); i >= 0 {
 			s.skippedBy[skips[i].reason]++
 			continue
 		}
