@@ -5,7 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	_ "embed"
+	"embed"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"path"
 	"strconv"
 	"strings"
 	"text/template"
@@ -33,7 +34,8 @@ import (
 //   - The API servers reach kubelets (logs, exec, port-forward) as
 //     roles.KubeletClient, which carries no group: kubelets ask the API
 //     server whether it may, and Kubernetes' default RBAC has the
-//     ClusterRole for it (system:kubelet-api-admin) but no binding.
+//     ClusterRole for it (system:kubelet-api-admin) but no binding
+//     (addons/kubelet-api.yaml).
 //   - Cluster DNS (addons/coredns.yaml): CoreDNS as a Deployment behind the
 //     kube-dns Service at roles.ClusterDNSIP, the address every kubelet
 //     gives its pods. A Deployment through the API rather than static pods:
@@ -47,10 +49,14 @@ import (
 
 const addonAuth = 5 * time.Minute
 
-//go:embed addons/coredns.yaml
-var corednsYAML string
+// addonFiles are the addons' objects, rendered with text/template and
+// applied in this order.
+var addonFiles = []string{"addons/kubelet-api.yaml", "addons/coredns.yaml"}
 
-var corednsTmpl = template.Must(template.New("coredns.yaml").Option("missingkey=error").Parse(corednsYAML))
+//go:embed addons/*.yaml
+var addonFS embed.FS
+
+var addonTmpl = template.Must(template.New("addons").Option("missingkey=error").ParseFS(addonFS, "addons/*.yaml"))
 
 // addon is one object to apply.
 type addon struct {
@@ -112,32 +118,27 @@ func clusterAddons(serviceCIDR string) ([]addon, error) {
 	if err != nil {
 		return nil, err
 	}
-	objs := []map[string]any{{
-		"apiVersion": "rbac.authorization.k8s.io/v1",
-		"kind":       "ClusterRoleBinding",
-		"metadata": map[string]any{
-			"name":   roles.KubeletClientBinding,
-			"labels": map[string]any{"app.kubernetes.io/managed-by": "plinth"},
-		},
-		"roleRef":  map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:kubelet-api-admin"},
-		"subjects": []any{map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": roles.KubeletClient.CommonName}},
-	}}
-	var b bytes.Buffer
-	if err := corednsTmpl.Execute(&b, map[string]any{
+	data := map[string]any{
+		"KubeletBinding": roles.KubeletClientBinding, "KubeletUser": roles.KubeletClient.CommonName,
 		"DNSIP": dnsIP.String(), "Domain": roles.ClusterDomain, "Image": roles.CoreDNSImage, "Replicas": 2,
-	}); err != nil {
-		return nil, err
 	}
-	dec := yaml.NewDecoder(&b)
-	for {
-		var obj map[string]any
-		if err := dec.Decode(&obj); errors.Is(err, io.EOF) {
-			break
-		} else if err != nil {
-			return nil, fmt.Errorf("addons/coredns.yaml: %w", err)
+	var objs []map[string]any
+	for _, f := range addonFiles {
+		var b bytes.Buffer
+		if err := addonTmpl.ExecuteTemplate(&b, path.Base(f), data); err != nil {
+			return nil, err
 		}
-		if obj != nil {
-			objs = append(objs, obj)
+		dec := yaml.NewDecoder(&b)
+		for {
+			var obj map[string]any
+			if err := dec.Decode(&obj); errors.Is(err, io.EOF) {
+				break
+			} else if err != nil {
+				return nil, fmt.Errorf("%s: %w", f, err)
+			}
+			if obj != nil {
+				objs = append(objs, obj)
+			}
 		}
 	}
 	out := make([]addon, 0, len(objs))

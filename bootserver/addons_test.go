@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/netip"
@@ -151,6 +152,20 @@ func TestClusterAddonsRender(t *testing.T) {
 	}
 	if _, err := clusterAddons("10.32.0.0/29"); err == nil {
 		t.Error("a /29 service network has no tenth address, yet the addons rendered")
+	}
+}
+
+// Every file in addons/ is applied: one added without a place in
+// addonFiles would be embedded and never reach the cluster.
+func TestEveryAddonFileIsApplied(t *testing.T) {
+	files, err := fs.Glob(addonFS, "addons/*.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(files)
+	listed := slices.Sorted(slices.Values(addonFiles))
+	if !slices.Equal(files, listed) {
+		t.Errorf("addons/ holds %q, addonFiles applies %q", files, listed)
 	}
 }
 
