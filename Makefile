@@ -16,6 +16,10 @@ DEB_PKGS := qemu-system-x86 qemu-utils squashfs-tools-ng debootstrap ipxe ovmf \
 
 all: plinth
 
+# need_debs: apt-get install those of the Debian packages $(1) not installed yet.
+need_debs = for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || \
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$p; done
+
 ## deps: install the Debian packages plinth needs (skips what is installed)
 deps:
 	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
@@ -43,8 +47,7 @@ fixtures: deps plinth
 ## docker.io/containerd/runc/CNI, the kernel's modules and the pause/probe images, as
 ## tags of $(FIX)/oci (cold ~20 min on 2 cores, a few seconds when done; not part of `make test`)
 stack-fixtures: fixtures
-	@for p in gcc libc6-dev; do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$p; done
+	@$(call need_debs,gcc libc6-dev)
 	PLINTH=$(PLINTH) qemu-tests/fixtures/stack.sh $(PLINTH_FIXTURES)
 
 ## images: build the stock images into artifacts/
@@ -92,8 +95,7 @@ e2e: stack-fixtures
 ## registry) on etcd-1, master-1, minion-1 and minion-2 of the QEMU lab; prints ran/passed/failed/skipped, writes
 ## build/conformance/junit_01.xml and summary.txt. PLINTH_CONFORMANCE_FOCUS=REGEX narrows it. Hours under TCG.
 conformance: stack-fixtures
-	@for p in make bzip2; do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$p; done
+	@$(call need_debs,make bzip2)
 	PLINTH=$(PLINTH) qemu-tests/fixtures/stack/conformance.sh $(PLINTH_FIXTURES)
 	@mkdir -p build
 	PLINTH_QEMU_TESTS=1 PLINTH_CONFORMANCE=1 $(GO) test -count=1 -timeout 10h -v -run 'TestConformance$$' ./qemu-tests/ 2>&1 | tee build/conformance.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|figure:|skipped [0-9]|FAILED'; exit $${PIPESTATUS[0]}
