@@ -64,7 +64,7 @@ demo-expect:
 	@if [ -f $(PLINTH_FIXTURES)/stack/layers/.key ]; then \
 		echo "make demo: stack fixtures cached; images (~5 min after a change) and the netboot of 3 machines (~9 min under TCG on 2 cores) follow"; \
 	else \
-		echo "make demo: first run on this machine: about 40 min on 2 cores (stack fixtures ~25 min, images ~6 min, netboot of 3 machines ~9 min under TCG)"; \
+		echo "make demo: first run on this machine: 20-40 min on 2 cores (stack fixtures 10-25 min, images 3-6 min, netboot of 3 machines ~7-9 min under TCG)"; \
 	fi
 
 ## test: unit tests, fuzz seeds, the QEMU smoke boot and the PXE netboot (the README's test command)
