@@ -300,6 +300,14 @@ func (e *Etcd) Join(ctx context.Context, cfg *node.Config, hasData bool) (JoinPl
 // PromoteSelf promotes the member with peerURL when it is a learner,
 // asking the endpoints in turn (a learner serves no membership changes:
 // list it last); it reports whether the member votes now.
+//
+// The promotion is sent to the leader itself. Only the leader knows
+// whether a learner has caught up, so a follower forwards a promotion to
+// it over the peer port, and etcd (v3.6.16; etcd-io/etcd#20757) forwards
+// only a password login's token, never the identity of a client
+// certificate: with authorisation on, the leader refuses the forwarded
+// request ("user name is empty") and the follower retries until the
+// caller's deadline. Asked first, a follower would never promote anyone.
 func (e *Etcd) PromoteSelf(ctx context.Context, endpoints []string, peerURL string) (bool, error) {
 	ms, ep, err := e.Members(ctx, endpoints)
 	if err != nil {
@@ -312,10 +320,32 @@ func (e *Etcd) PromoteSelf(ctx context.Context, endpoints []string, peerURL stri
 	if !ms[j].IsLearner {
 		return true, nil
 	}
-	if err := e.Promote(ctx, ep, ms[j].ID); err != nil {
+	leader, err := e.leaderURL(ctx, ep, ms)
+	if err != nil {
 		return false, err
 	}
+	if err := e.Promote(ctx, leader, ms[j].ID); err != nil {
+		return false, fmt.Errorf("promote %s through the leader %s: %w", peerURL, leader, err)
+	}
 	return true, nil
+}
+
+// leaderURL is the client URL of the leader that the member at ep knows
+// of, looked up in ms.
+func (e *Etcd) leaderURL(ctx context.Context, ep string, ms []Member) (string, error) {
+	st, err := e.RPC.Status(ctx, ep)
+	if err != nil {
+		return "", err
+	}
+	if st.Leader == 0 {
+		return "", fmt.Errorf("%s knows no leader", ep)
+	}
+	id := strconv.FormatUint(st.Leader, 10)
+	i := slices.IndexFunc(ms, func(m Member) bool { return m.ID == id })
+	if i < 0 || len(ms[i].ClientURLs) == 0 {
+		return "", fmt.Errorf("%s names leader %x, which the member list does not give a client URL", ep, st.Leader)
+	}
+	return ms[i].ClientURLs[0], nil
 }
 
 // HasEtcdData reports whether dir holds an etcd member's data (its WAL).

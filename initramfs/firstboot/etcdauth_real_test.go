@@ -5,11 +5,13 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -191,5 +193,131 @@ func TestEtcdTakesEachIdentityOnlyForItsKeys(t *testing.T) {
 	// The member's own identity still does what members do.
 	if _, err := root.RPC.MemberList(ctx, ep); err != nil {
 		t.Errorf("member list as the member: %v", err)
+	}
+}
+
+// TestPromoteGoesToTheLeaderWithAuthOn runs three real etcd members as the
+// etcd role does (client-certificate auth, EnsureAuth done), the third
+// added as a learner, and promotes it the way the etcd-promote step does,
+// with a follower listed first: the promotion must reach the leader. A
+// follower forwards a promotion to the leader without the caller's
+// certificate identity, so asked first it never promotes anyone (the e2e
+// etcd scenario stalled on exactly this when a power cut had moved the
+// leadership away from the first member).
+func TestPromoteGoesToTheLeaderWithAuthOn(t *testing.T) {
+	bin := etcdBinary(t)
+	dir := t.TempDir()
+	ca, _, err := pki.LoadOrCreate(filepath.Join(dir, "state"), "lab", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs := []string{"127.0.0.6", "127.0.0.7", "127.0.0.8"}
+	write := func(name, data string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	caFile := write("ca.pem", ca.CertPEM())
+	logs := map[string]*bytes.Buffer{}
+	start := func(i int, state, initial string) {
+		t.Helper()
+		name, addr := fmt.Sprintf("etcd-%d", i+1), addrs[i]
+		// 127.0.0.1 too: a peer's connections leave from it on loopback,
+		// and etcd checks a peer's certificate against where it came from.
+		kp, err := ca.Issue(pki.Request{CommonName: name, IPs: []netip.Addr{netip.MustParseAddr(addr), netip.MustParseAddr("127.0.0.1")}, Server: true, Client: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cert, key := write(name+".pem", kp.Cert), write(name+"-key.pem", kp.Key)
+		cmd := exec.Command(bin, "--name="+name, "--data-dir="+filepath.Join(dir, name),
+			"--listen-peer-urls="+role.PeerURL(addr), "--listen-client-urls="+role.ClientURL(addr),
+			"--advertise-client-urls="+role.ClientURL(addr), "--initial-advertise-peer-urls="+role.PeerURL(addr),
+			"--initial-cluster="+initial, "--initial-cluster-state="+state, "--initial-cluster-token=promote",
+			"--listen-metrics-urls=",
+			"--cert-file="+cert, "--key-file="+key, "--trusted-ca-file="+caFile, "--client-cert-auth",
+			"--peer-cert-file="+cert, "--peer-key-file="+key, "--peer-trusted-ca-file="+caFile, "--peer-client-cert-auth")
+		logs[name] = &bytes.Buffer{}
+		cmd.Stdout, cmd.Stderr = logs[name], logs[name]
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert())
+	kp, err := ca.Issue(pki.Request{CommonName: roles.EtcdMember.CommonName, Client: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := tls.X509KeyPair([]byte(kp.Cert), []byte(kp.Key))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &Etcd{RPC: etcdrpc.New(&tls.Config{RootCAs: pool, Certificates: []tls.Certificate{c}})}
+	e.RPC.Timeout = 5 * time.Second
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	ep := func(i int) string { return role.ClientURL(addrs[i]) }
+	status := func(i int) etcdrpc.Status {
+		t.Helper()
+		for {
+			st, err := e.RPC.Status(ctx, ep(i))
+			if err == nil && st.Leader != 0 {
+				return st
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("etcd-%d: no status with a leader: %v\n%s", i+1, err, logs[fmt.Sprintf("etcd-%d", i+1)])
+			}
+			time.Sleep(300 * time.Millisecond)
+		}
+	}
+
+	two := fmt.Sprintf("etcd-1=%s,etcd-2=%s", role.PeerURL(addrs[0]), role.PeerURL(addrs[1]))
+	start(0, "new", two)
+	start(1, "new", two)
+	status(0)
+	status(1)
+	if _, err := e.EnsureAuth(ctx, []string{ep(0)}); err != nil {
+		t.Fatalf("EnsureAuth: %v", err)
+	}
+	ms, err := e.addLearner(ctx, ep(0), role.PeerURL(addrs[2]))
+	if err != nil {
+		t.Fatalf("add the learner: %v", err)
+	}
+	start(2, "existing", two+",etcd-3="+role.PeerURL(addrs[2]))
+	status(2)
+
+	// The endpoints in the order the step gives them: the follower
+	// first, then the leader, the learner itself last.
+	st := status(0)
+	leader, follower := 0, 1
+	if st.Leader != st.MemberID {
+		leader, follower = 1, 0
+	}
+	eps := []string{ep(follower), ep(leader), ep(2)}
+	if !slices.ContainsFunc(ms, func(m Member) bool { return m.IsLearner && slices.Contains(m.PeerURLs, role.PeerURL(addrs[2])) }) {
+		t.Fatalf("etcd-3 is not a learner after its add: %+v", ms)
+	}
+	for {
+		ok, err := e.PromoteSelf(ctx, eps, role.PeerURL(addrs[2]))
+		if ok {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("etcd-3 never promoted with etcd-%d (the follower) asked first: %v", follower+1, err)
+		}
+		t.Logf("not yet: %v", err)
+		time.Sleep(time.Second)
+	}
+	now, _, err := e.Members(ctx, eps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range now {
+		if m.IsLearner {
+			t.Errorf("%s is still a learner: %+v", m.Name, now)
+		}
 	}
 }
