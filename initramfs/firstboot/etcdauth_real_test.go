@@ -39,13 +39,7 @@ func TestEtcdTakesEachIdentityOnlyForItsKeys(t *testing.T) {
 	}
 	const addr = "127.0.0.5"
 	ep := role.ClientURL(addr)
-	write := func(name, data string) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(data), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
+	write := fileWriter(t, dir)
 	// The member's node certificate, as the boot server issues it.
 	member, err := ca.Issue(pki.Request{CommonName: "etcd-1", IPs: []netip.Addr{netip.MustParseAddr(addr)}, Server: true, Client: true})
 	if err != nil {
@@ -212,13 +206,7 @@ func TestPromoteGoesToTheLeaderWithAuthOn(t *testing.T) {
 		t.Fatal(err)
 	}
 	addrs := []string{"127.0.0.6", "127.0.0.7", "127.0.0.8"}
-	write := func(name, data string) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(data), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
+	write := fileWriter(t, dir)
 	caFile := write("ca.pem", ca.CertPEM())
 	logs := map[string]*bytes.Buffer{}
 	start := func(i int, state, initial string) {
@@ -319,5 +307,18 @@ func TestPromoteGoesToTheLeaderWithAuthOn(t *testing.T) {
 		if m.IsLearner {
 			t.Errorf("%s is still a learner: %+v", m.Name, now)
 		}
+	}
+}
+
+// fileWriter writes files of a test into dir (0600) and returns their
+// paths.
+func fileWriter(t *testing.T, dir string) func(name, data string) string {
+	return func(name, data string) string {
+		t.Helper()
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
 	}
 }
