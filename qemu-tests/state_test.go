@@ -131,6 +131,32 @@ func (sc *scenario) etcdctl(ctx context.Context, etcdctl string, ms []*profiles.
 	return inLab(ctx, sc.c.Lab, etcdctl, append(append(sc.tlsArgs, "--endpoints", strings.Join(eps, ",")), args...)...)
 }
 
+// moveLeader makes the member named to (hex member ID id) the leader of
+// the members ms, unless it leads already.
+func (sc *scenario) moveLeader(t *testing.T, ctx context.Context, etcdctl string, ms []*profiles.Machine, to, id string) {
+	t.Helper()
+	out, err := sc.etcdctl(ctx, etcdctl, ms, "endpoint", "status", "-w", "json")
+	if err != nil {
+		t.Fatalf("endpoint status: %v\n%s", err, out)
+	}
+	var st []struct {
+		Status struct {
+			Leader uint64 `json:"leader"`
+		} `json:"Status"`
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil || len(st) == 0 {
+		t.Fatalf("endpoint status: %v\n%s", err, out)
+	}
+	if fmt.Sprintf("%x", st[0].Status.Leader) == id {
+		t.Logf("%s leads etcd already", to)
+		return
+	}
+	if out, err := sc.etcdctl(ctx, etcdctl, ms, "move-leader", id); err != nil {
+		t.Fatalf("move the etcd leadership to %s: %v\n%s", to, err, out)
+	}
+	t.Logf("etcd leadership moved from %x to %s", st[0].Status.Leader, to)
+}
+
 // fsyncFigure reports etcd's WAL fsync latency on a member's state disk,
 // from its own histogram (etcd_disk_wal_fsync_duration_seconds).
 func (sc *scenario) fsyncFigure(t *testing.T, ctx context.Context, label string, m *profiles.Machine) {
