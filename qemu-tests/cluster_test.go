@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/plinth-dev/plinth/bootserver/api"
 	"maps"
 	"os"
 	"os/exec"
@@ -488,6 +489,10 @@ func (sc *scenario) survivesPowerCutAndRestore(t *testing.T, ctx context.Context
 		return err == nil && strings.TrimSpace(out) == "ok"
 	})
 	figure(t, "cluster (%s): power cut of all %d machines: the API serving again %.0fs after power-on", qemu.Accel(ctx), len(names), time.Since(on).Seconds())
+	// How often the API server started before it served: it exits when a
+	// post-start hook (RBAC's default roles, the service IP repair) cannot
+	// finish within its 30 s, which a starved CPU makes likely.
+	sc.apiServerStarts(t, ctx, "master-1", "after the power cut")
 	if err := sc.c.WaitReady(ctx, names...); err != nil {
 		t.Fatal(err)
 	}
@@ -637,4 +642,28 @@ type logWriter struct{ t *testing.T }
 func (w logWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
+}
+
+// apiServerStarts logs how many times machine's kube-apiserver started in
+// this boot and why each earlier run ended, from its journal.
+func (sc *scenario) apiServerStarts(t *testing.T, ctx context.Context, machine, when string) {
+	t.Helper()
+	j := sc.freshJournal(t, ctx, machine, "kube-apiserver.service")
+	if j == nil {
+		return
+	}
+	starts := 0
+	var fatal []string
+	for l := range strings.Lines(string(j)) {
+		switch {
+		case strings.Contains(l, "Started kube-apiserver.service"):
+			starts++
+		case strings.Contains(l, "PostStartHook") && strings.Contains(l, "failed"):
+			fatal = append(fatal, strings.TrimSpace(l))
+		}
+	}
+	figure(t, "%s's kube-apiserver %s: started %d times in this boot, %d runs ended by a failed post-start hook (in the journal's newest %d KiB)", machine, when, starts, len(fatal), api.MaxLogBytes>>10)
+	for _, l := range fatal {
+		t.Logf("  %s", l)
+	}
 }

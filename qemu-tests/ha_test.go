@@ -325,23 +325,24 @@ func (sc *scenario) stayedReady(t *testing.T, kubectl func(...string) (string, e
 
 // nodePoolIs waits until machine's agent reports the pinned API pool want
 // (in any order).
-// freshJournal asks machine's agent for unit's journal and keeps it in the
-// scenario's log directory.
-func (sc *scenario) freshJournal(t *testing.T, ctx context.Context, machine, unit string) {
+// freshJournal asks machine's agent for unit's journal, keeps it in the
+// scenario's log directory and returns it (nil when it could not be had).
+func (sc *scenario) freshJournal(t *testing.T, ctx context.Context, machine, unit string) []byte {
 	t.Helper()
 	// The server holds the request until the agent's next report brings
 	// the journal (up to the 90 s asked for).
 	b, err := sc.c.Lab.GetWithin(ctx, sc.c.Server+api.LogPath(machine, unit)+"?fresh=90", 100*time.Second)
 	if err != nil {
 		t.Logf("%s's %s journal: %v", machine, unit, err)
-		return
+		return nil
 	}
 	p := filepath.Join(sc.logDir, machine+"."+unit+".fresh.log")
 	if err := fsutil.WriteFileAtomic(p, b, 0o644); err != nil {
 		t.Logf("%s's %s journal: %v", machine, unit, err)
-		return
+		return b
 	}
 	t.Logf("%s's %s journal: %s", machine, unit, p)
+	return b
 }
 
 func (sc *scenario) nodePoolIs(t *testing.T, ctx context.Context, machine string, want []string) {
