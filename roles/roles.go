@@ -299,7 +299,7 @@ func builtin() []Role {
 				{Name: node.IdentityScheduler, CommonName: "system:kube-scheduler"},
 				EtcdAPIServer, EtcdFlannel,
 			}},
-			Steps:      []string{"flannel-config"},
+			Steps:      []string{"flannel-config", "wait-api"},
 			Kubernetes: true,
 			APIServer:  true,
 			// QEMU's TCG runs each vCPU on a host thread of its own: a

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/plinth-dev/plinth/bootserver/api"
@@ -26,12 +28,14 @@ var Steps = map[string]func(ctx context.Context, log *slog.Logger, args []string
 	"flannel-config": flannelConfig,
 	"flannel-net":    flannelNet,
 	"import-images":  importImages,
+	"wait-api":       waitAPI,
 }
 
 // waitsForever are the steps that wait for as long as it takes, saying
 // why: an etcd member that must not found a cluster waits for the others
-// (or a restore); a learner is promoted whenever it has caught up.
-var waitsForever = map[string]bool{"etcd-join": true, "etcd-promote": true}
+// (or a restore); a learner is promoted whenever it has caught up; the
+// controller manager and the scheduler start once their API server serves.
+var waitsForever = map[string]bool{"etcd-join": true, "etcd-promote": true, "wait-api": true}
 
 // retry runs f until it succeeds or ctx ends, pausing between tries.
 func retry(ctx context.Context, log *slog.Logger, what string, every time.Duration, f func() error) error {
@@ -197,4 +201,50 @@ func Main(name string, args []string, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// waitAPI waits until the API server at the URL (this master's own) says
+// /readyz "ok". The controller manager and the scheduler run it before
+// they start (ExecStartPre): started beside a booting API server, each
+// failed its first API call (a TLS handshake timing out on a starved
+// machine), exited and was restarted, 22 times in one e2e boot at ~24 s of
+// CPU each, CPU the API server needed to finish its post-start hooks
+// within their 30 s (it exits when one does not, and starts over).
+func waitAPI(ctx context.Context, log *slog.Logger, args []string) error {
+	if len(args) != 1 {
+		return errors.New("usage: plinth-agent wait-api URL")
+	}
+	url := strings.TrimSuffix(args[0], "/") + "/readyz"
+	c, err := TLSClient(role.CAFile, role.NodeCert, role.NodeKey)
+	if err != nil {
+		return err
+	}
+	err = retry(ctx, log, "the API server ready at "+url, 5*time.Second, func() error {
+		rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		defer cancel()
+		req, err := http.NewRequestWithContext(rctx, http.MethodGet, url, nil)
+		if err != nil {
+			return err
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		if resp.StatusCode != http.StatusOK || strings.TrimSpace(string(b)) != "ok" {
+			return fmt.Errorf("%s: %s", resp.Status, firstLine(string(b)))
+		}
+		return nil
+	})
+	if err == nil {
+		log.Info("API server ready", "url", url)
+	}
+	return err
+}
+
+// firstLine is s up to its first newline.
+func firstLine(s string) string {
+	l, _, _ := strings.Cut(strings.TrimSpace(s), "\n")
+	return l
 }

@@ -116,8 +116,15 @@ func (Master) Plan(cfg *node.Config) (*Plan, error) {
 		"--profiling=false",
 	}
 	cm = append(cm, leaderElection...)
+	// Both start once the local API server serves (firstboot's wait-api
+	// says why): no waiting limit, since under TCG a boot can take long.
+	waitAPI, err := cmdline(AgentPath, "wait-api", local)
+	if err != nil {
+		return nil, err
+	}
+	afterAPI := []*unit.UnitOption{opt("Service", "ExecStartPre", waitAPI), opt("Service", "TimeoutStartSec", "infinity")}
 	if err := service(p, "kube-controller-manager.service", "Kubernetes controller manager", cm,
-		"kube-apiserver.service", ""); err != nil {
+		"kube-apiserver.service", "", afterAPI...); err != nil {
 		return nil, err
 	}
 	sched := []string{"/usr/bin/kube-scheduler",
@@ -129,7 +136,7 @@ func (Master) Plan(cfg *node.Config) (*Plan, error) {
 	}
 	sched = append(sched, leaderElection...)
 	if err := service(p, "kube-scheduler.service", "Kubernetes scheduler", sched,
-		"kube-apiserver.service", ""); err != nil {
+		"kube-apiserver.service", "", afterAPI...); err != nil {
 		return nil, err
 	}
 	return p, nil
