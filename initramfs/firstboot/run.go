@@ -214,12 +214,17 @@ func waitAPI(ctx context.Context, log *slog.Logger, args []string) error {
 	if len(args) != 1 {
 		return errors.New("usage: plinth-agent wait-api URL")
 	}
-	url := strings.TrimSuffix(args[0], "/") + "/readyz"
 	c, err := TLSClient(role.CAFile, role.NodeCert, role.NodeKey)
 	if err != nil {
 		return err
 	}
-	err = retry(ctx, log, "the API server ready at "+url, 5*time.Second, func() error {
+	return waitReady(ctx, log, c, args[0], 5*time.Second)
+}
+
+// waitReady asks base's /readyz every period until it answers 200 "ok".
+func waitReady(ctx context.Context, log *slog.Logger, c *http.Client, base string, every time.Duration) error {
+	url := strings.TrimSuffix(base, "/") + "/readyz"
+	err := retry(ctx, log, "the API server ready at "+url, every, func() error {
 		rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 		defer cancel()
 		req, err := http.NewRequestWithContext(rctx, http.MethodGet, url, nil)
