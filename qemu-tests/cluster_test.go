@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"github.com/plinth-dev/plinth/bootserver/api"
 	"maps"
 	"os"
 	"os/exec"
@@ -15,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/plinth-dev/plinth/bootserver/api"
 	"github.com/plinth-dev/plinth/lab"
 	"github.com/plinth-dev/plinth/lab/qemu"
 	"github.com/plinth-dev/plinth/profiles"

@@ -323,8 +323,6 @@ func (sc *scenario) stayedReady(t *testing.T, kubectl func(...string) (string, e
 	}
 }
 
-// nodePoolIs waits until machine's agent reports the pinned API pool want
-// (in any order).
 // freshJournal asks machine's agent for unit's journal, keeps it in the
 // scenario's log directory and returns it (nil when it could not be had).
 func (sc *scenario) freshJournal(t *testing.T, ctx context.Context, machine, unit string) []byte {
@@ -345,6 +343,8 @@ func (sc *scenario) freshJournal(t *testing.T, ctx context.Context, machine, uni
 	return b
 }
 
+// nodePoolIs waits until machine's agent reports the pinned API pool want
+// (in any order).
 func (sc *scenario) nodePoolIs(t *testing.T, ctx context.Context, machine string, want []string) {
 	t.Helper()
 	var got []string
