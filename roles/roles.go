@@ -175,6 +175,15 @@ var Admin = Identity{Name: node.IdentityAdmin, CommonName: "plinth:admin", Organ
 // no binding: the boot server creates KubeletClientBinding.
 var KubeletClient = Identity{Name: node.IdentityKubeletClient, CommonName: "plinth:apiserver-kubelet-client"}
 
+// FrontProxy is the API server's identity towards the aggregated API
+// servers it proxies to: it passes the caller's user and groups on in
+// X-Remote-User, X-Remote-Group and X-Remote-Extra-* headers. The site CA
+// issues every certificate, so API servers believe those headers from a
+// certificate with this common name only (--requestheader-allowed-names,
+// initramfs/role/master.go): any other certificate is its own user,
+// whatever headers it sends.
+var FrontProxy = Identity{Name: node.IdentityFrontProxy, CommonName: "plinth:front-proxy"}
+
 // FlannelPrefix is the etcd prefix flanneld keeps its state under; its
 // network config is FlannelPrefix + "/config".
 const FlannelPrefix = "/coreos.com/network"
@@ -294,7 +303,7 @@ func builtin() []Role {
 			// default RBAC (system:public-info-viewer): the node's own
 			// certificate will do.
 			Probes: []Probe{{Unit: "kube-apiserver.service", Scheme: "https", API: true, Path: "/readyz", Want: "ok", Client: ClientNode}},
-			TLS: TLS{Node: true, ServiceAccountKey: true, Identities: []Identity{KubeletClient,
+			TLS: TLS{Node: true, ServiceAccountKey: true, Identities: []Identity{KubeletClient, FrontProxy,
 				{Name: node.IdentityControllerManager, CommonName: "system:kube-controller-manager"},
 				{Name: node.IdentityScheduler, CommonName: "system:kube-scheduler"},
 				EtcdAPIServer, EtcdFlannel,

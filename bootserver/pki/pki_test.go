@@ -216,15 +216,15 @@ func TestMachineCertificatesCarryTheNamesAndUsesTheirRoleNeeds(t *testing.T) {
 		t.Error("a master got the admin identity")
 	}
 	for id, cn := range map[string]string{node.IdentityControllerManager: "system:kube-controller-manager", node.IdentityScheduler: "system:kube-scheduler",
-		node.IdentityKubeletClient: "plinth:apiserver-kubelet-client",
+		node.IdentityKubeletClient: "plinth:apiserver-kubelet-client", node.IdentityFrontProxy: "plinth:front-proxy",
 		node.IdentityEtcdAPIServer: "plinth:etcd-kube-apiserver", node.IdentityEtcdFlannel: "plinth:etcd-flannel"} {
 		c := verify(t, ca, m.Identities[id], x509.ExtKeyUsageClientAuth)
 		if c.Subject.CommonName != cn || len(c.Subject.Organization) != 0 {
 			t.Errorf("%s subject %s, want CN %s and no group (not system:masters)", id, c.Subject, cn)
 		}
 	}
-	if len(m.Identities) != 5 {
-		t.Errorf("master identities %v, want kubelet-client, controller-manager, scheduler, etcd-apiserver, etcd-flannel", keys(m.Identities))
+	if len(m.Identities) != 6 {
+		t.Errorf("master identities %v, want kubelet-client, front-proxy, controller-manager, scheduler, etcd-apiserver, etcd-flannel", keys(m.Identities))
 	}
 	m2, _ := forMachine(t, ca, master("master-2"), netip.MustParseAddr("10.77.0.22"))
 	if m.ServiceAccountKey == "" || m.ServiceAccountKey != m2.ServiceAccountKey {

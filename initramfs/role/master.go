@@ -47,7 +47,7 @@ func (Master) Plan(cfg *node.Config) (*Plan, error) {
 		return nil, errors.New("the site has no [network] flannel network")
 	}
 	p := &Plan{Services: roles.Get("master").Services}
-	if err := tlsFiles(p, cfg, node.IdentityKubeletClient, node.IdentityControllerManager, node.IdentityScheduler,
+	if err := tlsFiles(p, cfg, node.IdentityKubeletClient, node.IdentityFrontProxy, node.IdentityControllerManager, node.IdentityScheduler,
 		node.IdentityEtcdAPIServer, node.IdentityEtcdFlannel); err != nil {
 		return nil, err
 	}
@@ -93,6 +93,17 @@ func (Master) Plan(cfg *node.Config) (*Plan, error) {
 		// from here: admission and conversion webhooks and aggregated APIs
 		// are reached at their endpoints' addresses instead.
 		"--enable-aggregator-routing=true",
+		// The aggregation layer: requests proxied to an aggregated API
+		// server (metrics-server, the conformance suite's sample API
+		// server) carry the caller in X-Remote-* headers, which API
+		// servers believe only from roles.FrontProxy's certificate.
+		"--proxy-client-cert-file=" + IdentityCert(node.IdentityFrontProxy),
+		"--proxy-client-key-file=" + IdentityKey(node.IdentityFrontProxy),
+		"--requestheader-client-ca-file=" + CAFile,
+		"--requestheader-allowed-names=" + roles.FrontProxy.CommonName,
+		"--requestheader-username-headers=X-Remote-User",
+		"--requestheader-group-headers=X-Remote-Group",
+		"--requestheader-extra-headers-prefix=X-Remote-Extra-",
 		"--profiling=false",
 	}
 	if ip := nodeIP(cfg); ip != "" {

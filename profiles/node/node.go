@@ -225,8 +225,9 @@ type TLS struct {
 	Cert string `json:"cert"`
 	Key  string `json:"key,omitempty"`
 	// Identities are client certificates for Kubernetes and etcd users,
-	// by purpose: on masters IdentityControllerManager, IdentityScheduler
-	// and IdentityKubeletClient (kube-apiserver to kubelets),
+	// by purpose: on masters IdentityControllerManager, IdentityScheduler,
+	// IdentityKubeletClient (kube-apiserver to kubelets), IdentityFrontProxy
+	// (kube-apiserver to aggregated API servers),
 	// IdentityEtcdAPIServer and IdentityEtcdFlannel; IdentityKubelet,
 	// IdentityKubeProxy and IdentityEtcdFlannel on minions;
 	// IdentityEtcdMember on etcd members. No machine gets IdentityAdmin:
@@ -259,6 +260,11 @@ const (
 	// kube-apiserver presents to kubelets (logs, exec, port-forward); the
 	// boot server binds it to Kubernetes' system:kubelet-api-admin.
 	IdentityKubeletClient = "kubelet-client"
+	// IdentityFrontProxy: CN "plinth:front-proxy", what kube-apiserver
+	// presents to an aggregated API server it proxies a request to (with
+	// the caller's user and groups in X-Remote-* headers). API servers
+	// trust those headers only from a certificate of this name.
+	IdentityFrontProxy = "front-proxy"
 	// IdentityKubelet: CN "system:node:<hostname>", O "system:nodes".
 	IdentityKubelet = "kubelet"
 	// IdentityKubeProxy: CN "system:kube-proxy" (bound to
