@@ -95,7 +95,7 @@ e2e: stack-fixtures
 ## registry) on etcd-1, master-1, minion-1 and minion-2 of the QEMU lab; prints ran/passed/failed/skipped, writes
 ## build/conformance/junit_01.xml and summary.txt. PLINTH_CONFORMANCE_FOCUS=REGEX narrows it. Hours under TCG.
 conformance: stack-fixtures
-	@$(call need_debs,make bzip2)
+	@$(call need_debs,make bzip2 curl)
 	PLINTH=$(PLINTH) qemu-tests/fixtures/stack/conformance.sh $(PLINTH_FIXTURES)
 	@mkdir -p build
 	PLINTH_QEMU_TESTS=1 PLINTH_CONFORMANCE=1 $(GO) test -count=1 -timeout 10h -v -run 'TestConformance$$' ./qemu-tests/ 2>&1 | tee build/conformance.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|figure:|skipped [0-9]|FAILED'; exit $${PIPESTATUS[0]}
