@@ -30,6 +30,15 @@ func (m Master) Configure(_ context.Context, root Root, cfg *node.Config) error 
 	return p.Apply(root)
 }
 
+// servingCert is what the controller manager and the scheduler serve
+// their health and metrics with: the node's certificate (localhost and
+// 127.0.0.1 among its names). Without one each makes a self-signed RSA
+// pair in memory at every start, seconds of CPU under emulation, at the
+// moment the API server on the same machine needs it most.
+func servingCert() []string {
+	return []string{"--tls-cert-file=" + NodeCert, "--tls-private-key-file=" + NodeKey}
+}
+
 // IdentityKubeconfig is the kubeconfig of a component that runs as
 // identity id against its master's own API server.
 func IdentityKubeconfig(id string) string { return KubeDir + "/" + id + ".kubeconfig" }
@@ -126,7 +135,7 @@ func (Master) Plan(cfg *node.Config) (*Plan, error) {
 		"--allocate-node-cidrs=false",
 		"--profiling=false",
 	}
-	cm = append(cm, leaderElection...)
+	cm = append(cm, append(servingCert(), leaderElection...)...)
 	// Both start once the local API server serves (firstboot's wait-api
 	// says why): no waiting limit, since under TCG a boot can take long.
 	waitAPI, err := cmdline(AgentPath, "wait-api", local)
@@ -145,7 +154,7 @@ func (Master) Plan(cfg *node.Config) (*Plan, error) {
 		"--bind-address=127.0.0.1",
 		"--profiling=false",
 	}
-	sched = append(sched, leaderElection...)
+	sched = append(sched, append(servingCert(), leaderElection...)...)
 	if err := service(p, "kube-scheduler.service", "Kubernetes scheduler", sched,
 		"kube-apiserver.service", "", afterAPI...); err != nil {
 		return nil, err
