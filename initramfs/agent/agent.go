@@ -59,6 +59,7 @@ type System interface {
 type UnitState struct {
 	State    string // ActiveState: active, activating, failed, ...
 	Restarts int    // NRestarts: automatic restarts since the unit was started
+	Status   string // StatusText: what the unit's process last said of itself (sd_notify STATUS=)
 }
 
 // Report is what the agent found.
@@ -160,7 +161,12 @@ func Check(ctx context.Context, sys System) (*Report, *node.Config) {
 			r.Restarts[s] = u.Restarts
 		}
 		if u.State != "active" {
-			r.Problems = append(r.Problems, s+" is "+u.State)
+			p := s + " is " + u.State
+			if u.Status != "" {
+				// A long step's progress (first boot's image import).
+				p += " (" + u.Status + ")"
+			}
+			r.Problems = append(r.Problems, p)
 			r.Logs[s] = sys.Journal(ctx, s, logLines)
 		}
 	}
@@ -479,7 +485,7 @@ func (OS) Journal(ctx context.Context, unit string, lines int) string {
 // Units asks systemctl for every unit at once: one process per check
 // matters on a slow machine.
 func (OS) Units(ctx context.Context, names []string) map[string]UnitState {
-	args := append([]string{"show", "--property=ActiveState,NRestarts", "--"}, names...)
+	args := append([]string{"show", "--property=ActiveState,NRestarts,StatusText", "--"}, names...)
 	out, _ := exec.CommandContext(ctx, "systemctl", args...).Output()
 	return parseShow(string(out), names)
 }
@@ -501,6 +507,8 @@ func parseShow(out string, names []string) map[string]UnitState {
 				u.State = v
 			case "NRestarts":
 				u.Restarts, _ = strconv.Atoi(v)
+			case "StatusText":
+				u.Status = v
 			}
 		}
 		if u.State != "" {

@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -120,7 +121,9 @@ type fakeSystem struct {
 	urls     map[string]string // URL → body of a 200 answer
 	logs     map[string]string // unit → its journal's last lines
 	restarts map[string]int
-	pinned   []api.APIPool // what PinAPI was given, in order
+	// statusText: unit → its StatusText
+	statusText map[string]string
+	pinned     []api.APIPool // what PinAPI was given, in order
 }
 
 func (f *fakeSystem) ReadFile(p string) ([]byte, error) {
@@ -148,7 +151,7 @@ func (f *fakeSystem) Units(_ context.Context, names []string) map[string]UnitSta
 		if !ok {
 			s = "inactive"
 		}
-		out[n] = UnitState{State: s, Restarts: f.restarts[n]}
+		out[n] = UnitState{State: s, Restarts: f.restarts[n], Status: f.statusText[n]}
 	}
 	return out
 }
@@ -517,14 +520,29 @@ func (c *countingSystem) FullJournal(ctx context.Context, unit string) []byte {
 }
 
 func TestParseShowReadsEachUnitsBlockInOrder(t *testing.T) {
-	out := "ActiveState=active\nNRestarts=0\n\nNRestarts=3\nActiveState=activating\n"
+	out := "ActiveState=active\nNRestarts=0\nStatusText=\n\nNRestarts=3\nStatusText=importing x.tar (1 of 2, 100 MiB)\nActiveState=activating\n"
 	got := parseShow(out, []string{"a.service", "b.service"})
-	want := map[string]UnitState{"a.service": {"active", 0}, "b.service": {"activating", 3}}
+	want := map[string]UnitState{"a.service": {"active", 0, ""}, "b.service": {"activating", 3, "importing x.tar (1 of 2, 100 MiB)"}}
 	if !maps.Equal(got, want) {
 		t.Errorf("got %v, want %v", got, want)
 	}
 	if got := parseShow("ActiveState=active\n", []string{"a.service", "b.service"}); len(got) != 0 {
 		t.Errorf("a short answer must not be matched to the wrong units: %v", got)
+	}
+}
+
+// A unit still starting that says how far it is (first boot's image import
+// does) has that in the line the console, the boot server and a test's
+// stall check see: the line changes while the work goes on.
+func TestAStartingUnitSaysHowFarItIs(t *testing.T) {
+	m := machine(t, "")
+	m.files[role.ServicesPath] = "etcd.service\nplinth-images.service\n"
+	m.states["plinth-images.service"] = "activating"
+	m.statusText = map[string]string{"plinth-images.service": "importing e2e-debian.tar (3 of 6, 100 MiB)"}
+	r, _ := Check(context.Background(), m)
+	want := "plinth-images.service is activating (importing e2e-debian.tar (3 of 6, 100 MiB))"
+	if r.Ready() || !slices.Contains(r.Problems, want) || !strings.Contains(r.Line(), want) {
+		t.Errorf("problems %q, line %q: want %q", r.Problems, r.Line(), want)
 	}
 }
 

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/coreos/go-systemd/v22/daemon"
+
 	"github.com/plinth-dev/plinth/bootserver/api"
 	"github.com/plinth-dev/plinth/initramfs/role"
 	"github.com/plinth-dev/plinth/initramfs/stage1/events"
@@ -167,19 +169,35 @@ func importImages(ctx context.Context, log *slog.Logger, args []string) error {
 	if err != nil {
 		return err
 	}
-	for _, t := range tars {
-		err := retry(ctx, log, "import "+filepath.Base(t), 2*time.Second, func() error {
-			out, err := exec.CommandContext(ctx, "ctr", "-n", "k8s.io", "images", "import", t).CombinedOutput()
-			if err != nil {
-				return fmt.Errorf("ctr images import %s: %v: %s", t, err, out)
-			}
-			return nil
-		})
+	ctr := func(ctx context.Context, t string) error {
+		out, err := exec.CommandContext(ctx, "ctr", "-n", "k8s.io", "images", "import", t).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("ctr images import %s: %v: %s", t, err, out)
+		}
+		return nil
+	}
+	// systemd keeps the unit's status line; the agent shows it while the
+	// unit is starting (a large archive takes minutes under emulation).
+	status := func(s string) { _, _ = daemon.SdNotify(false, "STATUS="+s) }
+	return importArchives(ctx, log, tars, ctr, status)
+}
+
+// importArchives imports each archive with imp, saying before each which
+// it is, how many there are and its size.
+func importArchives(ctx context.Context, log *slog.Logger, tars []string, imp func(context.Context, string) error, status func(string)) error {
+	for i, t := range tars {
+		size := "size unknown"
+		if st, err := os.Stat(t); err == nil {
+			size = fmt.Sprintf("%d MiB", (st.Size()+1<<20-1)>>20)
+		}
+		status(fmt.Sprintf("importing %s (%d of %d, %s)", filepath.Base(t), i+1, len(tars), size))
+		err := retry(ctx, log, "import "+filepath.Base(t), 2*time.Second, func() error { return imp(ctx, t) })
 		if err != nil {
 			return err
 		}
 		log.Info("image imported", "file", t)
 	}
+	status(fmt.Sprintf("imported %d archives", len(tars)))
 	return nil
 }
 

@@ -46,6 +46,9 @@ const (
 	// ImagesDir holds container images baked into the image, imported into
 	// containerd before kubelet starts (no registry needed).
 	ImagesDir = "/usr/share/plinth/images"
+	// ImagesUnit imports them (the import-images step) before kubelet
+	// starts; the agent reports it, with how far it is, until it is done.
+	ImagesUnit = "plinth-images.service"
 )
 
 // File is one file a role writes.
@@ -274,6 +277,8 @@ func agentUnit(name, desc string, args []string, unitOpts ...*unit.UnitOption) (
 		// The step retries until what it waits for is there (its own
 		// limit is 15 minutes).
 		opt("Service", "TimeoutStartSec", "infinity"),
+		// A step may say how far it is (sd_notify STATUS=).
+		opt("Service", "NotifyAccess", "main"),
 		opt("Service", "ExecStart", cmd),
 		opt("Service", "StandardOutput", "journal+console"),
 		opt("Service", "StandardError", "journal+console"),

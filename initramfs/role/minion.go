@@ -117,7 +117,7 @@ func (Minion) Plan(cfg *node.Config) (*Plan, error) {
 	}
 	p.enable("containerd.service", "multi-user.target")
 
-	imp, err := agentUnit("plinth-images.service", "plinth: import the image's baked-in container images",
+	imp, err := agentUnit(ImagesUnit, "plinth: import the image's baked-in container images",
 		[]string{"import-images", ImagesDir},
 		opt("Unit", "Requires", "containerd.service"),
 		opt("Unit", "After", "containerd.service"),

@@ -182,6 +182,11 @@ func ConfigureRole(ctx context.Context, cs role.Registry, root role.Root, cfg *n
 		// the role's services never start.
 		services = append(slices.Clone(services), role.StateUnit)
 	}
+	if slices.Contains(d.Steps, "import-images") {
+		// Minutes on a slow machine, before kubelet can start: the agent
+		// shows the import's progress rather than an inactive kubelet.
+		services = append(slices.Clone(services), role.ImagesUnit)
+	}
 	if err := role.WriteServices(root, services); err != nil {
 		return "", fmt.Errorf("role %s: %w", c.Name(), err)
 	}

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -122,6 +123,28 @@ type servicesRole struct{}
 func (servicesRole) Name() string { return "etcd" }
 func (servicesRole) Configure(ctx context.Context, root role.Root, cfg *node.Config) error {
 	return root.WriteFile("/etc/etcd.conf", []byte("name: "+cfg.Hostname+"\n"), 0o644)
+}
+
+// stubRole configures nothing, under a role's name.
+type stubRole string
+
+func (r stubRole) Name() string                                           { return string(r) }
+func (stubRole) Configure(context.Context, role.Root, *node.Config) error { return nil }
+
+// A role that imports container images at first boot (the minion) has the
+// import among the units the agent reports, so its progress shows; one
+// that does not (the master) has not.
+func TestConfigureRoleReportsTheImageImport(t *testing.T) {
+	for r, want := range map[string]bool{"minion": true, "master": false} {
+		dir := t.TempDir()
+		if _, err := ConfigureRole(context.Background(), role.NewRegistry(stubRole(r)), role.DirRoot(dir), &node.Config{Hostname: "h1", Role: r}); err != nil {
+			t.Fatal(err)
+		}
+		b, _ := os.ReadFile(filepath.Join(dir, "etc/plinth/services"))
+		if got := slices.Contains(strings.Fields(string(b)), role.ImagesUnit); got != want {
+			t.Errorf("%s: services %q: %s listed %v, want %v", r, b, role.ImagesUnit, got, want)
+		}
+	}
 }
 
 func TestConfigureRole(t *testing.T) {
