@@ -8,12 +8,16 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // The image import says, before each archive, which it is, how far along
-// and how big: systemd keeps that as the unit's status, which the agent
-// reports while the unit starts. A failed import is retried.
+// and how big, and while it imports how much it has read and for how long:
+// systemd keeps that as the unit's status, which the agent reports while
+// the unit starts. A failed import is retried.
 func TestImportArchivesSaysWhichAndHowFar(t *testing.T) {
 	dir := t.TempDir()
 	var tars []string
@@ -25,33 +29,70 @@ func TestImportArchivesSaysWhichAndHowFar(t *testing.T) {
 		tars = append(tars, p)
 	}
 	slices.Sort(tars)
-	var said, imported []string
+	var (
+		mu       sync.Mutex
+		said     []string
+		imported []string
+	)
+	say := func(s string) {
+		mu.Lock()
+		defer mu.Unlock()
+		said = append(said, s)
+	}
+	saidSoFar := func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(said)
+	}
 	failOnce := true
-	imp := func(_ context.Context, p string) error {
+	imp := func(ctx context.Context, p string, read *atomic.Int64) error {
 		if filepath.Base(p) == "b.tar" && failOnce {
 			failOnce = false
 			return errors.New("containerd not answering yet")
 		}
+		if filepath.Base(p) == "b.tar" {
+			// Half read, then all of it and unpacking: the status says each.
+			read.Store(3 << 19)
+			waitFor(t, saidSoFar, "2 MiB read")
+			read.Store(3<<20 + 1)
+			waitFor(t, saidSoFar, "read, unpacking")
+		}
 		imported = append(imported, filepath.Base(p))
 		return nil
 	}
-	err := importArchives(context.Background(), slog.New(slog.DiscardHandler), tars, imp, func(s string) { said = append(said, s) })
-	if err != nil {
+	if err := importArchives(context.Background(), slog.New(slog.DiscardHandler), tars, imp, say, time.Minute, time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"importing a.tar (1 of 2, 1 MiB)", "importing b.tar (2 of 2, 4 MiB)", "imported 2 archives"}
-	if !slices.Equal(said, want) {
-		t.Errorf("said %q, want %q", said, want)
+	got := saidSoFar()
+	for _, want := range []string{"importing a.tar (1 of 2, 1 MiB)", "importing b.tar (2 of 2, 4 MiB)", "imported 2 archives"} {
+		if !slices.Contains(got, want) {
+			t.Errorf("never said %q (said %q)", want, got)
+		}
+	}
+	if got[len(got)-1] != "imported 2 archives" {
+		t.Errorf("last said %q, want the end", got[len(got)-1])
 	}
 	if !slices.Equal(imported, []string{"a.tar", "b.tar"}) {
 		t.Errorf("imported %q", imported)
 	}
 
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	err = importArchives(ctx, slog.New(slog.DiscardHandler), tars, func(context.Context, string) error { return errors.New("ctr: no") },
-		func(string) {})
+	// Each archive has its limit; the error names the archive and why.
+	err := importArchives(context.Background(), slog.New(slog.DiscardHandler), tars,
+		func(context.Context, string, *atomic.Int64) error { return errors.New("ctr: no") }, func(string) {}, 10*time.Millisecond, time.Hour)
 	if err == nil || !strings.Contains(err.Error(), "a.tar") || !strings.Contains(err.Error(), "ctr: no") {
 		t.Errorf("an import that never succeeds: %v, want the archive and the last error named", err)
 	}
+}
+
+// waitFor waits until some status line said so far contains s.
+func waitFor(t *testing.T, said func() []string, s string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if slices.ContainsFunc(said(), func(l string) bool { return strings.Contains(l, s) }) {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+	t.Fatalf("no status line said %q: %q", s, said())
 }
