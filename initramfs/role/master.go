@@ -3,6 +3,7 @@ package role
 import (
 	"context"
 	"errors"
+	"slices"
 	"strconv"
 
 	"github.com/coreos/go-systemd/v22/unit"
@@ -135,7 +136,7 @@ func (Master) Plan(cfg *node.Config) (*Plan, error) {
 		"--allocate-node-cidrs=false",
 		"--profiling=false",
 	}
-	cm = append(cm, append(servingCert(), leaderElection...)...)
+	cm = slices.Concat(cm, servingCert(), leaderElection)
 	// Both start once the local API server serves (firstboot's wait-api
 	// says why): no waiting limit, since under TCG a boot can take long.
 	waitAPI, err := cmdline(AgentPath, "wait-api", local)
@@ -154,7 +155,7 @@ func (Master) Plan(cfg *node.Config) (*Plan, error) {
 		"--bind-address=127.0.0.1",
 		"--profiling=false",
 	}
-	sched = append(sched, append(servingCert(), leaderElection...)...)
+	sched = slices.Concat(sched, servingCert(), leaderElection)
 	if err := service(p, "kube-scheduler.service", "Kubernetes scheduler", sched,
 		"kube-apiserver.service", "", afterAPI...); err != nil {
 		return nil, err
