@@ -63,6 +63,7 @@ type scenarioOpts struct {
 	specs  []string            // image specs to build (nil: the stock etcd, master and minion)
 	site   func(string) string // edits the scenario's site.toml
 	memory int                 // MiB for every machine (0: each role's)
+	cpus   int                 // vCPUs for every machine (0: each role's)
 }
 
 func upScenarioWith(t *testing.T, ctx context.Context, o scenarioOpts, name string, machines ...string) *scenario {
@@ -104,7 +105,7 @@ func upScenarioWith(t *testing.T, ctx context.Context, o scenarioOpts, name stri
 	sc.state, sc.logDir, sc.disks = state, logDir, filepath.Join(dir, "disks")
 	// Blank state disks for this run, kept across the power cuts in it.
 	c, err := lab.Up(ctx, lab.Config{Site: sc.siteDir, Artifacts: art, State: state, LogDir: logDir, Plinth: plinthBin,
-		Disks: sc.disks, Name: name, Stall: 10 * time.Minute, Memory: o.memory, Out: logWriter{t}})
+		Disks: sc.disks, Name: name, Stall: 10 * time.Minute, Memory: o.memory, CPUs: o.cpus, Out: logWriter{t}})
 	if c != nil {
 		t.Cleanup(func() { c.Close() })
 	}
