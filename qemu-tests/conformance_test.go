@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/plinth-dev/plinth/lab/qemu"
 )
 
 // conformanceVersion is the Kubernetes whose suite the stack fixtures build.
@@ -38,7 +40,9 @@ func TestConformance(t *testing.T) {
 	if focus == "" {
 		focus = `\[Conformance\]`
 	}
-	skips, err := readSkips(filepath.Join(srcDir, "qemu-tests", "conformance", "skip.txt"))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Hour)
+	defer cancel()
+	skips, err := readSkips(filepath.Join(srcDir, "qemu-tests", "conformance", "skip.txt"), qemu.Accel(ctx))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,8 +58,6 @@ func TestConformance(t *testing.T) {
 
 	// The minion image with the suite's images baked in: the stock spec
 	// plus one layer.
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Hour)
-	defer cancel()
 	b, err := os.ReadFile(filepath.Join(srcDir, "images", "minion.toml"))
 	if err != nil {
 		t.Fatal(err)
@@ -151,7 +153,10 @@ type skip struct {
 	m          *regexp.Regexp // re, compiled
 }
 
-func readSkips(path string) ([]skip, error) {
+// readSkips reads the skip list for a lab running under accel ("kvm" or
+// "tcg"): a group whose reason starts "[tcg] " applies only under that
+// accelerator.
+func readSkips(path, accel string) ([]skip, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
@@ -161,6 +166,7 @@ func readSkips(path string) ([]skip, error) {
 		out    []skip
 		reason string
 		n      int
+		apply  bool // the group applies under accel
 	)
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
@@ -168,7 +174,14 @@ func readSkips(path string) ([]skip, error) {
 		line := strings.TrimSpace(sc.Text())
 		switch {
 		case strings.HasPrefix(line, "## "):
-			reason = strings.TrimSpace(line[3:])
+			reason, apply = strings.TrimSpace(line[3:]), true
+			if a, ok := strings.CutPrefix(reason, "["); ok {
+				a, _, ok = strings.Cut(a, "] ")
+				if !ok || (a != "kvm" && a != "tcg") {
+					return nil, fmt.Errorf("%s:%d: a reason starting \"[\" names an accelerator: \"[kvm] \" or \"[tcg] \"", path, n)
+				}
+				apply = a == accel
+			}
 		case line == "" || strings.HasPrefix(line, "#"):
 		case reason == "":
 			return nil, fmt.Errorf("%s:%d: a pattern before any \"## reason\" line", path, n)
@@ -177,7 +190,9 @@ func readSkips(path string) ([]skip, error) {
 			if err != nil {
 				return nil, fmt.Errorf("%s:%d: %v", path, n, err)
 			}
-			out = append(out, skip{reason, line, m})
+			if apply {
+				out = append(out, skip{reason, line, m})
+			}
 		}
 	}
 	return out, sc.Err()
@@ -316,17 +331,29 @@ func (s conformanceSummary) text(took time.Duration, skips []skip) string {
 
 // The skip list in the tree parses: every pattern compiles and has a reason.
 func TestConformanceSkipListParses(t *testing.T) {
-	if _, err := readSkips(filepath.Join(srcDir, "qemu-tests", "conformance", "skip.txt")); err != nil {
-		t.Fatal(err)
+	for _, accel := range []string{"kvm", "tcg"} {
+		if _, err := readSkips(filepath.Join(srcDir, "qemu-tests", "conformance", "skip.txt"), accel); err != nil {
+			t.Fatal(err)
+		}
 	}
 	good := filepath.Join(t.TempDir(), "skip.txt")
-	writeFile(t, good, "# a comment\n## a reason\nsome test\n\n## another\nx \\[y\\]\n")
-	if skips, err := readSkips(good); err != nil || len(skips) != 2 || skips[1].reason != "another" || !skips[1].m.MatchString("a x [y] z") {
-		t.Errorf("two patterns under two reasons: %+v, %v", skips, err)
+	writeFile(t, good, "# a comment\n## a reason\nsome test\n\n## another\nx \\[y\\]\n## [tcg] slow\nslow test\n")
+	if skips, err := readSkips(good, "kvm"); err != nil || len(skips) != 2 || skips[1].reason != "another" || !skips[1].m.MatchString("a x [y] z") {
+		t.Errorf("under kvm, two patterns under two reasons: %+v, %v", skips, err)
 	}
-	bad := filepath.Join(t.TempDir(), "skip.txt")
-	writeFile(t, bad, "# a comment\nsome test\n")
-	if _, err := readSkips(bad); err == nil || !strings.Contains(err.Error(), "skip.txt:2:") {
-		t.Errorf("a pattern without a reason: %v, want an error naming line 2", err)
+	if skips, err := readSkips(good, "tcg"); err != nil || len(skips) != 3 || skips[2].reason != "[tcg] slow" || !skips[2].m.MatchString("a slow test") {
+		t.Errorf("under tcg, the [tcg] group too: %+v, %v", skips, err)
+	}
+	for _, c := range []struct{ text, line string }{
+		{"# a comment\nsome test\n", "skip.txt:2:"},   // a pattern without a reason
+		{"## [qemu] why\nsome test\n", "skip.txt:1:"}, // no such accelerator
+		{"## [tcg]why\nsome test\n", "skip.txt:1:"},   // no space after the bracket
+		{"## why\nsome (test\n", "skip.txt:2:"},       // not a regular expression
+	} {
+		bad := filepath.Join(t.TempDir(), "skip.txt")
+		writeFile(t, bad, c.text)
+		if _, err := readSkips(bad, "tcg"); err == nil || !strings.Contains(err.Error(), c.line) {
+			t.Errorf("%q: %v, want an error naming %s", c.text, err, c.line)
+		}
 	}
 }
