@@ -72,9 +72,8 @@ func TestConformance(t *testing.T) {
 		// have room for the suite's pods.
 		site:   func(s string) string { return strings.Replace(s, "state   = { disk = \"none\" }\n", "", 1) },
 		memory: 2560,
-		// Two vCPUs each: on one, the kubelet's once-a-second TLS
-		// readiness probe of the suite's sample API server timed out
-		// (its 1 s limit) behind the rest of the guest's work.
+		// Two vCPUs each: with one, the minions were ready 1282-1321 s
+		// after QEMU start (importing the suite's images), with two 919-1142 s.
 		cpus: 2,
 	}, "conformance", "etcd-1", "master-1", "minion-1", "minion-2")
 	l := sc.c.Lab
