@@ -153,8 +153,8 @@ type skip struct {
 }
 
 // readSkips reads the skip list for a lab running under accel ("kvm" or
-// "tcg"): a group whose reason starts "[tcg] " applies only under that
-// accelerator.
+// "tcg"): a group whose reason starts "[kvm] " or "[tcg] " applies only
+// under that accelerator.
 func readSkips(path, accel string) ([]skip, error) {
 	f, err := os.Open(path)
 	if err != nil {
