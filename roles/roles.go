@@ -154,8 +154,6 @@ type EtcdAccess struct {
 	Root bool
 	// Prefixes are key prefixes the user may read and write.
 	Prefixes []string
-	// Keys are single keys the user may read and write.
-	Keys []string
 }
 
 // Subject is the identity's common name for a host.
@@ -194,10 +192,15 @@ var (
 	// EtcdMember is what an etcd member joins, promotes and sets up
 	// authorisation with.
 	EtcdMember = Identity{Name: node.IdentityEtcdMember, CommonName: "plinth:etcd-member", Etcd: &EtcdAccess{Root: true}}
-	// EtcdAPIServer is kube-apiserver's: Kubernetes' keys, and the one
-	// key outside them its compactor keeps its revision in.
+	// EtcdAPIServer is kube-apiserver's. It is root: the API server
+	// compacts etcd's history every five minutes, and etcd lets only the
+	// root role compact. With read-write on /registry/ alone (as before)
+	// every compaction was refused, etcd kept every revision, and a
+	// cluster would have stopped taking writes once etcd reached its space
+	// quota. Root adds little to what /registry/ gives: every Kubernetes
+	// secret, and the cluster itself.
 	EtcdAPIServer = Identity{Name: node.IdentityEtcdAPIServer, CommonName: "plinth:etcd-kube-apiserver",
-		Etcd: &EtcdAccess{Prefixes: []string{"/registry/"}, Keys: []string{"compact_rev_key"}}}
+		Etcd: &EtcdAccess{Root: true}}
 	// EtcdFlannel is flanneld's (and the flannel-config step's): flannel's
 	// prefix only.
 	EtcdFlannel = Identity{Name: node.IdentityEtcdFlannel, CommonName: "plinth:etcd-flannel",

@@ -144,8 +144,8 @@ func TestEtcdUsersAreNamedAsNoMachineCanBe(t *testing.T) {
 		if !strings.Contains(id.CommonName, ":") || id.CommonName == EtcdRootUser {
 			t.Errorf("etcd user %q could be a machine's host name", id.CommonName)
 		}
-		if id.Etcd.Root == (len(id.Etcd.Prefixes)+len(id.Etcd.Keys) > 0) {
-			t.Errorf("etcd user %s: root %v with keys %v %v", id.CommonName, id.Etcd.Root, id.Etcd.Prefixes, id.Etcd.Keys)
+		if id.Etcd.Root == (len(id.Etcd.Prefixes) > 0) {
+			t.Errorf("etcd user %s: root %v with prefixes %v", id.CommonName, id.Etcd.Root, id.Etcd.Prefixes)
 		}
 	}
 	want := []string{"plinth:admin", "plinth:boot-server", "plinth:etcd-flannel", "plinth:etcd-kube-apiserver", "plinth:etcd-member"}

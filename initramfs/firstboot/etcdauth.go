@@ -103,8 +103,5 @@ func permissions(a *roles.EtcdAccess) ([]etcdrpc.Permission, error) {
 		}
 		out = append(out, etcdrpc.Permission{Type: etcdrpc.PermReadWrite, Key: p, RangeEnd: end})
 	}
-	for _, k := range a.Keys {
-		out = append(out, etcdrpc.Permission{Type: etcdrpc.PermReadWrite, Key: k})
-	}
 	return out, nil
 }
