@@ -194,11 +194,11 @@ var (
 	EtcdMember = Identity{Name: node.IdentityEtcdMember, CommonName: "plinth:etcd-member", Etcd: &EtcdAccess{Root: true}}
 	// EtcdAPIServer is kube-apiserver's. It is root: the API server
 	// compacts etcd's history every five minutes, and etcd lets only the
-	// root role compact. With read-write on /registry/ alone (as before)
-	// every compaction was refused, etcd kept every revision, and a
-	// cluster would have stopped taking writes once etcd reached its space
-	// quota. Root adds little to what /registry/ gives: every Kubernetes
-	// secret, and the cluster itself.
+	// root role compact. With read-write on /registry/ and its compactor's
+	// key alone (as before) every compaction was refused, etcd kept every
+	// revision, and a cluster would have stopped taking writes once etcd
+	// reached its space quota. Root adds little to what /registry/ gives:
+	// every Kubernetes secret, and the cluster itself.
 	EtcdAPIServer = Identity{Name: node.IdentityEtcdAPIServer, CommonName: "plinth:etcd-kube-apiserver",
 		Etcd: &EtcdAccess{Root: true}}
 	// EtcdFlannel is flanneld's (and the flannel-config step's): flannel's
